@@ -1,0 +1,55 @@
+# BETaaS gateway firmware — the front door.
+#   make qemu                 boot the firmware in QEMU with an emulated I2C sensor and a local broker
+#   make test                 unit tests + end-to-end test under QEMU (installs what it needs)
+#   make agent-arm            the static ARM agent
+#   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
+#   make deps                 install host packages, QEMU 10 and the Rust ARM target
+
+BOARD ?= qemu-cubieboard
+ARM_TARGET := armv7-unknown-linux-gnueabihf
+AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
+STAMP := out/.deps-ok
+
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e clean
+
+all: agent-arm
+
+# Installs once per machine; delete out/.deps-ok (or run `make deps`) to check again.
+$(STAMP): image/host-deps.sh
+	@echo "==> checking host dependencies"
+	bash image/host-deps.sh
+	@mkdir -p out && touch $@
+
+deps:
+	bash image/host-deps.sh
+	@mkdir -p out && touch $(STAMP)
+
+agent-arm: $(STAMP)
+	@echo "==> building the static ARM agent"
+	cargo build --release --locked -p betaas-agent --target $(ARM_TARGET)
+	@file $(AGENT_ARM) | tee /dev/stderr | grep -q 'ARM, EABI5.*statically linked' \
+	  || { echo "error: $(AGENT_ARM) is not a static ARM EABI5 binary" >&2; exit 1; }
+	@echo "==> $(AGENT_ARM): $$(stat -c %s $(AGENT_ARM)) bytes (stripped)"
+
+image: agent-arm
+	@echo "==> building image for $(BOARD)"
+	bash image/build.sh $(BOARD)
+
+qemu: $(STAMP)
+	$(MAKE) image BOARD=qemu-cubieboard
+	bash tests/demo.sh
+
+test-unit: $(STAMP)
+	@echo "==> host unit tests"
+	cargo test --locked --workspace
+
+test-e2e: $(STAMP)
+	$(MAKE) image BOARD=qemu-cubieboard
+	$(MAKE) image BOARD=cubietruck
+	@echo "==> end-to-end tests (QEMU + mosquitto)"
+	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
+
+test: test-unit test-e2e
+
+clean:
+	rm -rf out target

@@ -1,0 +1,103 @@
+//! TI TMP105 / LM75-family digital temperature sensor (TMP75, TMP175, LM75B share the register map).
+//!
+//! Datasheet (TI SBOS310): pointer register selects 0x00 temperature (read-only, 12 bits left-justified
+//! in two bytes, two's complement, 0.0625 °C per LSB) and 0x01 configuration (R1:R0 at bits 6:5 set the
+//! resolution; 0b11 = 12 bits). The part powers up in 9-bit mode, so `init` must run after every
+//! power-up or bus fault.
+
+use embedded_hal::i2c::I2c;
+
+const REG_TEMPERATURE: u8 = 0x00;
+const REG_CONFIG: u8 = 0x01;
+/// R1 = R0 = 1: 12-bit conversion; continuous mode, comparator, no one-shot.
+const CONFIG_12BIT: u8 = 0b0110_0000;
+
+pub struct Tmp105<I2C> {
+    i2c: I2C,
+    address: u8,
+}
+
+impl<I2C: I2c> Tmp105<I2C> {
+    pub fn new(i2c: I2C, address: u8) -> Self {
+        Tmp105 { i2c, address }
+    }
+
+    /// Selects 12-bit resolution.
+    pub fn init(&mut self) -> Result<(), I2C::Error> {
+        self.i2c.write(self.address, &[REG_CONFIG, CONFIG_12BIT])
+    }
+
+    /// Reads the temperature in °C.
+    pub fn read_celsius(&mut self) -> Result<f32, I2C::Error> {
+        let mut buf = [0u8; 2];
+        self.i2c
+            .write_read(self.address, &[REG_TEMPERATURE], &mut buf)?;
+        Ok(raw_to_celsius(buf))
+    }
+}
+
+/// Two register bytes → °C. The 12 significant bits are left-justified: an arithmetic shift keeps
+/// the sign.
+pub fn raw_to_celsius(bytes: [u8; 2]) -> f32 {
+    f32::from(i16::from_be_bytes(bytes) >> 4) * 0.0625
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_hal::i2c::ErrorKind;
+    use embedded_hal_mock::eh1::i2c::{Mock, Transaction};
+
+    /// TMP105 datasheet, Table 2 "Temperature Data Format (12-bit)".
+    const DATASHEET: [(f32, [u8; 2]); 11] = [
+        (128.0 - 0.0625, [0x7F, 0xF0]),
+        (100.0, [0x64, 0x00]),
+        (80.0, [0x50, 0x00]),
+        (75.0, [0x4B, 0x00]),
+        (50.0, [0x32, 0x00]),
+        (25.0, [0x19, 0x00]),
+        (0.0625, [0x00, 0x10]),
+        (0.0, [0x00, 0x00]),
+        (-0.0625, [0xFF, 0xF0]),
+        (-25.0, [0xE7, 0x00]),
+        (-55.0, [0xC9, 0x00]),
+    ];
+
+    #[test]
+    fn datasheet_table_converts() {
+        for (celsius, bytes) in DATASHEET {
+            assert_eq!(raw_to_celsius(bytes), celsius, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn low_nibble_is_ignored() {
+        assert_eq!(raw_to_celsius([0x19, 0x0F]), 25.0);
+    }
+
+    #[test]
+    fn init_then_read_uses_the_datasheet_transactions() {
+        let expectations = [
+            Transaction::write(0x48, vec![0x01, 0x60]),
+            Transaction::write_read(0x48, vec![0x00], vec![0x19, 0x40]),
+        ];
+        let mut i2c = Mock::new(&expectations);
+        let mut sensor = Tmp105::new(i2c.clone(), 0x48);
+        sensor.init().unwrap();
+        assert_eq!(sensor.read_celsius().unwrap(), 25.25);
+        i2c.done();
+    }
+
+    #[test]
+    fn bus_error_is_returned_not_a_value() {
+        let expectations = [
+            Transaction::write_read(0x49, vec![0x00], vec![0, 0]).with_error(
+                ErrorKind::NoAcknowledge(embedded_hal::i2c::NoAcknowledgeSource::Address),
+            ),
+        ];
+        let mut i2c = Mock::new(&expectations);
+        let mut sensor = Tmp105::new(i2c.clone(), 0x49);
+        assert!(sensor.read_celsius().is_err());
+        i2c.done();
+    }
+}

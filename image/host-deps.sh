@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything the build, `make qemu` and `make test` need on a Debian 12 x86_64 host.
+# Idempotent: a second run only checks. Run as root (or with sudo available).
+set -euo pipefail
+
+need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
+SUDO=$(need_root)
+
+# The Debian mirror comes from the host's own apt sources; override with MIRROR=...
+. "$(dirname "$0")/mirror.sh"
+
+APT_PKGS=(
+  gcc-arm-linux-gnueabihf libc6-dev-armhf-cross   # linker and static glibc for the ARM agent
+  mosquitto mosquitto-clients                     # the local broker and its CLI for demos/tests
+  mtools dosfstools e2fsprogs fdisk               # sdcard.img: FAT boot partition, ext4 rootfs, partition table
+  cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
+  debian-archive-keyring apt-utils
+)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+# QEMU >= 10 (bookworm-backports): Debian 12's 7.2 has no I2C controller on -M cubieboard.
+qemu_ok() {
+  command -v qemu-system-arm >/dev/null &&
+    [ "$(qemu-system-arm --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)" -ge 10 ]
+}
+
+updated=0
+apt_update() { [ "$updated" = 1 ] || { echo "==> apt-get update"; $SUDO apt-get update -q; updated=1; }; }
+
+if ! qemu_ok; then
+  codename=$(. /etc/os-release; echo "${VERSION_CODENAME:-bookworm}")
+  list=/etc/apt/sources.list.d/betaas-backports.list
+  if [ "$codename" = bookworm ] && [ ! -f "$list" ]; then
+    echo "==> adding ${codename}-backports (for QEMU 10) from $MIRROR"
+    echo "deb $MIRROR ${codename}-backports main" | $SUDO tee "$list" >/dev/null
+  fi
+  apt_update
+  echo "==> installing qemu-system-arm (backports)"
+  if [ "$codename" = bookworm ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-arm
+  else
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends qemu-system-arm
+  fi
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_update
+  echo "==> installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Rust: the ARM target for the static agent.
+if ! rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf; then
+  echo "==> rustup target add armv7-unknown-linux-gnueabihf"
+  rustup target add armv7-unknown-linux-gnueabihf
+fi
+
+qemu_ok || { echo "host-deps: qemu-system-arm >= 10 is required" >&2; exit 1; }
+echo "==> host dependencies present ($(qemu-system-arm --version | head -1))"
