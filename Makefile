@@ -3,6 +3,7 @@
 #   make test                 unit tests + end-to-end test under QEMU (installs what it needs)
 #   make agent-arm            the static ARM agent
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
+#   make bench                benchmarks (figures with their baselines)
 #   make deps                 install host packages, QEMU 10 and the Rust ARM target
 
 BOARD ?= qemu-cubieboard
@@ -10,7 +11,7 @@ ARM_TARGET := armv7-unknown-linux-gnueabihf
 AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
 STAMP := out/.deps-ok
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e clean
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e bench clean
 
 all: agent-arm
 
@@ -50,6 +51,10 @@ test-e2e: $(STAMP)
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
 
 test: test-unit test-e2e
+
+# Benchmarks print figures next to a baseline measured in the same run; they never fail on speed.
+bench: $(STAMP)
+	cargo bench --locked --workspace
 
 clean:
 	rm -rf out target
