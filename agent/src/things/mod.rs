@@ -4,6 +4,8 @@ pub mod tmp105;
 // Wired into the config in the things integration.
 #[allow(dead_code)]
 pub mod bme280;
+#[allow(dead_code)]
+pub mod bh1750;
 
 use std::path::Path;
 
