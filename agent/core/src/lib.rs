@@ -1,0 +1,12 @@
+//! BETaaS pure core: no I/O, no clock, no runtime. Time and state come in as arguments, so every
+//! part is tested exhaustively on the host and behaves the same on the gateway.
+//!
+//! - [`forecast`]: Holt's linear method for the resource history (paper §II.B).
+//! - [`allocator`]: the local/remote choice of the TaaS resources manager (paper §III, Figure 2).
+//! - [`scenario`], [`sim`], [`gen`]: the simulator that compares it with other schedulers.
+
+pub mod allocator;
+pub mod forecast;
+pub mod gen;
+pub mod scenario;
+pub mod sim;
