@@ -6,6 +6,8 @@ pub mod tmp105;
 pub mod bme280;
 #[allow(dead_code)]
 pub mod bh1750;
+#[allow(dead_code)]
+pub mod mcp3008;
 
 use std::path::Path;
 
