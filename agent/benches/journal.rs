@@ -1,0 +1,2 @@
+//! Journal benchmark (filled in below).
+fn main() {}
