@@ -14,6 +14,8 @@ APT_PKGS=(
   mosquitto mosquitto-clients                     # the local broker and its CLI for demos/tests
   mtools dosfstools e2fsprogs fdisk               # sdcard.img: FAT boot partition, ext4 rootfs, partition table
   cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
+  kmod                                            # depmod for the image's module tree
+  qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   debian-archive-keyring apt-utils
 )
 

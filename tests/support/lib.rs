@@ -1,1 +1,326 @@
-pub fn placeholder() {}
+//! Helpers for the end-to-end tests: a real mosquitto, a subscriber, the firmware under QEMU, QMP.
+//! Each helper kills exactly the process it started when dropped, and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Waits until `f` returns Some, polling every 50 ms, or panics with `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real mosquitto on a free loopback port (QEMU's user network reaches it as 10.0.2.2:port).
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (installed by image/host-deps.sh)");
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Subscribes with mosquitto_sub; every message arrives as (topic, payload). Returns once the
+    /// subscription is active (a retained marker message has come back through it).
+    pub fn subscribe(&self, filter: &str) -> Subscriber {
+        const READY: &str = "betaas-e2e/ready";
+        let port = self.port.to_string();
+        let ok = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                READY,
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                "1",
+            ])
+            .status()
+            .expect("run mosquitto_pub");
+        assert!(ok.success(), "mosquitto_pub failed");
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                filter,
+                "-t",
+                READY,
+                "-v",
+                "-q",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                if tx.send((topic.to_owned(), payload.to_owned())).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sub = Subscriber {
+            child,
+            rx,
+            early: Vec::new(),
+        };
+        let mut early = Vec::new();
+        sub.wait_for("the subscription", Duration::from_secs(10), |t, p| {
+            if t == READY {
+                return Some(());
+            }
+            early.push((t.to_owned(), p.to_owned()));
+            None
+        });
+        sub.early = early;
+        sub
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Subscriber {
+    child: Child,
+    rx: Receiver<(String, String)>,
+    /// Messages that arrived before the subscription was known to be active (retained ones).
+    early: Vec<(String, String)>,
+}
+
+impl Subscriber {
+    /// Returns the first message for which `f` returns Some, skipping others, or panics after `timeout`.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&str, &str) -> Option<T>,
+    ) -> T {
+        while !self.early.is_empty() {
+            let (topic, payload) = self.early.remove(0);
+            if let Some(v) = f(&topic, &payload) {
+                return v;
+            }
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((topic, payload)) => {
+                    if let Some(v) = f(&topic, &payload) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("timed out after {timeout:?} waiting for {what}")
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!("subscriber died waiting for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The firmware image of one board booted under QEMU through its generated `run-qemu.sh`, on a
+/// private copy of the image, with a provisioned agent config, a QMP socket and the serial console
+/// captured in `console.log`.
+pub struct Qemu {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    qmp: Option<Qmp>,
+}
+
+impl Qemu {
+    pub fn boot(board: &str, agent_toml: &str) -> Qemu {
+        let script = repo().join("out").join(board).join("run-qemu.sh");
+        assert!(
+            script.exists(),
+            "{} missing: run `make image BOARD={board}` (make test does)",
+            script.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = dir.path().join("agent.toml");
+        std::fs::write(&toml, agent_toml).expect("write agent.toml");
+        let sock = dir.path().join("qmp.sock");
+        let log = std::fs::File::create(dir.path().join("console.log")).expect("console.log");
+        let child = Command::new(&script)
+            .env("AGENT_TOML", &toml)
+            .env("IMAGE_COPY", dir.path().join("sdcard.img"))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start run-qemu.sh");
+        let mut vm = Qemu {
+            child,
+            dir,
+            qmp: None,
+        };
+        let qmp = wait_until("QMP socket", Duration::from_secs(30), || {
+            Qmp::connect(&sock).ok()
+        });
+        vm.qmp = Some(qmp);
+        vm
+    }
+
+    pub fn qmp(&mut self) -> &mut Qmp {
+        self.qmp.as_mut().expect("connected at boot")
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Stops QEMU at once (like pulling the power).
+    pub fn kill(&mut self) {
+        if let Some(q) = self.qmp.as_mut() {
+            let _ = q.execute("quit", serde_json::json!({}));
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let console = self.console();
+            let tail: Vec<&str> = console.lines().rev().take(60).collect();
+            eprintln!("--- last console lines ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A minimal QEMU Machine Protocol client (JSON lines over a Unix socket).
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    pub fn connect(path: &Path) -> std::io::Result<Qmp> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut q = Qmp {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        };
+        let mut greeting = String::new();
+        q.reader.read_line(&mut greeting)?;
+        q.execute("qmp_capabilities", serde_json::json!({}))
+            .map_err(std::io::Error::other)?;
+        Ok(q)
+    }
+
+    /// Runs a command and returns its `return` value; an `error` reply is an Err.
+    pub fn execute(
+        &mut self,
+        cmd: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let req = serde_json::json!({"execute": cmd, "arguments": args});
+        writeln!(self.writer, "{req}").map_err(|e| e.to_string())?;
+        loop {
+            let mut line = String::new();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("QMP closed".into());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e.to_string());
+            }
+            // An asynchronous event: skip it.
+        }
+    }
+}

@@ -8,6 +8,8 @@ pub mod bme280;
 pub mod bh1750;
 #[allow(dead_code)]
 pub mod mcp3008;
+#[allow(dead_code)]
+pub mod gpio;
 
 use std::path::Path;
 
