@@ -148,6 +148,9 @@ pub struct State {
     pub next_index: u64,
     /// Next seq per thing, so seqs keep growing after the segments that held them are deleted.
     pub next_seq: Vec<(String, u64)>,
+    /// Written true only by a clean close. After anything else, unsynced records (already published,
+    /// perhaps) may be gone from disk, so their seqs must not be handed out again.
+    pub clean: bool,
 }
 
 /// First bytes of the state file.
@@ -469,6 +472,7 @@ mod tests {
             next_segment: 4,
             next_index: 20,
             next_seq: vec![("t1".into(), 9), ("t2".into(), 11)],
+            clean: true,
         };
         let b = encode_state(&st).expect("encode");
         assert_eq!(decode_state(&b), Ok(st));

@@ -126,6 +126,7 @@ pub struct Journal {
     appended: u64,
     bytes_written: u64,
     fsyncs: u64,
+    closed: bool,
 }
 
 impl Journal {
@@ -183,6 +184,28 @@ impl Journal {
             prev_end = Some(seg.first_index + seg.records);
             segs.push_back(seg);
         }
+
+        // After a crash or power cut, records appended but not yet synced may have been published and
+        // then lost from disk; their seqs must not be reused, or consumers would drop the new readings
+        // as duplicates. Skip ahead by as many records as the fsync policy leaves unsynced.
+        if !state.clean && !rec.fresh {
+            let margin = match limits.fsync {
+                FsyncPolicy::Always => 0,
+                FsyncPolicy::Every { records, .. } => u64::from(records),
+                // Kernel writeback: ~30 s of readings; a generous bound.
+                FsyncPolicy::Never => 1 << 20,
+            };
+            if margin > 0 && !next_seq.is_empty() {
+                info!(
+                    margin,
+                    "unclean shutdown: skipping seqs that may have been published and lost"
+                );
+                for s in next_seq.values_mut() {
+                    *s += margin;
+                }
+            }
+        }
+        state.clean = false;
 
         // Keep ids and indices growing even when every segment was deleted.
         let (mut next_segment, next_index) = match segs.back() {
@@ -243,6 +266,7 @@ impl Journal {
             appended: 0,
             bytes_written: 0,
             fsyncs,
+            closed: false,
         };
         // Persist what recovery changed (counters, clamped ack) before anything else can be lost.
         j.persist_state()?;
@@ -647,10 +671,30 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Syncs everything and marks the journal cleanly closed, so the next open reuses seqs exactly.
+    pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        self.sync_data()?;
+        self.state.clean = true;
+        self.persist_state()?;
+        // Leave Drop with nothing to do.
+        self.state.clean = false;
+        self.closed = true;
+        Ok(())
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            error!(error = %e, "journal sync on close failed");
+        if self.closed {
+            return;
+        }
+        if let Err(e) = self.close_inner() {
+            error!(error = %e, "journal close failed");
         }
     }
 }
