@@ -261,10 +261,10 @@ pub struct Policy {
     pub min_trust: f64,
     /// Battery-powered gateways below this charge are never chosen: a new VM would drain them.
     pub min_battery: f64,
-    /// Compute nodes and heavy apps may not bring the instance's free CPUs or memory below this
-    /// fraction of its capacity while storage nodes or light apps are registered: that room is
-    /// theirs (the paper's priority rule, made concrete for one-at-a-time decisions).
-    pub reserve_fraction: f64,
+    /// Compute nodes and heavy apps may not take the last room for the largest registered storage
+    /// node, light app or logical gateway: the paper's priority rule, made concrete for decisions
+    /// taken one request at a time. `false` turns the rule off.
+    pub reserve_for_priority: bool,
     /// Remotes costing more per VM are not used; `None`: no limit.
     pub max_cost_per_vm: Option<f64>,
     /// Seed of the `random` baseline.
@@ -277,7 +277,7 @@ impl Policy {
             kind,
             min_trust: 0.5,
             min_battery: 0.2,
-            reserve_fraction: 0.2,
+            reserve_for_priority: true,
             max_cost_per_vm: None,
             seed: 1,
         }
@@ -357,8 +357,8 @@ pub const BASELINE: &str = "baseline";
 ///
 /// 1. Exclude gateways without virtualization, below the trust threshold, or on a low battery.
 /// 2. If no remaining gateway has the resources (judged by the Holt forecast): remote, else cancel.
-/// 3. Compute nodes and heavy apps: if placing them would eat into the room reserved for storage
-///    nodes and light apps → remote, else cancel. If no gateway that fits is powerful → remote,
+/// 3. Compute nodes and heavy apps may not take the last room for the largest storage node or
+///    light app: when every placement would, resources are short → remote, else cancel. If no gateway that fits is powerful → remote,
 ///    or local anyway when no remote is usable. Storage nodes, light apps and logical gateways
 ///    stay local whenever a gateway fits.
 /// 4. Local choice: a gateway already running VMs that cannot host the most expensive template
@@ -415,13 +415,16 @@ pub fn decide(req: &Request, view: &InstanceView, policy: &Policy) -> Decision {
     // 3. Role rules.
     let mut candidates = fitting;
     if req.template.role.is_heavy() {
-        if let Some(text) = shortage(req, view, &eligible, policy) {
-            rules.push(Fired {
-                rule: SHORTAGE_PRIORITY,
-                text,
-            });
-            return remote_or(CancelReason::ReservedForPriority, view, policy, rules);
-        }
+        candidates = match priority_room(req, view, &eligible, candidates, policy) {
+            Ok(c) => c,
+            Err(text) => {
+                rules.push(Fired {
+                    rule: SHORTAGE_PRIORITY,
+                    text,
+                });
+                return remote_or(CancelReason::ReservedForPriority, view, policy, rules);
+            }
+        };
         let powerful: Vec<&Gateway> = candidates
             .iter()
             .copied()
@@ -592,35 +595,50 @@ fn remote_or(
     }
 }
 
-/// For a compute node or heavy app: `Some(explanation)` when placing it would take the room kept
-/// for storage nodes and light apps.
-fn shortage(
+/// For a compute node or heavy app: the fitting gateways on which it leaves some eligible gateway
+/// able to host the largest registered storage node / light app / logical gateway (that room
+/// belongs to the priority roles), or why there is none: resources are short.
+fn priority_room<'v>(
     req: &Request,
     view: &InstanceView,
     eligible: &[&Gateway],
+    fitting: Vec<&'v Gateway>,
     policy: &Policy,
-) -> Option<String> {
-    let protected = view.templates.iter().any(|t| !t.role.is_heavy());
-    if !protected || policy.reserve_fraction <= 0.0 {
-        return None;
+) -> Result<Vec<&'v Gateway>, String> {
+    let protected = view
+        .templates
+        .iter()
+        .filter(|t| !t.role.is_heavy())
+        .max_by(|a, b| a.cost_key().cmp(&b.cost_key()));
+    let Some(protected) = protected.filter(|_| policy.reserve_for_priority) else {
+        return Ok(fitting);
+    };
+    let keep = protected.res();
+    let want = req.template.res();
+    let hosts: Vec<&Gateway> = eligible
+        .iter()
+        .copied()
+        .filter(|g| keep.fits_in(&g.judged_free()))
+        .collect();
+    if hosts.is_empty() {
+        return Ok(fitting); // no room for it already: nothing left to protect
     }
-    let (mut cap, mut free) = (Res::default(), Res::default());
-    for g in eligible {
-        cap = cap.plus(&g.capacity);
-        free = free.plus(&g.judged_free());
-    }
-    let after = free.saturating_sub(&req.template.res());
-    let short_cpu = f64::from(after.cpus) < policy.reserve_fraction * f64::from(cap.cpus);
-    let short_mem = (after.mem_mb as f64) < policy.reserve_fraction * cap.mem_mb as f64;
-    (short_cpu || short_mem).then(|| {
-        format!(
-            "resources are short: {} would leave {} of {} free, under the {:.0}% kept for storage nodes and light apps",
+    // The room survives a placement if another gateway keeps it, or the chosen one still has it.
+    let survives = |target: &Gateway| {
+        hosts
+            .iter()
+            .any(|h| h.id != target.id || keep.fits_in(&h.judged_free().saturating_sub(&want)))
+    };
+    let ok: Vec<&Gateway> = fitting.into_iter().filter(|g| survives(g)).collect();
+    if ok.is_empty() {
+        return Err(format!(
+            "resources are short: placing {} anywhere would leave no gateway able to host {} ({}); that room is kept for storage nodes and light apps",
             req.template.name,
-            after,
-            cap,
-            policy.reserve_fraction * 100.0
-        )
-    })
+            protected.name,
+            protected.role.name()
+        ));
+    }
+    Ok(ok)
 }
 
 fn local_choice<'v>(

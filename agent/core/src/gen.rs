@@ -69,6 +69,7 @@ pub fn generate(gateways: usize, requests: usize, seed: u64) -> Scenario {
                 battery: battery.then(|| (rng.unit() * 100.0).round() / 100.0),
                 powerful,
                 host_mem_used_mb: Vec::new(),
+                running: Vec::new(),
             }
         })
         .collect();

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::allocator::{Provider, Template, Virt};
+use crate::allocator::{Provider, Res, Template, Virt};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
@@ -34,6 +34,9 @@ pub struct ScGateway {
     /// last value as used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_mem_used_mb: Vec<f64>,
+    /// Templates of the VMs already running on it when the scenario starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,23 @@ impl Scenario {
                     format!("templates[{i}].name"),
                     format!("duplicate template {:?}", t.name),
                 ));
+            }
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            let mut used = Res::default();
+            for (k, name) in g.running.iter().enumerate() {
+                let at = format!("gateways[{i}].running[{k}]");
+                let t = self.templates.iter().find(|t| &t.name == name);
+                let Some(t) = t else {
+                    return Err((at, format!("unknown template {name:?}")));
+                };
+                used = used.plus(&t.res());
+                if !used.fits_in(&Res::new(g.cpus, g.mem_mb, g.disk_gb)) {
+                    return Err((
+                        at,
+                        format!("{name:?} does not fit on {}: {used} needed", g.id),
+                    ));
+                }
             }
         }
         let mut clouds = BTreeSet::new();
@@ -218,6 +238,14 @@ mod tests {
             (
                 OK.replace("\"trust\": 0.9", "\"trust\": 1.9"),
                 "gateways[0].trust",
+            ),
+            (
+                OK.replace("\"colour\"", "\"running\": [\"s\", \"s\", \"s\"], \"c\""),
+                "gateways[0].running[2]",
+            ),
+            (
+                OK.replace("\"colour\"", "\"running\": [\"x\"], \"c\""),
+                "gateways[0].running[0]",
             ),
             (
                 OK.replace("\"battery\": null", "\"battery\": 2"),

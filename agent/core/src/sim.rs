@@ -63,6 +63,9 @@ pub struct Summary {
     pub fragmentation: f64,
     /// Most VMs running remotely at any one time.
     pub remote_peak: u32,
+    /// Local placements that fit now but not in the Holt forecast of the gateway's free resources:
+    /// VMs that would be squeezed if the host's own load grows as forecast.
+    pub at_risk: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,6 +94,7 @@ pub struct Sim<'s> {
     frag_sum: f64,
     frag_n: usize,
     remote_peak: u32,
+    at_risk: usize,
     biggest: Option<Res>,
 }
 
@@ -117,15 +121,21 @@ impl<'s> Sim<'s> {
                 // Every policy sees the host's current use as taken; the forecast is extra information.
                 let cap_mem = g.mem_mb - last.map_or(0, clamp);
                 host_mem.push((g.mem_mb, peak.map(clamp)));
+                // VMs already running (checked to fit by Scenario::check). They are never released.
+                let running = g
+                    .running
+                    .iter()
+                    .filter_map(|n| scenario.templates.iter().find(|t| &t.name == n));
+                let used = running.fold(Res::default(), |u, t| u.plus(&t.res()));
                 Gateway {
                     id: g.id.clone(),
                     capacity: Res::new(g.cpus, cap_mem, g.disk_gb),
-                    used: Res::default(),
+                    used,
                     forecast_free: None,
                     virt: g.virt,
                     trust: g.trust,
                     battery: g.battery,
-                    vms: 0,
+                    vms: g.running.len() as u32,
                     powerful: g.powerful,
                 }
             })
@@ -163,6 +173,7 @@ impl<'s> Sim<'s> {
             frag_sum: 0.0,
             frag_n: 0,
             remote_peak: 0,
+            at_risk: 0,
             biggest,
         };
         for i in 0..sim.view.gateways.len() {
@@ -239,6 +250,9 @@ impl<'s> Sim<'s> {
                         counts.local += 1;
                         if let Some(g) = self.view.gateways.iter().position(|g| g.id == id) {
                             let gw = &mut self.view.gateways[g];
+                            if !t.res().fits_in(&gw.judged_free()) {
+                                self.at_risk += 1;
+                            }
                             gw.used = gw.used.plus(&t.res());
                             gw.vms += 1;
                             self.placed[i] = Some(Placed::Local(g, t.res()));
@@ -336,6 +350,7 @@ impl<'s> Sim<'s> {
                     self.frag_sum / self.frag_n as f64
                 },
                 remote_peak: self.remote_peak,
+                at_risk: self.at_risk,
             },
             decisions: self.decisions,
         }
@@ -354,13 +369,21 @@ pub fn run(scenario: &Scenario, policy: &Policy, fp: ForecastParams) -> SimOutpu
 /// One line per policy: the comparison table (`simulate --compare`, `make bench`).
 pub fn comparison_table(rows: &[SimOutput]) -> String {
     let mut s = format!(
-        "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>13}\n",
-        "policy", "local", "remote", "cancel", "accepted", "1st-fail", "frag", "free-MB sd"
+        "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>13} {:>8}\n",
+        "policy",
+        "local",
+        "remote",
+        "cancel",
+        "accepted",
+        "1st-fail",
+        "frag",
+        "free-MB sd",
+        "at-risk"
     );
     for o in rows {
         let m = &o.summary;
         s.push_str(&format!(
-            "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6.3} {:>13.1}\n",
+            "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6.3} {:>13.1} {:>8}\n",
             o.policy,
             m.local,
             m.remote,
@@ -368,7 +391,8 @@ pub fn comparison_table(rows: &[SimOutput]) -> String {
             m.local + m.remote,
             m.first_failure.map_or("-".to_owned(), |i| i.to_string()),
             m.fragmentation,
-            m.free_mem_mb_stddev
+            m.free_mem_mb_stddev,
+            m.at_risk
         ));
     }
     s

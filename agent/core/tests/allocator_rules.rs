@@ -376,3 +376,30 @@ fn policy_names_round_trip() {
         "{e}"
     );
 }
+
+#[test]
+fn heavy_work_avoids_the_last_room_for_storage() {
+    // Storage nodes need 40 GB of disk: only P1 has it, and P1 would have no vCPU left after the
+    // compute node. P2 fits the compute node too (it runs a VM, so spread alone prefers P1).
+    let mut v = view(
+        vec![powerful(gw("P1", 2, 4096)), powerful(gw("P2", 4, 4096))],
+        vec![],
+    );
+    v.gateways[1].vms = 1;
+    v.gateways[1].used = Res::new(0, 0, 30);
+    v.templates[2].disk_gb = 40;
+    let d = ask(big(), &v);
+    assert_eq!(local(&d), "P2", "{}", d.explanation());
+    // Control: without the priority rule the spread rule prefers P1 (no VMs).
+    let mut p = Policy::default();
+    p.reserve_for_priority = false;
+    let d = decide(
+        &Request {
+            id: 1,
+            template: big(),
+        },
+        &v,
+        &p,
+    );
+    assert_eq!(local(&d), "P1");
+}
