@@ -38,7 +38,7 @@ image: agent-arm
 
 qemu: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
-	bash tests/demo.sh
+	cargo run --quiet --locked -p betaas-e2e --bin qemu-demo
 
 test-unit: $(STAMP)
 	@echo "==> host unit tests"

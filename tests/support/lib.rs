@@ -37,17 +37,38 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
-/// A real mosquitto on a free loopback port (QEMU's user network reaches it as 10.0.2.2:port).
+/// A real mosquitto on a loopback port (QEMU's user network reaches it as 10.0.2.2:port), or an
+/// external broker the caller names.
 pub struct Mosquitto {
+    pub host: String,
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Mosquitto {
+    /// Starts mosquitto on a free port.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_on(free_port())
+    }
+
+    /// A broker this process does not own (`BROKER=host:port`).
+    pub fn external(host: &str, port: u16) -> Mosquitto {
+        Mosquitto {
+            host: host.to_owned(),
+            port,
+            child: None,
+            _dir: None,
+        }
+    }
+
+    /// Whether something already listens on `port` on loopback.
+    pub fn port_in_use(port: u16) -> bool {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -65,9 +86,10 @@ impl Mosquitto {
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
         Mosquitto {
+            host: "127.0.0.1".into(),
             port,
-            child,
-            _dir: dir,
+            child: Some(child),
+            _dir: Some(dir),
         }
     }
 
@@ -78,34 +100,14 @@ impl Mosquitto {
         let port = self.port.to_string();
         let ok = Command::new("mosquitto_pub")
             .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                READY,
-                "-r",
-                "-q",
-                "1",
-                "-m",
-                "1",
+                "-h", &self.host, "-p", &port, "-t", READY, "-r", "-q", "1", "-m", "1",
             ])
             .status()
             .expect("run mosquitto_pub");
         assert!(ok.success(), "mosquitto_pub failed");
         let mut child = Command::new("mosquitto_sub")
             .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                filter,
-                "-t",
-                READY,
-                "-v",
-                "-q",
-                "1",
+                "-h", &self.host, "-p", &port, "-t", filter, "-t", READY, "-v", "-q", "1",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -141,8 +143,10 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -182,6 +186,16 @@ impl Subscriber {
                 Err(RecvTimeoutError::Disconnected) => panic!("subscriber died waiting for {what}"),
             }
         }
+    }
+}
+
+impl Subscriber {
+    /// The next message within `timeout`, if any.
+    pub fn next(&mut self, timeout: Duration) -> Option<(String, String)> {
+        if !self.early.is_empty() {
+            return Some(self.early.remove(0));
+        }
+        self.rx.recv_timeout(timeout).ok()
     }
 }
 
