@@ -24,6 +24,72 @@ pub struct Config {
     pub mqtt: Mqtt,
     #[serde(default, rename = "things")]
     pub things: Vec<Thing>,
+    /// The resource monitor; the section and each key are optional.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// `[resources]`: sampling and the Holt forecast of free resources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval_secs: Seconds,
+    /// Samples kept (and persisted under `data_dir/resources/`); the oldest are dropped.
+    #[serde(default = "default_history_len")]
+    pub history_len: Count,
+    /// Samples between two writes of the history: bounds SD card wear (and what a power cut loses).
+    #[serde(default = "default_persist_every")]
+    pub persist_every: Count,
+    /// Holt level smoothing, 0..=1.
+    #[serde(default = "default_alpha")]
+    pub alpha: Smoothing,
+    /// Holt trend smoothing, 0..=1.
+    #[serde(default = "default_beta")]
+    pub beta: Smoothing,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            sample_interval_secs: default_sample_interval(),
+            history_len: default_history_len(),
+            persist_every: default_persist_every(),
+            alpha: default_alpha(),
+            beta: default_beta(),
+        }
+    }
+}
+
+/// A smoothing factor in 0..=1.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Smoothing(pub f64);
+
+impl TryFrom<f64> for Smoothing {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(Smoothing(v))
+        } else {
+            Err(format!("{v} is out of range 0..=1"))
+        }
+    }
+}
+
+/// A count of samples, 1..=100000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct Count(pub u32);
+
+impl TryFrom<i64> for Count {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        match u32::try_from(v) {
+            Ok(n @ 1..=100_000) => Ok(Count(n)),
+            _ => Err(format!("{v} is out of range 1..=100000")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +233,21 @@ fn default_prefix() -> TopicLevel {
 }
 fn default_keep_alive() -> Seconds {
     Seconds(Duration::from_secs(30))
+}
+fn default_sample_interval() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn default_history_len() -> Count {
+    Count(1440) // one day at the default interval
+}
+fn default_persist_every() -> Count {
+    Count(10)
+}
+fn default_alpha() -> Smoothing {
+    Smoothing(0.5)
+}
+fn default_beta() -> Smoothing {
+    Smoothing(0.3)
 }
 fn default_interval() -> Millis {
     Millis(Duration::from_secs(5))
@@ -380,6 +461,34 @@ interval_ms = 250
     fn syntax_error_has_a_line() {
         let e = err("gateway_id = \"g\"\n[mqtt\nhost = 1\n");
         assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn resources_section_defaults_and_errors() {
+        let c = Config::parse(Path::new("a.toml"), GOOD).unwrap();
+        assert_eq!(c.resources.sample_interval_secs.0, Duration::from_secs(60));
+        assert_eq!(
+            (c.resources.history_len, c.resources.persist_every),
+            (Count(1440), Count(10))
+        );
+        assert_eq!(
+            (c.resources.alpha, c.resources.beta),
+            (Smoothing(0.5), Smoothing(0.3))
+        );
+        let text = format!("{GOOD}\n[resources]\nhistory_len = 60\nalpha = 0.8\n");
+        let c = Config::parse(Path::new("a.toml"), &text).unwrap();
+        assert_eq!(
+            (c.resources.history_len, c.resources.alpha),
+            (Count(60), Smoothing(0.8))
+        );
+        assert_eq!(c.resources.beta, Smoothing(0.3));
+        let e = err(&format!("{GOOD}\n[resources]\nalpha = 0.8\nbeta = 1.5\n"));
+        assert_eq!((e.line, e.field.as_str()), (22, "resources.beta"));
+        assert!(e.message.contains("0..=1"), "{}", e.message);
+        let e = err(&format!("{GOOD}\n[resources]\npersist_every = 0\n"));
+        assert_eq!(e.field, "resources.persist_every");
+        let e = err(&format!("{GOOD}\n[resources]\nsample_interval = 5\n"));
+        assert!(e.message.contains("sample_interval_secs"), "{}", e.message);
     }
 
     #[test]

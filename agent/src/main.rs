@@ -1,7 +1,9 @@
 //! `betaas-agent`: the BETaaS gateway agent.
 
+mod commands;
 mod config;
 mod mqtt;
+mod resources;
 mod things;
 
 use std::path::PathBuf;
@@ -32,10 +34,21 @@ enum Command {
     Run,
     /// Check the configuration and exit: 0 when valid, 2 with the error otherwise.
     CheckConfig,
+    /// Forecast a series with Holt's method (needs no configuration).
+    Forecast(commands::forecast::ForecastArgs),
+    /// Replay an allocation scenario and compare policies (needs no configuration).
+    Simulate(commands::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    // These need no configuration file: they run before it is loaded.
+    match &command {
+        Command::Forecast(args) => return commands::forecast::run(args),
+        Command::Simulate(args) => return commands::simulate::run(args),
+        Command::Run | Command::CheckConfig => {}
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -43,7 +56,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
+        Command::Forecast(_) | Command::Simulate(_) => ExitCode::SUCCESS, // ran above
         Command::CheckConfig => {
             println!(
                 "{}: ok ({} things)",
@@ -95,6 +109,10 @@ async fn run(config: Config) -> ExitCode {
         "starting"
     );
     tokio::spawn(mqtt::drive(eventloop, client.clone(), topics.clone()));
+    tokio::spawn(resources::run(
+        config.resources.clone(),
+        config.data_dir.clone(),
+    ));
     for thing in config.things {
         tokio::spawn(poll_thing(thing, client.clone(), topics.clone()));
     }

@@ -81,7 +81,8 @@ impl Scenario {
             file: file.to_owned(),
             line: e.line(),
             column: e.column(),
-            message: e.to_string(),
+            // serde_json's text ends with " at line L column C": already in the fields.
+            message: strip_location(&e.to_string()),
         })?;
         s.check().map_err(|(at, message)| ScenarioError::Invalid {
             file: file.to_owned(),
@@ -178,6 +179,13 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
     }
 }
 

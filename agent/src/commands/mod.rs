@@ -1,0 +1,20 @@
+//! CLI subcommands that need no configuration: `forecast` and `simulate`.
+
+pub mod forecast;
+pub mod simulate;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Prints a command's output; a closed pipe (`| head`) is not an error worth a panic.
+fn print(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let text = text.trim_end();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("betaas-agent: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
