@@ -476,16 +476,18 @@ fn eligible_gateways<'v>(
     for g in &view.gateways {
         let why = if g.virt == Virt::None {
             Some("no virtualization".to_owned())
-        } else if !(g.trust >= policy.min_trust) {
+        } else if below(g.trust, policy.min_trust) {
             Some(format!("trust {:.2} < {:.2}", g.trust, policy.min_trust))
-        } else if let Some(b) = g.battery.filter(|b| !(*b >= policy.min_battery)) {
-            Some(format!(
-                "battery {:.0}% < {:.0}%: a new VM would drain it",
-                b * 100.0,
-                policy.min_battery * 100.0
-            ))
         } else {
-            None
+            g.battery
+                .filter(|b| below(*b, policy.min_battery))
+                .map(|b| {
+                    format!(
+                        "battery {:.0}% < {:.0}%: a new VM would drain it",
+                        b * 100.0,
+                        policy.min_battery * 100.0
+                    )
+                })
         };
         match why {
             Some(w) => excluded.push((g, w)),
@@ -527,7 +529,7 @@ pub fn usable_remote<'v>(view: &'v InstanceView, policy: &Policy) -> Result<&'v 
             Some(format!("at its VM limit ({}/{})", r.in_use, r.max_vms))
         } else if policy
             .max_cost_per_vm
-            .is_some_and(|m| !(r.cost_per_vm <= m))
+            .is_some_and(|m| below(m, r.cost_per_vm))
         {
             Some(format!("costs {} per VM, over the limit", r.cost_per_vm))
         } else if !view.gateways.iter().any(|g| g.id == r.owner) {
@@ -769,6 +771,12 @@ fn baseline_choice<'v>(
             fitting[i as usize]
         }
     }
+}
+
+/// `x < min`, with NaN counting as below: a score that is not a number never passes a threshold.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+fn below(x: f64, min: f64) -> bool {
+    !(x >= min)
 }
 
 /// SplitMix64: a tiny, well-mixed, seedable generator (no dependency, same numbers everywhere).

@@ -173,8 +173,10 @@ fn excludes_untrusted_unvirtualized_and_low_battery() {
         assert!(text.contains(want), "{want} not in {text}");
     }
     // Control: lower the thresholds and the big trusted-enough gateway is chosen.
-    let mut p = Policy::default();
-    p.min_trust = 0.2;
+    let p = Policy {
+        min_trust: 0.2,
+        ..Policy::default()
+    };
     let mut t = powerful(gw("T", 8, 8192));
     t.trust = 0.3;
     let d = decide(
@@ -214,8 +216,10 @@ fn each_cancel_path() {
         (vec![costly], "r costs 9 per VM"),
     ];
     for (remotes, why) in cases {
-        let mut p = Policy::default();
-        p.max_cost_per_vm = Some(2.0);
+        let p = Policy {
+            max_cost_per_vm: Some(2.0),
+            ..Policy::default()
+        };
         let d = decide(
             &Request {
                 id: 1,
@@ -391,8 +395,10 @@ fn heavy_work_avoids_the_last_room_for_storage() {
     let d = ask(big(), &v);
     assert_eq!(local(&d), "P2", "{}", d.explanation());
     // Control: without the priority rule the spread rule prefers P1 (no VMs).
-    let mut p = Policy::default();
-    p.reserve_for_priority = false;
+    let p = Policy {
+        reserve_for_priority: false,
+        ..Policy::default()
+    };
     let d = decide(
         &Request {
             id: 1,
