@@ -526,3 +526,70 @@ fn crash_simulation_truncating_files_at_random_points() {
         j.close().expect("close");
     }
 }
+
+#[test]
+fn damage_after_open_is_cut_when_read_and_the_read_goes_on() {
+    let mut rng = fastrand::Rng::with_seed(seed());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut j, _) = Journal::open(dir.path(), small()).expect("open");
+    let written = fill(&mut j, &mut rng, 3, 600);
+    // The card changes a byte of the first segment's 10th record while the journal is open.
+    let path = &segments(dir.path())[0];
+    let at = written[9].0.offset + 2;
+    let mut bytes = fs::read(path).expect("read");
+    bytes[at as usize] ^= 0x40;
+    fs::write(path, &bytes).expect("write");
+    let first_seg = written[0].0.segment;
+    let in_first = written
+        .iter()
+        .filter(|(c, _)| c.segment == first_seg)
+        .count();
+    let from = j.ack_cursor();
+    let got = read_all(&mut j, from);
+    let expect: Vec<_> = written[..10]
+        .iter()
+        .chain(&written[in_first..])
+        .cloned()
+        .collect();
+    assert_eq!(got, expect);
+    assert_eq!(j.stats().lost_records, (in_first - 10) as u64);
+    // Reading again does not count again.
+    let from = j.ack_cursor();
+    assert_eq!(read_all(&mut j, from), expect);
+    assert_eq!(j.stats().lost_records, (in_first - 10) as u64);
+}
+
+#[test]
+fn intact_frame_with_a_foreign_payload_is_skipped_alone() {
+    let mut rng = fastrand::Rng::with_seed(seed());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut j, _) = Journal::open(dir.path(), small()).expect("open");
+    let written = fill(&mut j, &mut rng, 2, 20);
+    j.close().expect("close");
+    // A CRC-valid frame whose payload is a Body variant this build does not know (e.g. a newer agent).
+    let payload = [2u8, b'x', 0, 0, 9];
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(&payload);
+    let mut frame = len.to_vec();
+    frame.extend_from_slice(&h.finalize().to_le_bytes());
+    frame.extend_from_slice(&payload);
+    let path = segments(dir.path()).pop().expect("segment");
+    let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+    std::io::Write::write_all(&mut f, &frame).expect("write");
+    drop(f);
+
+    let (mut j, rec) = Journal::open(dir.path(), small()).expect("reopen");
+    assert_eq!(rec.undecodable, 1);
+    assert!(rec.truncations.is_empty(), "an intact frame is not cut");
+    let after = random_record(&mut rng, "thing-0", j.next_seq("thing-0"));
+    let c = j.append(&after).expect("append");
+    let from = j.ack_cursor();
+    let got = read_all(&mut j, from);
+    assert_eq!(got[..20], written[..]);
+    assert_eq!(got[20..], [(c, after)]);
+    // Acking the last record acks past the foreign one too.
+    j.ack(c).expect("ack");
+    assert_eq!(j.stats().depth, 0);
+}
