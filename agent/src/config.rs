@@ -27,6 +27,55 @@ pub struct Config {
     /// The resource monitor; the section and each key are optional.
     #[serde(default)]
     pub resources: Resources,
+    /// The store-and-forward journal under `data_dir/journal`.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `[journal]`: bounds and the fsync policy. Defaults in `journal::Limits::default()`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    pub segment_bytes: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    /// `interval` (default: sync every `fsync_records` readings or `fsync_interval_ms`), `always`
+    /// (every reading: no loss on power cut, most SD wear) or `never` (kernel writeback, ~30 s).
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    pub fsync_records: Option<u32>,
+    pub fsync_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    #[default]
+    Interval,
+    Always,
+    Never,
+}
+
+/// `[health]`: the agent's own health on `<prefix>/<gateway>/health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_interval")]
+    pub interval_secs: Seconds,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_secs: default_health_interval(),
+        }
+    }
+}
+
+fn default_health_interval() -> Seconds {
+    Seconds(Duration::from_secs(60))
 }
 
 /// `[resources]`: sampling and the Holt forecast of free resources.
@@ -107,30 +156,269 @@ pub struct Mqtt {
     pub keep_alive_secs: Seconds,
 }
 
+/// `[[things]]`: one sensor or actuator. Which keys apply depends on the driver (see [`Driver`]);
+/// [`Config::check`] names the missing ones.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thing {
     pub id: TopicLevel,
+    #[serde(default)]
+    pub kind: Kind,
+    pub bus: Bus,
     pub driver: Driver,
-    /// The I2C character device, e.g. `/dev/i2c-0`.
-    pub bus: PathBuf,
-    pub address: I2cAddress,
+    /// The character device or file: `/dev/i2c-0`, `/dev/spidev0.0`, `/dev/gpiochip0`, a sysfs attribute.
+    pub device: Option<PathBuf>,
+    /// I2C address.
+    pub address: Option<I2cAddress>,
+    /// MCP3008 input 0..=7.
+    pub channel: Option<u8>,
+    /// MCP3008 reference voltage (default 3.3 V).
+    pub vref: Option<f64>,
+    /// GPIO line offset on `device`.
+    pub line: Option<u32>,
+    #[serde(default)]
+    pub active_low: bool,
+    /// GPIO input debounce window.
+    pub debounce_ms: Option<u64>,
+    /// MQTT things: the topic the device publishes on, and the RFC 6901 pointer to the value in its
+    /// JSON payload (`""` when the payload is a bare number).
+    pub topic: Option<String>,
+    pub field: Option<String>,
     #[serde(default = "default_interval")]
     pub interval_ms: Millis,
+    /// Overrides the driver's unit; required for `sysfs` and `json` things.
+    pub unit: Option<String>,
+    /// Calibration: published value = raw * scale + offset.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Sanity range after calibration: values outside are errors, not readings.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Home Assistant device class, e.g. `temperature`; defaults from the driver.
+    pub device_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Sensor,
+    Actuator,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Bus {
+    I2c,
+    Spi,
+    Gpio,
+    Mqtt,
+    /// A number in a file, e.g. `/sys/class/thermal/thermal_zone0/temp` (the SoC's own sensor).
+    Sysfs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Driver {
     /// TI TMP105 and the LM75 register family (TMP75, TMP175, LM75B) in 12-bit mode.
     Tmp105,
+    /// Actuator: the TMP105's T_HIGH alert limit register (°C), written and read back.
+    Tmp105Limit,
+    /// Bosch BME280: publishes `<id>_temperature`, `<id>_humidity`, `<id>_pressure`.
+    Bme280,
+    /// ROHM BH1750 ambient light (lx).
+    Bh1750,
+    /// Microchip MCP3008 10-bit ADC over SPI (V).
+    Mcp3008,
+    /// GPIO input, edge-triggered and debounced (door contact, PIR).
+    GpioIn,
+    /// Actuator: GPIO output (relay, LED).
+    GpioOut,
+    /// A number read from a file.
+    Sysfs,
+    /// A JSON payload from an MQTT device.
+    Json,
+}
+
+/// What each driver needs: its bus, its kind, the keys it requires, and its unit and device class.
+pub struct DriverInfo {
+    pub name: &'static str,
+    pub bus: Bus,
+    pub kind: Kind,
+    pub requires: &'static [&'static str],
+    pub unit: &'static str,
+    pub device_class: Option<&'static str>,
 }
 
 impl Driver {
-    pub fn unit(self) -> &'static str {
-        match self {
-            Driver::Tmp105 => "°C",
+    pub const ALL: [Driver; 9] = [
+        Driver::Tmp105,
+        Driver::Tmp105Limit,
+        Driver::Bme280,
+        Driver::Bh1750,
+        Driver::Mcp3008,
+        Driver::GpioIn,
+        Driver::GpioOut,
+        Driver::Sysfs,
+        Driver::Json,
+    ];
+
+    pub fn info(self) -> DriverInfo {
+        use Bus::*;
+        use Kind::*;
+        let (name, bus, kind, requires, unit, class): (_, _, _, &'static [&'static str], _, _) =
+            match self {
+                Driver::Tmp105 => (
+                    "tmp105",
+                    I2c,
+                    Sensor,
+                    &["device", "address"],
+                    "°C",
+                    Some("temperature"),
+                ),
+                Driver::Tmp105Limit => (
+                    "tmp105-limit",
+                    I2c,
+                    Actuator,
+                    &["device", "address"],
+                    "°C",
+                    Some("temperature"),
+                ),
+                Driver::Bme280 => ("bme280", I2c, Sensor, &["device", "address"], "", None),
+                Driver::Bh1750 => (
+                    "bh1750",
+                    I2c,
+                    Sensor,
+                    &["device", "address"],
+                    "lx",
+                    Some("illuminance"),
+                ),
+                Driver::Mcp3008 => (
+                    "mcp3008",
+                    Spi,
+                    Sensor,
+                    &["device", "channel"],
+                    "V",
+                    Some("voltage"),
+                ),
+                Driver::GpioIn => ("gpio-in", Gpio, Sensor, &["device", "line"], "", None),
+                Driver::GpioOut => ("gpio-out", Gpio, Actuator, &["device", "line"], "", None),
+                Driver::Sysfs => ("sysfs", Bus::Sysfs, Sensor, &["device", "unit"], "", None),
+                Driver::Json => ("json", Mqtt, Sensor, &["topic", "unit"], "", None),
+            };
+        DriverInfo {
+            name,
+            bus,
+            kind,
+            requires,
+            unit,
+            device_class: class,
         }
+    }
+}
+
+impl Thing {
+    /// The unit readings carry: the config's, else the driver's.
+    pub fn unit(&self) -> String {
+        self.unit
+            .clone()
+            .unwrap_or_else(|| self.driver.info().unit.to_owned())
+    }
+
+    /// The thing ids this thing publishes under: a BME280 is three.
+    pub fn published_ids(&self) -> Vec<String> {
+        match self.driver {
+            Driver::Bme280 => ["temperature", "humidity", "pressure"]
+                .iter()
+                .map(|q| format!("{}_{q}", self.id))
+                .collect(),
+            _ => vec![self.id.to_string()],
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        match key {
+            "device" => self.device.is_some(),
+            "address" => self.address.is_some(),
+            "channel" => self.channel.is_some(),
+            "line" => self.line.is_some(),
+            "topic" => self.topic.is_some(),
+            "unit" => self.unit.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Cross-field rules for one thing: (field, message) of the first broken one.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let info = self.driver.info();
+        let accepted = |bus: Bus| {
+            Driver::ALL
+                .iter()
+                .filter(|d| d.info().bus == bus)
+                .map(|d| d.info().name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if info.bus != self.bus {
+            return Some((
+                "driver",
+                format!(
+                    "driver {} is not on bus {:?}; drivers on that bus: {}",
+                    info.name,
+                    self.bus,
+                    accepted(self.bus)
+                )
+                .to_lowercase(),
+            ));
+        }
+        if info.kind != self.kind {
+            return Some((
+                "kind",
+                format!("driver {} is a {:?}", info.name, info.kind).to_lowercase(),
+            ));
+        }
+        if let Some(key) = info.requires.iter().find(|k| !self.has(k)) {
+            return Some((key, format!("driver {} needs `{key}`", info.name)));
+        }
+        if self.channel.is_some_and(|c| c > 7) {
+            return Some(("channel", "MCP3008 channels are 0..=7".into()));
+        }
+        if self
+            .vref
+            .is_some_and(|v| !(v.is_finite() && v > 0.0 && v <= 5.5))
+        {
+            return Some(("vref", "vref must be in (0, 5.5] V".into()));
+        }
+        if !(self.scale.is_finite() && self.scale != 0.0) {
+            return Some(("scale", "scale must be a finite, non-zero number".into()));
+        }
+        if !self.offset.is_finite() {
+            return Some(("offset", "offset must be finite".into()));
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max) {
+            if lo >= hi {
+                return Some(("max", format!("max {hi} must be above min {lo}")));
+            }
+        }
+        if let Some(f) = &self.field {
+            if !(f.is_empty() || f.starts_with('/')) {
+                return Some((
+                    "field",
+                    format!("{f:?} is not a JSON pointer: use \"\" or \"/name/0/...\""),
+                ));
+            }
+        }
+        if let Some(t) = &self.topic {
+            if t.is_empty() || t.contains(['+', '#']) {
+                return Some((
+                    "topic",
+                    format!("{t:?}: a device topic is one topic, no wildcards"),
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -249,6 +537,9 @@ fn default_alpha() -> Smoothing {
 fn default_beta() -> Smoothing {
     Smoothing(0.3)
 }
+fn default_scale() -> f64 {
+    1.0
+}
 fn default_interval() -> Millis {
     Millis(Duration::from_secs(5))
 }
@@ -309,15 +600,33 @@ impl Config {
 
     /// Checks that span several fields (serde checks one field at a time).
     fn check(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let err = |i: usize, key: &str, message: String| ConfigError {
+            file: path.to_owned(),
+            line: key_line(text, "things", i, key),
+            field: format!("things[{i}].{key}"),
+            message,
+        };
+        let own = format!("{}/{}/", self.mqtt.prefix, self.gateway_id);
         let mut seen = HashSet::new();
         for (i, thing) in self.things.iter().enumerate() {
-            if !seen.insert(&thing.id) {
-                return Err(ConfigError {
-                    file: path.to_owned(),
-                    line: nth_table_line(text, "things", i),
-                    field: format!("things[{i}].id"),
-                    message: format!("duplicate thing id {:?}: ids must be unique", thing.id.0),
-                });
+            if let Some((key, message)) = thing.problem() {
+                return Err(err(i, key, message));
+            }
+            if thing.topic.as_deref().is_some_and(|t| t.starts_with(&own)) {
+                return Err(err(
+                    i,
+                    "topic",
+                    format!("{own}… is this gateway's own tree: it would loop"),
+                ));
+            }
+            for id in thing.published_ids() {
+                if !seen.insert(id.clone()) {
+                    return Err(err(
+                        i,
+                        "id",
+                        format!("duplicate thing id {id:?}: ids must be unique"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -362,13 +671,31 @@ fn locate(text: &str, at: usize) -> (usize, String) {
     (line, field)
 }
 
-fn nth_table_line(text: &str, name: &str, n: usize) -> usize {
+/// Line (1-based) of `key = …` inside the n-th `[[name]]` table, else of the table's header.
+fn key_line(text: &str, name: &str, n: usize, key: &str) -> usize {
     let header = format!("[[{name}]]");
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim().replace(' ', "") == header)
-        .nth(n)
-        .map_or(0, |(i, _)| i + 1)
+    let mut lines = text.lines().enumerate().skip_while({
+        let mut seen = 0;
+        move |(_, l)| {
+            if l.trim().replace(' ', "") == header {
+                seen += 1;
+            }
+            seen <= n
+        }
+    });
+    let Some((start, _)) = lines.next() else {
+        return 0;
+    };
+    for (i, l) in lines {
+        let l = l.trim();
+        if l.starts_with('[') {
+            break;
+        }
+        if l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return i + 1;
+        }
+    }
+    start + 1
 }
 
 #[cfg(test)]
@@ -384,15 +711,17 @@ host = "10.0.2.2"
 [[things]]
 id = "t0"
 driver = "tmp105"
-bus = "/dev/i2c-0"
+bus = "i2c"
 address = 0x48
+device = "/dev/i2c-0"
 
 [[things]]
 id = "t1"
 driver = "tmp105"
-bus = "/dev/i2c-0"
+bus = "i2c"
 address = 0x49
 interval_ms = 250
+device = "/dev/i2c-0"
 "#;
 
     fn err(text: &str) -> ConfigError {
@@ -406,7 +735,7 @@ interval_ms = 250
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.mqtt.prefix.to_string(), "betaas");
         assert_eq!(c.things.len(), 2);
-        assert_eq!(c.things[0].address, I2cAddress(0x48));
+        assert_eq!(c.things[0].address, Some(I2cAddress(0x48)));
         assert_eq!(c.things[0].interval_ms.0, Duration::from_secs(5));
         assert_eq!(c.things[1].interval_ms.0, Duration::from_millis(250));
     }
@@ -414,11 +743,11 @@ interval_ms = 250
     #[test]
     fn bad_address_names_file_line_and_field() {
         let e = err(&GOOD.replace("0x49", "0x80"));
-        assert_eq!(e.line, 17);
+        assert_eq!(e.line, 18);
         assert_eq!(e.field, "things[1].address");
         let s = e.to_string();
         assert!(
-            s.starts_with("/etc/betaas/agent.toml:17: field `things[1].address`"),
+            s.starts_with("/etc/betaas/agent.toml:18: field `things[1].address`"),
             "{s}"
         );
         assert!(s.contains("0x08..=0x77"), "{s}");
@@ -450,11 +779,70 @@ interval_ms = 250
     #[test]
     fn duplicate_ids_and_bad_ids_rejected() {
         let e = err(&GOOD.replace("\"t1\"", "\"t0\""));
-        assert_eq!((e.line, e.field.as_str()), (13, "things[1].id"));
+        assert_eq!((e.line, e.field.as_str()), (15, "things[1].id"));
         let e = err(&GOOD.replace("\"t1\"", "\"a/b\""));
         assert_eq!(e.field, "things[1].id");
         let e = err(&GOOD.replace("gw-1", "gw+1"));
         assert_eq!((e.line, e.field.as_str()), (2, "gateway_id"));
+    }
+
+    #[test]
+    fn driver_rules_name_the_field_and_the_accepted_values() {
+        let e = err(&GOOD.replacen("bus = \"i2c\"", "bus = \"spi\"", 1));
+        assert_eq!((e.line, e.field.as_str()), (9, "things[0].driver"));
+        assert!(
+            e.message.contains("drivers on that bus: mcp3008"),
+            "{}",
+            e.message
+        );
+        let e = err(&GOOD.replacen("address = 0x48\n", "", 1));
+        assert_eq!((e.line, e.field.as_str()), (7, "things[0].address"));
+        assert!(
+            e.message.contains("tmp105 needs `address`"),
+            "{}",
+            e.message
+        );
+        let e = err(&GOOD.replacen("id = \"t0\"", "id = \"t0\"\nkind = \"actuator\"", 1));
+        assert_eq!((e.line, e.field.as_str()), (9, "things[0].kind"));
+        let e = err(&GOOD.replacen("tmp105", "tmp105-limit", 1));
+        assert_eq!(e.field, "things[0].kind");
+        let e = err(&GOOD.replace("interval_ms = 250", "interval_ms = 250\nmin = 5\nmax = 5"));
+        assert_eq!((e.line, e.field.as_str()), (21, "things[1].max"));
+    }
+
+    #[test]
+    fn mqtt_and_multi_value_things() {
+        let json = "\n[[things]]\nid = \"zb\"\nbus = \"mqtt\"\ndriver = \"json\"\ntopic = \"zigbee2mqtt/room\"\nfield = \"/temperature\"\nunit = \"°C\"\n";
+        let c = Config::parse(Path::new("a.toml"), &format!("{GOOD}{json}")).unwrap();
+        assert_eq!(c.things[2].topic.as_deref(), Some("zigbee2mqtt/room"));
+        let e = err(&format!(
+            "{GOOD}{}",
+            json.replace("zigbee2mqtt/room", "betaas/gw-1/things/t0/state")
+        ));
+        assert_eq!((e.line, e.field.as_str()), (26, "things[2].topic"));
+        let e = err(&format!(
+            "{GOOD}{}",
+            json.replace("/temperature", "temperature")
+        ));
+        assert_eq!(e.field, "things[2].field");
+        let e = err(&format!("{GOOD}{}", json.replace("unit = \"°C\"\n", "")));
+        assert_eq!(e.field, "things[2].unit");
+        let env = "\n[[things]]\nid = \"env\"\nbus = \"i2c\"\ndriver = \"bme280\"\ndevice = \"/dev/i2c-1\"\naddress = 0x76\n";
+        let c = Config::parse(Path::new("a.toml"), &format!("{GOOD}{env}")).unwrap();
+        assert_eq!(
+            c.things[2].published_ids(),
+            ["env_temperature", "env_humidity", "env_pressure"]
+        );
+        let clash = format!("{GOOD}{env}\n[[things]]\nid = \"env_humidity\"\nbus = \"sysfs\"\ndriver = \"sysfs\"\ndevice = \"/x\"\nunit = \"%\"\n");
+        let e = err(&clash);
+        assert_eq!(e.field, "things[3].id");
+        let e = err(&format!(
+            "{GOOD}{}",
+            env.replace("bme280", "mcp3008")
+                .replace("i2c\"", "spi\"")
+                .replace("address = 0x76", "channel = 8")
+        ));
+        assert_eq!(e.field, "things[2].channel");
     }
 
     #[test]
@@ -483,7 +871,7 @@ interval_ms = 250
         );
         assert_eq!(c.resources.beta, Smoothing(0.3));
         let e = err(&format!("{GOOD}\n[resources]\nalpha = 0.8\nbeta = 1.5\n"));
-        assert_eq!((e.line, e.field.as_str()), (22, "resources.beta"));
+        assert_eq!((e.line, e.field.as_str()), (24, "resources.beta"));
         assert!(e.message.contains("0..=1"), "{}", e.message);
         let e = err(&format!("{GOOD}\n[resources]\npersist_every = 0\n"));
         assert_eq!(e.field, "resources.persist_every");

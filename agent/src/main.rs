@@ -1,22 +1,20 @@
 //! `betaas-agent`: the BETaaS gateway agent.
 
+mod agent;
 mod commands;
 mod config;
+mod journal;
 mod mqtt;
+mod outbox;
 mod resources;
 mod things;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use rumqttc::{AsyncClient, QoS};
-use tracing::{error, info, warn};
 
-use config::{Config, LogLevel, Thing};
-use mqtt::Topics;
-use things::{Reading, Sensor};
+use config::{Config, LogLevel};
 
 #[derive(Parser)]
 #[command(name = "betaas-agent", version, about = "BETaaS gateway agent")]
@@ -78,7 +76,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(config))
+            rt.block_on(agent::run(config))
         }
     }
 }
@@ -97,128 +95,4 @@ fn init_logging(level: LogLevel) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-}
-
-async fn run(config: Config) -> ExitCode {
-    let topics = Topics::new(&config);
-    let (client, eventloop) = mqtt::connect(&config, &topics);
-    info!(
-        gateway = %config.gateway_id,
-        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
-        things = config.things.len(),
-        "starting"
-    );
-    tokio::spawn(mqtt::drive(eventloop, client.clone(), topics.clone()));
-    tokio::spawn(resources::run(
-        config.resources.clone(),
-        config.data_dir.clone(),
-    ));
-    for thing in config.things {
-        tokio::spawn(poll_thing(thing, client.clone(), topics.clone()));
-    }
-
-    shutdown_signal().await;
-    info!("stopping");
-    // A clean stop is not a failure: say so before the broker would fire the will.
-    let _ = client
-        .publish(topics.availability(), QoS::AtLeastOnce, true, mqtt::OFFLINE)
-        .await;
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; running until killed");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-/// Polls one thing forever. A failing sensor is closed and reopened (and so re-initialised: it may
-/// have lost power) on the next tick; its availability follows, and each change is logged once.
-async fn poll_thing(thing: Thing, client: AsyncClient, topics: Topics) {
-    let id = thing.id.to_string();
-    let unit = thing.driver.unit();
-    let state_topic = topics.thing_state(&id);
-    let avail_topic = topics.thing_availability(&id);
-    let mut ticker = tokio::time::interval(thing.interval_ms.0);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let thing = std::sync::Arc::new(thing);
-    let mut sensor: Option<Sensor> = None;
-    // None = not yet known, Some(Ok) = available, Some(Err(msg)) = failing with msg.
-    let mut status: Option<Result<(), String>> = None;
-    let mut seq: u64 = 0;
-
-    loop {
-        ticker.tick().await;
-        let t = thing.clone();
-        let mut s = sensor.take();
-        // I2C transfers block in the kernel (up to seconds on a stuck bus): keep them off the runtime.
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut dev = match s.take() {
-                Some(dev) => dev,
-                None => Sensor::open(&t)?,
-            };
-            let value = dev.read()?;
-            Ok::<_, String>((dev, value))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("driver task failed: {e}")));
-
-        let now = match outcome {
-            Ok((dev, value)) => {
-                sensor = Some(dev);
-                seq += 1;
-                let reading = Reading {
-                    thing: id.clone(),
-                    value,
-                    unit,
-                    ts: unix_millis(),
-                    seq,
-                };
-                match serde_json::to_vec(&reading) {
-                    Ok(payload) => {
-                        let _ = client
-                            .publish(&state_topic, QoS::AtLeastOnce, false, payload)
-                            .await;
-                    }
-                    Err(e) => error!(thing = %id, "cannot encode reading: {e}"),
-                }
-                Ok(())
-            }
-            Err(msg) => Err(msg),
-        };
-        if status.as_ref() != Some(&now) {
-            match &now {
-                Ok(()) => info!(thing = %id, "available"),
-                Err(msg) => {
-                    warn!(thing = %id, "unavailable: {msg}; retrying every {:?}", thing.interval_ms.0)
-                }
-            }
-            let avail = if now.is_ok() {
-                mqtt::ONLINE
-            } else {
-                mqtt::OFFLINE
-            };
-            let _ = client
-                .publish(&avail_topic, QoS::AtLeastOnce, true, avail)
-                .await;
-            status = Some(now);
-        }
-    }
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
-use tracing::{info, warn};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 use crate::config::Config;
 
@@ -26,6 +25,10 @@ impl Topics {
     pub fn thing_state(&self, thing: &str) -> String {
         format!("{}/things/{thing}/state", self.base)
     }
+    /// The agent's health (uptime, journal depth, dropped, reconnects, per-thing errors).
+    pub fn health(&self) -> String {
+        format!("{}/health", self.base)
+    }
     pub fn thing_availability(&self, thing: &str) -> String {
         format!("{}/things/{thing}/availability", self.base)
     }
@@ -35,7 +38,7 @@ pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
 
 /// Requests queued towards the broker before publishers wait: bounds memory while disconnected.
-const REQUEST_QUEUE: usize = 64;
+const REQUEST_QUEUE: usize = 256;
 
 pub fn connect(config: &Config, topics: &Topics) -> (AsyncClient, EventLoop) {
     let client_id = config
@@ -54,42 +57,35 @@ pub fn connect(config: &Config, topics: &Topics) -> (AsyncClient, EventLoop) {
     AsyncClient::new(opts, REQUEST_QUEUE)
 }
 
-/// Drives the connection forever. Announces `online` after every (re)connect; logs once per change
-/// between connected and each distinct failure; backs off 1 s doubling to 30 s, with jitter so a
-/// fleet of gateways does not reconnect in lockstep after a broker restart.
-pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, topics: Topics) {
-    let mut backoff = Duration::from_secs(1);
-    let mut last_error: Option<String> = None;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!(broker = %broker(&eventloop), "connected");
-                last_error = None;
-                backoff = Duration::from_secs(1);
-                // try_publish: the event loop itself drains this queue, so waiting here could deadlock.
-                if let Err(e) =
-                    client.try_publish(topics.availability(), QoS::AtLeastOnce, true, ONLINE)
-                {
-                    warn!("cannot queue availability: {e}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!(broker = %broker(&eventloop), "mqtt connection: {msg}; retrying");
-                    last_error = Some(msg);
-                }
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+pub fn broker(eventloop: &EventLoop) -> String {
+    let (host, port) = eventloop.mqtt_options.broker_address();
+    format!("{host}:{port}")
+}
+
+/// Reconnect delays: 1 s doubling to 30 s, each with jitter so a fleet of gateways does not
+/// reconnect in lockstep after a broker restart.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_secs(1),
         }
     }
 }
 
-fn broker(eventloop: &EventLoop) -> String {
-    let (host, port) = eventloop.mqtt_options.broker_address();
-    format!("{host}:{port}")
+impl Backoff {
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    pub fn next(&mut self) -> Duration {
+        let d = jitter(self.next);
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        d
+    }
 }
 
 /// 75..125 % of `d`. The clock's sub-second nanos are random enough to spread a fleet.
@@ -98,4 +94,21 @@ fn jitter(d: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
     d.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let base = [1, 2, 4, 8, 16, 30, 30];
+        for s in base {
+            let d = b.next().as_secs_f64();
+            assert!(d >= s as f64 * 0.75 && d <= s as f64 * 1.25, "{d} for {s}");
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(1250));
+    }
 }

@@ -22,7 +22,8 @@ keep_alive_secs = 5
 [[things]]
 id = "temp0"
 driver = "tmp105"
-bus = "/dev/i2c-0"
+bus = "i2c"
+device = "/dev/i2c-0"
 address = 0x48
 interval_ms = 1000
 
@@ -30,7 +31,8 @@ interval_ms = 1000
 [[things]]
 id = "ghost"
 driver = "tmp105"
-bus = "/dev/i2c-0"
+bus = "i2c"
+device = "/dev/i2c-0"
 address = 0x4a
 interval_ms = 1000
 "#

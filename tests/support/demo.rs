@@ -53,7 +53,7 @@ fn main() {
     let mut sub = broker.subscribe("betaas/#");
     let config = format!(
         "gateway_id = \"qemu-cubieboard\"\n[mqtt]\nhost = \"{guest_host}\"\nport = {}\n\n\
-         [[things]]\nid = \"temp0\"\ndriver = \"tmp105\"\nbus = \"/dev/i2c-0\"\naddress = 0x48\ninterval_ms = 1000\n",
+         [[things]]\nid = \"temp0\"\ndriver = \"tmp105\"\nbus = \"i2c\"\ndevice = \"/dev/i2c-0\"\naddress = 0x48\ninterval_ms = 1000\n",
         broker.port
     );
     println!(

@@ -113,7 +113,7 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
     let mut unsaved = 0u32;
     loop {
         ticker.tick().await;
-        history.push(sampler.sample(crate::unix_millis()));
+        history.push(sampler.sample(crate::agent::unix_millis()));
         let f = forecast_free(&history, cfg.alpha.0, cfg.beta.0, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
         unsaved += 1;
