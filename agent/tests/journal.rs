@@ -593,3 +593,29 @@ fn intact_frame_with_a_foreign_payload_is_skipped_alone() {
     j.ack(c).expect("ack");
     assert_eq!(j.stats().depth, 0);
 }
+
+#[test]
+fn segment_whose_creation_was_cut_is_removed_and_replaced() {
+    let mut rng = fastrand::Rng::with_seed(seed());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut j, _) = Journal::open(dir.path(), small()).expect("open");
+    let written = fill(&mut j, &mut rng, 2, 400);
+    j.close().expect("close");
+    // A power cut while the next segment's header was being written: a file shorter than a header.
+    let last = segments(dir.path()).pop().expect("segment");
+    let id: u64 = last
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let next = dir.path().join(format!("{:020}.seg", id + 1));
+    fs::write(&next, b"BTJL\x01").expect("write");
+    let (mut j, rec) = Journal::open(dir.path(), small()).expect("reopen");
+    assert_eq!(rec.removed, vec![next]);
+    let from = j.ack_cursor();
+    assert_eq!(read_all(&mut j, from), written);
+    let r = random_record(&mut rng, "thing-1", j.next_seq("thing-1"));
+    let c = j.append(&r).expect("append");
+    let from = j.ack_cursor();
+    assert_eq!(read_all(&mut j, from).pop(), Some((c, r)));
+}
