@@ -92,16 +92,25 @@ fn main() {
             Err(e) => println!("skipping {name}: {e}"),
         }
     }
-    for (n, seed) in [(100usize, 7u64), (1_000, 7)] {
+    // 4 requests per gateway stays below capacity; 10 per gateway saturates the instance.
+    for (n, reqs, seed) in [
+        (100usize, 400usize, 7u64),
+        (1_000, 4_000, 7),
+        (200, 2_000, 11),
+    ] {
         scenarios.push((
-            format!("generated {n} gateways, {} requests, seed {seed}", n * 4),
-            generate(n, n * 4, seed),
+            format!("generated {n} gateways, {reqs} requests, seed {seed}"),
+            generate(n, reqs, seed),
         ));
     }
     println!();
-    println!("== policies compared (accepted = local + remote; frag = mean share of free memory stranded");
+    println!("== policies compared. accepted = local + remote; frag = mean share of free memory");
     println!(
-        "   on gateways too full for the biggest template; free-MB sd = imbalance at the end)"
+        "   stranded on gateways too full for the biggest template; free-MB sd = imbalance at the"
+    );
+    println!("   end; at-risk = placed where the Holt forecast of the host's own load says it won't fit;");
+    println!(
+        "   prio-acc = share of storage node / light app / logical gateway requests accepted."
     );
     for (name, s) in &scenarios {
         let t = Instant::now();

@@ -1,5 +1,6 @@
-//! Seeded scenario generator for large instances (10 to 10 000 gateways): a mix of gateway kinds,
-//! the usual templates, two remote clouds, and a stream of arrivals and releases.
+//! Seeded scenario generator for large instances (10 to 10 000 gateways): a mix of gateway kinds
+//! with a history of their own memory use, the usual templates, two remote clouds, and a stream
+//! of arrivals and releases.
 //! Same (gateways, requests, seed), same scenario, on every machine.
 
 use crate::allocator::{splitmix64, Provider, Role, Template, Virt};
@@ -59,6 +60,20 @@ pub fn generate(gateways: usize, requests: usize, seed: u64) -> Scenario {
             } else {
                 0.6 + 0.4 * rng.unit()
             };
+            // The host's own memory use over the last 12 samples: mostly steady, some growing
+            // (a leaking service, a filling cache), some shrinking; ±2 % noise.
+            let base = mem_mb as f64 * (0.1 + 0.15 * rng.unit());
+            let slope = match rng.below(10) {
+                0..=6 => 0.0,
+                7 | 8 => mem_mb as f64 * 0.02,
+                _ => -(mem_mb as f64) * 0.005,
+            };
+            let host_mem_used_mb = (0..12)
+                .map(|k| {
+                    let noise = mem_mb as f64 * 0.02 * (rng.unit() - 0.5);
+                    (base + slope * f64::from(k) + noise).round().max(0.0)
+                })
+                .collect();
             ScGateway {
                 id: format!("gw-{i:05}"),
                 cpus,
@@ -68,7 +83,7 @@ pub fn generate(gateways: usize, requests: usize, seed: u64) -> Scenario {
                 trust: (trust * 100.0).round() / 100.0,
                 battery: battery.then(|| (rng.unit() * 100.0).round() / 100.0),
                 powerful,
-                host_mem_used_mb: Vec::new(),
+                host_mem_used_mb,
                 running: Vec::new(),
             }
         })

@@ -66,6 +66,9 @@ pub struct Summary {
     /// Local placements that fit now but not in the Holt forecast of the gateway's free resources:
     /// VMs that would be squeezed if the host's own load grows as forecast.
     pub at_risk: usize,
+    /// Share of the storage node, light app and logical gateway requests accepted (local or
+    /// remote): the roles the paper gives priority to. 1 when there were none.
+    pub priority_accepted: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,6 +98,8 @@ pub struct Sim<'s> {
     frag_n: usize,
     remote_peak: u32,
     at_risk: usize,
+    /// Priority-role requests: (seen, accepted).
+    priority: (usize, usize),
     biggest: Option<Res>,
 }
 
@@ -174,6 +179,7 @@ impl<'s> Sim<'s> {
             frag_n: 0,
             remote_peak: 0,
             at_risk: 0,
+            priority: (0, 0),
             biggest,
         };
         for i in 0..sim.view.gateways.len() {
@@ -245,6 +251,12 @@ impl<'s> Sim<'s> {
                     &self.policy,
                 );
                 let reason = d.explanation();
+                if !t.role.is_heavy() {
+                    self.priority.0 += 1;
+                    if !matches!(d.outcome, Outcome::Cancel(_)) {
+                        self.priority.1 += 1;
+                    }
+                }
                 match d.outcome {
                     Outcome::Local(id) => {
                         counts.local += 1;
@@ -351,6 +363,11 @@ impl<'s> Sim<'s> {
                 },
                 remote_peak: self.remote_peak,
                 at_risk: self.at_risk,
+                priority_accepted: if self.priority.0 == 0 {
+                    1.0
+                } else {
+                    self.priority.1 as f64 / self.priority.0 as f64
+                },
             },
             decisions: self.decisions,
         }
@@ -369,7 +386,7 @@ pub fn run(scenario: &Scenario, policy: &Policy, fp: ForecastParams) -> SimOutpu
 /// One line per policy: the comparison table (`simulate --compare`, `make bench`).
 pub fn comparison_table(rows: &[SimOutput]) -> String {
     let mut s = format!(
-        "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6} {:>13} {:>8}\n",
+        "{:<18} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>10} {:>7} {:>8}\n",
         "policy",
         "local",
         "remote",
@@ -378,12 +395,13 @@ pub fn comparison_table(rows: &[SimOutput]) -> String {
         "1st-fail",
         "frag",
         "free-MB sd",
-        "at-risk"
+        "at-risk",
+        "prio-acc"
     );
     for o in rows {
         let m = &o.summary;
         s.push_str(&format!(
-            "{:<20} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6.3} {:>13.1} {:>8}\n",
+            "{:<18} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6.3} {:>10.1} {:>7} {:>7.1}%\n",
             o.policy,
             m.local,
             m.remote,
@@ -392,7 +410,8 @@ pub fn comparison_table(rows: &[SimOutput]) -> String {
             m.first_failure.map_or("-".to_owned(), |i| i.to_string()),
             m.fragmentation,
             m.free_mem_mb_stddev,
-            m.at_risk
+            m.at_risk,
+            m.priority_accepted * 100.0
         ));
     }
     s
