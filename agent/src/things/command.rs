@@ -560,7 +560,7 @@ mod tests {
     fn process_applies_once_per_id_and_replays_the_outcome() {
         let mut d = Dedup::default();
         let mut writes = Vec::new();
-        let mut run = |d: &mut Dedup, p: &str, writes: &mut Vec<bool>| {
+        let run = |d: &mut Dedup, p: &str, writes: &mut Vec<bool>| {
             process(d, p.as_bytes(), |v| {
                 let on = v.as_switch().ok_or("not a switch value")?;
                 writes.push(on);

@@ -14,12 +14,13 @@
 //! linux-embedded-hal 0.4's `CdevPin` inverts again when the line info says active-low, so using
 //! both would cancel out.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use embedded_hal::digital::{OutputPin, PinState};
 use gpio_cdev::{Chip, EventRequestFlags, LineEventHandle, LineRequestFlags};
+
+use super::command::Dedup;
 
 // ---------------------------------------------------------------------------------------------
 // Input: debounce state machine (pure)
@@ -170,9 +171,8 @@ pub enum Plan {
 pub struct Output {
     on: bool,
     active_low: bool,
-    capacity: usize,
-    order: VecDeque<String>,
-    applied: HashMap<String, bool>,
+    /// Command id → the state it produced.
+    applied: Dedup<bool>,
 }
 
 impl Output {
@@ -181,9 +181,7 @@ impl Output {
         Output {
             on: false,
             active_low,
-            capacity: capacity.max(1),
-            order: VecDeque::new(),
-            applied: HashMap::new(),
+            applied: Dedup::new(capacity),
         }
     }
 
@@ -216,14 +214,7 @@ impl Output {
     /// id can be retried.
     pub fn commit(&mut self, id: &str, on: bool) {
         self.on = on;
-        if self.applied.insert(id.to_owned(), on).is_none() {
-            self.order.push_back(id.to_owned());
-        }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.applied.remove(&old);
-            }
-        }
+        self.applied.remember(id, on);
     }
 }
 
@@ -636,10 +627,13 @@ mod tests {
         for id in ["2", "3", "4"] {
             assert!(matches!(o.plan(id, Command::Off), Ok(Plan::Duplicate { .. })), "{id}");
         }
-        assert_eq!((o.order.len(), o.applied.len()), (3, 3));
+        assert_eq!(o.applied.len(), 3);
         // Recommitting a remembered id does not duplicate it in the eviction order.
         o.commit("4", false);
-        assert_eq!((o.order.len(), o.applied.len()), (3, 3));
+        assert_eq!(o.applied.len(), 3);
+        o.commit("5", false);
+        assert!(matches!(o.plan("2", Command::Off), Ok(Plan::Write { .. })), "2 was evicted");
+        assert!(matches!(o.plan("4", Command::Off), Ok(Plan::Duplicate { on: false })));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod mcp3008;
 // Pure parsers for MQTT things and actuator commands; wired into the MQTT loop in the integration.
 #[allow(dead_code)]
 pub mod payload;
+#[allow(dead_code)]
+pub mod command;
 
 use std::path::{Path, PathBuf};
 
