@@ -357,10 +357,10 @@ pub const BASELINE: &str = "baseline";
 ///
 /// 1. Exclude gateways without virtualization, below the trust threshold, or on a low battery.
 /// 2. If no remaining gateway has the resources (judged by the Holt forecast): remote, else cancel.
-/// 3. Compute nodes and heavy apps may not take the last room for the largest storage node or
-///    light app: when every placement would, resources are short → remote, else cancel. If no gateway that fits is powerful → remote,
-///    or local anyway when no remote is usable. Storage nodes, light apps and logical gateways
-///    stay local whenever a gateway fits.
+/// 3. Storage nodes, light apps and logical gateways stay local whenever a gateway fits.
+///    Compute nodes and heavy apps may not take the last room for the largest of those: when
+///    every placement would, resources are short → remote, else cancel. If no gateway that fits
+///    is powerful → remote, or local anyway when no remote is usable.
 /// 4. Local choice: a gateway already running VMs that cannot host the most expensive template
 ///    anyway but fits this request takes it (the roomier gateways stay free); otherwise avoid
 ///    taking the last room for the most expensive template; then spread: fewest VMs, powerful

@@ -10,7 +10,12 @@ use std::process::ExitCode;
 fn print(text: &str) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let text = text.trim_end();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    let written = if text.is_empty() {
+        Ok(())
+    } else {
+        writeln!(out, "{text}")
+    };
+    match written.and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             eprintln!("betaas-agent: cannot write the output: {e}");
             ExitCode::FAILURE
