@@ -15,6 +15,7 @@ APT_PKGS=(
   mtools dosfstools e2fsprogs fdisk               # sdcard.img: FAT boot partition, ext4 rootfs, partition table
   cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
   kmod                                            # depmod for the image's module tree
+  openssl                                         # test certificates for MQTT over TLS
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   debian-archive-keyring apt-utils
 )

@@ -104,7 +104,13 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     };
 
     let topics = Topics::new(&config);
-    let (client, eventloop) = mqtt::connect(&config, &topics);
+    let (client, eventloop) = match mqtt::connect(&config, &topics) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("mqtt: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     info!(
         gateway = %config.gateway_id,
         broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),

@@ -154,6 +154,20 @@ pub struct Mqtt {
     pub client_id: Option<String>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: Seconds,
+    /// `[mqtt.tls]`: TLS to the broker (rustls). Absent: plain TCP.
+    pub tls: Option<Tls>,
+}
+
+/// PEM files, normally under `/etc/betaas/credentials/`. A private key readable by group or others
+/// is refused at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key, for brokers that require them.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// `[[things]]`: one sensor or actuator. Which keys apply depends on the driver (see [`Driver`]);
@@ -606,6 +620,19 @@ impl Config {
             field: format!("things[{i}].{key}"),
             message,
         };
+        if let Some(tls) = &self.mqtt.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    line: text
+                        .lines()
+                        .position(|l| l.trim() == "[mqtt.tls]")
+                        .map_or(0, |i| i + 1),
+                    field: "mqtt.tls".into(),
+                    message: "`cert` and `key` go together: give both or neither".into(),
+                });
+            }
+        }
         let own = format!("{}/{}/", self.mqtt.prefix, self.gateway_id);
         let mut seen = HashSet::new();
         for (i, thing) in self.things.iter().enumerate() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 
 use crate::config::Config;
 
@@ -40,7 +40,35 @@ pub const OFFLINE: &str = "offline";
 /// Requests queued towards the broker before publishers wait: bounds memory while disconnected.
 const REQUEST_QUEUE: usize = 256;
 
-pub fn connect(config: &Config, topics: &Topics) -> (AsyncClient, EventLoop) {
+/// Reads the TLS files named in the config: errors name the file.
+fn tls_transport(tls: &crate::config::Tls) -> Result<Transport, String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let ca = read(&tls.ca)?;
+    let client_auth = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            use std::os::unix::fs::MetadataExt;
+            let mode = std::fs::metadata(key)
+                .map_err(|e| format!("{}: {e}", key.display()))?
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{}: private key is readable by others (mode {:o}): chmod 600 it",
+                    key.display(),
+                    mode & 0o777
+                ));
+            }
+            Some((read(cert)?, read(key)?))
+        }
+        _ => None,
+    };
+    Ok(Transport::Tls(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+pub fn connect(config: &Config, topics: &Topics) -> Result<(AsyncClient, EventLoop), String> {
     let client_id = config
         .mqtt
         .client_id
@@ -54,7 +82,13 @@ pub fn connect(config: &Config, topics: &Topics) -> (AsyncClient, EventLoop) {
         QoS::AtLeastOnce,
         true,
     ));
-    AsyncClient::new(opts, REQUEST_QUEUE)
+    if let Some(tls) = &config.mqtt.tls {
+        opts.set_transport(tls_transport(tls)?);
+    }
+    // Incoming payloads above this are refused by rumqttc (and the connection reset); MQTT things'
+    // payloads are capped lower, at things::payload::MAX_PAYLOAD, with a clear error.
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    Ok(AsyncClient::new(opts, REQUEST_QUEUE))
 }
 
 pub fn broker(eventloop: &EventLoop) -> String {

@@ -9,6 +9,8 @@ use embedded_hal::i2c::I2c;
 
 const REG_TEMPERATURE: u8 = 0x00;
 const REG_CONFIG: u8 = 0x01;
+/// T_HIGH: the alert (over-temperature) limit, same 12-bit left-justified format as the temperature.
+const REG_T_HIGH: u8 = 0x03;
 /// R1 = R0 = 1: 12-bit conversion; continuous mode, comparator, no one-shot.
 const CONFIG_12BIT: u8 = 0b0110_0000;
 
@@ -34,6 +36,28 @@ impl<I2C: I2c> Tmp105<I2C> {
             .write_read(self.address, &[REG_TEMPERATURE], &mut buf)?;
         Ok(raw_to_celsius(buf))
     }
+}
+
+impl<I2C: I2c> Tmp105<I2C> {
+    /// Writes the T_HIGH alert limit (rounded to 1/16 °C) and reads it back: the value the device
+    /// actually holds is the actuator's state.
+    pub fn set_high_limit(&mut self, celsius: f64) -> Result<f64, I2C::Error> {
+        let [hi, lo] = celsius_to_raw(celsius);
+        self.i2c.write(self.address, &[REG_T_HIGH, hi, lo])?;
+        self.high_limit()
+    }
+
+    pub fn high_limit(&mut self) -> Result<f64, I2C::Error> {
+        let mut buf = [0u8; 2];
+        self.i2c.write_read(self.address, &[REG_T_HIGH], &mut buf)?;
+        Ok(raw_to_celsius(buf).into())
+    }
+}
+
+/// °C → register bytes, clamped to the part's -128..127.9375 °C.
+pub fn celsius_to_raw(celsius: f64) -> [u8; 2] {
+    let steps = (celsius * 16.0).round().clamp(-2048.0, 2047.0) as i16;
+    (steps << 4).to_be_bytes()
 }
 
 /// Two register bytes → °C. The 12 significant bits are left-justified: an arithmetic shift keeps
@@ -68,6 +92,27 @@ mod tests {
         for (celsius, bytes) in DATASHEET {
             assert_eq!(raw_to_celsius(bytes), celsius, "{bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn limit_encoding_inverts_the_datasheet_table() {
+        for (celsius, bytes) in DATASHEET {
+            assert_eq!(celsius_to_raw(celsius.into()), bytes, "{celsius}");
+        }
+        assert_eq!(celsius_to_raw(1000.0), [0x7F, 0xF0]);
+        assert_eq!(celsius_to_raw(-1000.0), [0x80, 0x00]);
+    }
+
+    #[test]
+    fn high_limit_is_written_then_read_back() {
+        let expectations = [
+            Transaction::write(0x48, vec![0x03, 0x4B, 0x20]),
+            Transaction::write_read(0x48, vec![0x03], vec![0x4B, 0x20]),
+        ];
+        let mut i2c = Mock::new(&expectations);
+        let mut sensor = Tmp105::new(i2c.clone(), 0x48);
+        assert_eq!(sensor.set_high_limit(75.126).unwrap(), 75.125);
+        i2c.done();
     }
 
     #[test]
