@@ -96,6 +96,10 @@ pub struct Resources {
     /// Holt trend smoothing, 0..=1.
     #[serde(default = "default_beta")]
     pub beta: Smoothing,
+    /// Refit α and β to the history (least one-step squared error) at every save; `alpha` and
+    /// `beta` are then only the starting values.
+    #[serde(default)]
+    pub fit: bool,
 }
 
 impl Default for Resources {
@@ -106,6 +110,7 @@ impl Default for Resources {
             persist_every: default_persist_every(),
             alpha: default_alpha(),
             beta: default_beta(),
+            fit: false,
         }
     }
 }
@@ -897,6 +902,13 @@ device = "/dev/i2c-0"
             (Count(60), Smoothing(0.8))
         );
         assert_eq!(c.resources.beta, Smoothing(0.3));
+        assert!(!c.resources.fit);
+        let c = Config::parse(
+            Path::new("a.toml"),
+            &format!("{GOOD}\n[resources]\nfit = true\n"),
+        )
+        .unwrap();
+        assert!(c.resources.fit);
         let e = err(&format!("{GOOD}\n[resources]\nalpha = 0.8\nbeta = 1.5\n"));
         assert_eq!((e.line, e.field.as_str()), (24, "resources.beta"));
         assert!(e.message.contains("0..=1"), "{}", e.message);

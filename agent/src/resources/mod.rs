@@ -11,7 +11,7 @@ pub mod proc;
 
 use std::path::{Path, PathBuf};
 
-use betaas_core::forecast::Holt;
+use betaas_core::forecast::{fit, Holt};
 use tracing::{debug, info, warn};
 
 use crate::config::Resources as ResourcesConfig;
@@ -111,21 +111,39 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
     let mut ticker = tokio::time::interval(cfg.sample_interval_secs.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsaved = 0u32;
+    let (mut alpha, mut beta) = (cfg.alpha.0, cfg.beta.0);
     loop {
         ticker.tick().await;
         history.push(sampler.sample(crate::agent::unix_millis()));
-        let f = forecast_free(&history, cfg.alpha.0, cfg.beta.0, 1);
+        let f = forecast_free(&history, alpha, beta, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
         unsaved += 1;
         if unsaved >= cfg.persist_every.0 {
             unsaved = 0;
             let (bytes, path) = (history.encode(), path.clone());
-            // fsync on an SD card can take long: keep it off the runtime thread.
-            let saved =
-                tokio::task::spawn_blocking(move || history::write_atomic(&path, &bytes)).await;
-            match saved {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!("cannot save the resource history: {e}"),
+            // Memory is what VMs are short of on gateways: fit the smoothing to its series.
+            let series = cfg
+                .fit
+                .then(|| history.series(|s| s.mem_available_mb.map(|v| v as f64)));
+            // fsync on an SD card, and the fit's grid search, can take long: off the runtime thread.
+            let done = tokio::task::spawn_blocking(move || {
+                let fitted = series.and_then(|s| fit(&s).ok());
+                (history::write_atomic(&path, &bytes), fitted)
+            })
+            .await;
+            match done {
+                Ok((saved, fitted)) => {
+                    if let Err(e) = saved {
+                        warn!("cannot save the resource history: {e}");
+                    }
+                    if let Some(f) = fitted {
+                        (alpha, beta) = (f.alpha, f.beta);
+                        info!(
+                            alpha,
+                            beta, "forecast smoothing refitted to the memory history"
+                        );
+                    }
+                }
                 Err(e) => warn!("resource history writer failed: {e}"),
             }
         }
