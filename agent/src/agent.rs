@@ -6,7 +6,7 @@
 //! the publisher drains it, in order, when the broker returns.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +36,10 @@ pub struct Agent {
     wake: Notify,
     started: Instant,
     reconnects: AtomicU64,
+    /// Between a CONNACK and the next connection error. Records are read from the journal into
+    /// the client's queue only while connected: queued in memory they would escape the journal's
+    /// size bound, and be counted as dropped yet published.
+    connected: AtomicBool,
     incoming_dropped: AtomicU64,
     /// Per published thing id: errors and whether it is available.
     things: Mutex<BTreeMap<String, ThingHealth>>,
@@ -125,11 +129,15 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         wake: Notify::new(),
         started: Instant::now(),
         reconnects: AtomicU64::new(0),
+        connected: AtomicBool::new(false),
         incoming_dropped: AtomicU64::new(0),
         things: Mutex::new(BTreeMap::new()),
     });
     let things: Arc<Vec<Thing>> = Arc::new(config.things);
-    let subscriptions: Vec<String> = things.iter().filter_map(|t| t.topic.clone()).collect();
+    let mut subscriptions: Vec<String> = things.iter().filter_map(|t| t.topic.clone()).collect();
+    if things.iter().any(|t| t.kind == Kind::Actuator) {
+        subscriptions.push(agent.topics.set_filter());
+    }
 
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
@@ -146,7 +154,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         config.resources.clone(),
         config.data_dir.clone(),
     ));
-    tokio::spawn(mqtt_things(agent.clone(), things.clone(), incoming_rx));
+    let mut actuators = BTreeMap::new();
     for (i, thing) in things.iter().enumerate() {
         match (thing.kind, thing.driver.info().bus) {
             (Kind::Sensor, crate::config::Bus::Mqtt) => {} // fed by mqtt_things
@@ -157,10 +165,18 @@ pub async fn run(config: Config) -> std::process::ExitCode {
                 tokio::spawn(poll(agent.clone(), things.clone(), i));
             }
             (Kind::Actuator, _) => {
-                warn!(thing = %thing.id, "actuators are not wired yet; ignoring");
+                let (tx, rx) = mpsc::channel(crate::actuators::QUEUE);
+                actuators.insert(thing.id.to_string(), tx);
+                tokio::spawn(crate::actuators::serve(
+                    agent.clone(),
+                    things.clone(),
+                    i,
+                    rx,
+                ));
             }
         }
     }
+    tokio::spawn(route(agent.clone(), things.clone(), actuators, incoming_rx));
 
     shutdown_signal().await;
     info!("stopping");
@@ -219,8 +235,25 @@ impl Agent {
         done
     }
 
+    /// An actuator's state, retained, on its state topic.
+    pub fn publish_state(&self, thing: &str, state: &serde_json::Value, command: Option<&str>) {
+        let payload = crate::actuators::state_payload(thing, state, command);
+        self.publish_untracked(&self.topics.thing_state(thing), true, payload);
+    }
+
+    pub fn publish_result(&self, thing: &str, outcome_json: &str) {
+        self.publish_untracked(&self.topics.thing_result(thing), false, outcome_json);
+    }
+
+    pub fn count_error(&self, thing: &str) {
+        lock(&self.things)
+            .entry(thing.to_owned())
+            .or_default()
+            .errors += 1;
+    }
+
     /// Records a thing's outcome; publishes its availability and logs when it changes.
-    fn outcome(&self, ids: &[String], result: &Result<(), String>, retry: Duration) {
+    pub fn outcome(&self, ids: &[String], result: &Result<(), String>, retry: Duration) {
         for id in ids {
             let changed = {
                 let mut things = lock(&self.things);
@@ -289,6 +322,8 @@ async fn drive(
                 connected_once = true;
                 last_error = None;
                 backoff.reset();
+                agent.connected.store(true, Ordering::Relaxed);
+                agent.wake.notify_one();
                 agent.publish_untracked(&agent.topics.availability(), true, mqtt::ONLINE);
                 for t in &subscriptions {
                     if let Err(e) = agent.client.try_subscribe(t, QoS::AtLeastOnce) {
@@ -310,6 +345,7 @@ async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
+                agent.connected.store(false, Ordering::Relaxed);
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     warn!(broker = %mqtt::broker(&eventloop), "mqtt connection: {msg}; retrying");
@@ -344,7 +380,7 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
 
         let room = MAX_INFLIGHT.saturating_sub(lock(&agent.outbox).records_pending());
         let mut sent = 0;
-        if room > 0 {
+        if room > 0 && agent.connected.load(Ordering::Relaxed) {
             let journal = agent.journal.clone();
             let batch = tokio::task::spawn_blocking(move || {
                 lock(&journal).as_mut().map(|j| j.read_from(read_at, room))
@@ -523,14 +559,34 @@ async fn watch_input(agent: Arc<Agent>, things: Arc<Vec<Thing>>, i: usize) {
     }
 }
 
-/// MQTT things: validate, calibrate and journal what devices publish on their own topics.
-async fn mqtt_things(
+/// Incoming messages: actuator commands go to their actuator's queue; MQTT things' payloads are
+/// validated, calibrated and journaled.
+async fn route(
     agent: Arc<Agent>,
     things: Arc<Vec<Thing>>,
+    actuators: BTreeMap<String, mpsc::Sender<Vec<u8>>>,
     mut incoming: mpsc::Receiver<(String, Vec<u8>)>,
 ) {
+    use crate::things::command::Outcome;
     use crate::things::payload::FieldSpec;
     while let Some((topic, payload)) = incoming.recv().await {
+        if let Some(id) = crate::actuators::set_target(agent.topics.base(), &topic) {
+            let outcome = match actuators.get(id) {
+                Some(tx) => match tx.try_send(payload) {
+                    Ok(()) => continue,
+                    Err(_) => Outcome::rejected(None, "busy: too many commands queued; retry"),
+                },
+                None => Outcome::rejected(None, format!("{id} is not an actuator of this gateway")),
+            };
+            warn!(
+                thing = id,
+                "command rejected: {}",
+                outcome.error.as_deref().unwrap_or("")
+            );
+            agent.count_error(id);
+            agent.publish_result(id, &outcome.to_json());
+            continue;
+        }
         for thing in things
             .iter()
             .filter(|t| t.topic.as_deref() == Some(topic.as_str()))
@@ -555,10 +611,7 @@ async fn mqtt_things(
                     // A bad payload is the publisher's fault, not a sign the device is gone: count
                     // and log it, leave the thing's availability alone.
                     warn!(thing = %thing.id, topic = %topic, "rejected payload: {e}");
-                    lock(&agent.things)
-                        .entry(thing.id.to_string())
-                        .or_default()
-                        .errors += 1;
+                    agent.count_error(&thing.id.to_string());
                     continue;
                 }
             };

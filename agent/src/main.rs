@@ -1,5 +1,6 @@
 //! `betaas-agent`: the BETaaS gateway agent.
 
+mod actuators;
 mod agent;
 mod commands;
 mod config;

@@ -29,6 +29,17 @@ impl Topics {
     pub fn health(&self) -> String {
         format!("{}/health", self.base)
     }
+    /// Where command outcomes go: `{"id","ok","state"|"error"}`.
+    pub fn thing_result(&self, thing: &str) -> String {
+        format!("{}/things/{thing}/result", self.base)
+    }
+    /// All of this gateway's actuator command topics.
+    pub fn set_filter(&self) -> String {
+        format!("{}/things/+/set", self.base)
+    }
+    pub fn base(&self) -> &str {
+        &self.base
+    }
     pub fn thing_availability(&self, thing: &str) -> String {
         format!("{}/things/{thing}/availability", self.base)
     }

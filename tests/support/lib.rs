@@ -217,6 +217,11 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn boot(board: &str, agent_toml: &str) -> Qemu {
+        Qemu::boot_with(board, agent_toml, &[])
+    }
+
+    /// Boots with extra QEMU arguments (e.g. another `-device`).
+    pub fn boot_with(board: &str, agent_toml: &str, extra: &[&str]) -> Qemu {
         let script = repo().join("out").join(board).join("run-qemu.sh");
         assert!(
             script.exists(),
@@ -231,6 +236,7 @@ impl Qemu {
         let child = Command::new(&script)
             .env("AGENT_TOML", &toml)
             .env("IMAGE_COPY", dir.path().join("sdcard.img"))
+            .args(extra)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())
@@ -336,5 +342,130 @@ impl Qmp {
             }
             // An asynchronous event: skip it.
         }
+    }
+}
+
+/// Sends SIGTERM to `pid` and waits (bounded) for `child` to exit; SIGKILL if it does not.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on `port` with persistence in `dir` (which outlives the broker) and no
+    /// limit on messages queued for offline persistent sessions, so a broker stopped with
+    /// [`Mosquitto::stop`] and started again on the same `dir` keeps its sessions and queues.
+    pub fn start_persistent(port: u16, dir: &Path) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\n\
+                 # As root mosquitto would switch to `mosquitto`, who cannot write a tempdir.\n\
+                 user root\n",
+                dir.display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (installed by image/host-deps.sh)");
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Mosquitto {
+            host: "127.0.0.1".into(),
+            port,
+            child: Some(child),
+            _dir: None,
+        }
+    }
+
+    /// Stops the broker cleanly (SIGTERM: it closes connections and saves its persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Like [`Mosquitto::subscribe`], with a persistent session (`-c -i client_id`): QoS 1
+    /// messages published while this client is away are queued by the broker for the next
+    /// subscriber with the same id.
+    pub fn subscribe_session(&self, filter: &str, client_id: &str) -> Subscriber {
+        const READY: &str = "betaas-e2e/ready";
+        let port = self.port.to_string();
+        let ok = Command::new("mosquitto_pub")
+            .args([
+                "-h", &self.host, "-p", &port, "-t", READY, "-r", "-q", "1", "-m", "1",
+            ])
+            .status()
+            .expect("run mosquitto_pub");
+        assert!(ok.success(), "mosquitto_pub failed");
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h", &self.host, "-p", &port, "-t", filter, "-t", READY, "-v", "-q", "1", "-c",
+                "-i", client_id,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                if tx.send((topic.to_owned(), payload.to_owned())).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sub = Subscriber {
+            child,
+            rx,
+            early: Vec::new(),
+        };
+        let mut early = Vec::new();
+        sub.wait_for("the subscription", Duration::from_secs(10), |t, p| {
+            if t == READY {
+                return Some(());
+            }
+            early.push((t.to_owned(), p.to_owned()));
+            None
+        });
+        sub.early = early;
+        sub
+    }
+}
+
+/// A free loopback port (nothing listens on it when this returns).
+pub fn unused_port() -> u16 {
+    free_port()
+}
+
+impl Mosquitto {
+    /// Publishes one message with mosquitto_pub (QoS 1).
+    pub fn publish(&self, topic: &str, payload: &str) {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", &self.host, "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+            .status()
+            .expect("run mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub {topic} failed");
     }
 }

@@ -1,0 +1,223 @@
+//! Actuators: commands on `<prefix>/<gateway>/things/<id>/set` are validated, applied once per
+//! command id, and answered on `…/<id>/result`; the resulting state is published (retained) on
+//! `…/<id>/state`. Device I/O runs off the async runtime.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::agent::{unix_millis, Agent};
+use crate::config::{Driver, Thing};
+use crate::things::command::{self, CommandValue, Dedup};
+use crate::things::gpio::{self, Relay};
+use crate::things::tmp105::Tmp105;
+
+/// Commands queued per actuator; more are answered as rejected by the router.
+pub const QUEUE: usize = 16;
+
+/// The TMP105's limit registers hold -128..127.9375 °C; the part is specified for -55..125 °C.
+const LIMIT_RANGE: std::ops::RangeInclusive<f64> = -55.0..=125.0;
+
+enum Device {
+    Tmp105Limit(Tmp105<linux_embedded_hal::I2cdev>),
+    Relay(Relay<linux_embedded_hal::CdevPin>, u64),
+}
+
+impl Device {
+    fn open(thing: &Thing) -> Result<Device, String> {
+        let path = thing.device.as_deref().ok_or("no device")?;
+        match thing.driver {
+            Driver::Tmp105Limit => {
+                let bus = linux_embedded_hal::I2cdev::new(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut dev = Tmp105::new(bus, thing.address.map_or(0, |a| a.0));
+                dev.high_limit().map_err(|e| format!("read T_HIGH: {e}"))?;
+                Ok(Device::Tmp105Limit(dev))
+            }
+            Driver::GpioOut => {
+                let line = thing.line.unwrap_or(0);
+                let pin = gpio::open_output(path, line, thing.active_low, "betaas-agent")
+                    .map_err(|e| e.to_string())?;
+                let relay = Relay::new(pin, thing.active_low, 1).map_err(|e| e.to_string())?;
+                Ok(Device::Relay(relay, 0))
+            }
+            _ => Err(format!(
+                "driver {} is not an actuator",
+                thing.driver.info().name
+            )),
+        }
+    }
+
+    /// The device's current state as published.
+    fn state(&mut self) -> Result<Value, String> {
+        match self {
+            Device::Tmp105Limit(d) => d.high_limit().map(|c| json!(c)).map_err(|e| e.to_string()),
+            Device::Relay(r, _) => Ok(json!(r.is_on())),
+        }
+    }
+
+    fn apply(&mut self, value: &CommandValue) -> Result<Value, String> {
+        match self {
+            Device::Tmp105Limit(d) => {
+                let CommandValue::Number(c) = value else {
+                    return Err(format!(
+                        "expected a temperature in °C, got {}",
+                        value.to_json()
+                    ));
+                };
+                if !LIMIT_RANGE.contains(c) {
+                    return Err(format!(
+                        "{c} °C is outside {}..={} °C",
+                        LIMIT_RANGE.start(),
+                        LIMIT_RANGE.end()
+                    ));
+                }
+                d.set_high_limit(*c)
+                    .map(|c| json!(c))
+                    .map_err(|e| e.to_string())
+            }
+            Device::Relay(r, n) => {
+                let cmd = gpio::Command::parse(&value.to_json()).map_err(|e| e.to_string())?;
+                // Ids are deduplicated by command::process; the relay gets a fresh one each time.
+                *n += 1;
+                r.execute(&n.to_string(), cmd)
+                    .map(|on| json!(on))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Serves one actuator until its command channel closes.
+pub async fn serve(
+    agent: Arc<Agent>,
+    things: Arc<Vec<Thing>>,
+    i: usize,
+    mut commands: mpsc::Receiver<Vec<u8>>,
+) {
+    let id = things[i].id.to_string();
+    let retry = things[i].interval_ms.0;
+    let mut device: Option<Device> = None;
+    let mut dedup = Dedup::default();
+    let mut announced = false;
+    loop {
+        // Open (or reopen after a failure) and announce the state; then wait for a command, or
+        // retry the device after its interval.
+        if device.is_none() || !announced {
+            let things2 = things.clone();
+            let mut d = device.take();
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut dev = match d.take() {
+                    Some(dev) => dev,
+                    None => Device::open(&things2[i])?,
+                };
+                let state = dev.state()?;
+                Ok::<_, String>((dev, state))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match opened {
+                Ok((dev, state)) => {
+                    device = Some(dev);
+                    announced = true;
+                    agent.publish_state(&id, &state, None);
+                    agent.outcome(std::slice::from_ref(&id), &Ok(()), retry);
+                }
+                Err(e) => agent.outcome(std::slice::from_ref(&id), &Err(e), retry),
+            }
+        }
+        let payload = if device.is_some() {
+            match commands.recv().await {
+                Some(p) => p,
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                p = commands.recv() => match p { Some(p) => p, None => return },
+                _ = tokio::time::sleep(retry) => continue,
+            }
+        };
+        let things2 = things.clone();
+        let mut d = device.take();
+        let mut memo = std::mem::take(&mut dedup);
+        let (outcome, applied, d, memo) = tokio::task::spawn_blocking(move || {
+            let (outcome, applied) =
+                command::process(&mut memo, &payload, |value| match d.as_mut() {
+                    Some(dev) => dev.apply(value),
+                    None => Err(format!(
+                        "device unavailable ({})",
+                        things2[i]
+                            .device
+                            .as_deref()
+                            .map_or(String::new(), |p| p.display().to_string())
+                    )),
+                });
+            (outcome, applied, d, memo)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (
+                command::Outcome::rejected(None, e),
+                false,
+                None,
+                Dedup::default(),
+            )
+        });
+        device = d;
+        dedup = memo;
+        if outcome.ok {
+            if applied {
+                info!(thing = %id, command = ?outcome.id, state = ?outcome.state, "applied");
+                if let Some(state) = &outcome.state {
+                    agent.publish_state(&id, state, outcome.id.as_deref());
+                }
+            }
+        } else {
+            warn!(thing = %id, command = ?outcome.id, "rejected: {}", outcome.error.as_deref().unwrap_or(""));
+            agent.count_error(&id);
+            // A device error (not a bad command) closes the device: reopen before the next one.
+            if applied {
+                device = None;
+                announced = false;
+            }
+        }
+        agent.publish_result(&id, &outcome.to_json());
+    }
+}
+
+/// `<prefix>/<gw>/things/<id>/set` → `<id>`, if the topic is a set topic of this gateway.
+pub fn set_target<'a>(base: &str, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix(base)?
+        .strip_prefix("/things/")?
+        .strip_suffix("/set")
+        .filter(|id| !id.contains('/'))
+}
+
+pub fn state_payload(thing: &str, state: &Value, command: Option<&str>) -> String {
+    json!({"thing": thing, "value": state, "ts": unix_millis(), "command": command}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_topics_are_recognised_only_for_this_gateway() {
+        assert_eq!(
+            set_target("betaas/gw", "betaas/gw/things/relay1/set"),
+            Some("relay1")
+        );
+        assert_eq!(
+            set_target("betaas/gw", "betaas/gw2/things/relay1/set"),
+            None
+        );
+        assert_eq!(set_target("betaas/gw", "betaas/gw/things/a/b/set"), None);
+        assert_eq!(
+            set_target("betaas/gw", "betaas/gw/things/relay1/state"),
+            None
+        );
+    }
+}
