@@ -694,28 +694,29 @@ fn local_choice<'v>(
             }
         }
     }
-    // Spread; with no VMs running this picks the most powerful gateway.
+    // Spread: fewest VMs, then powerful, then the most free resources left (all three kinds, so a
+    // gateway is not chosen for its memory when its CPUs are gone); with no VMs running this picks
+    // the most powerful gateway.
+    let share = |g: &Gateway| free_share(&after(g), &g.capacity);
     let g = candidates
         .iter()
         .copied()
-        .min_by_key(|g| {
-            (
-                g.vms,
-                !g.is_powerful(),
-                Reverse(after(g).mem_mb),
-                Reverse(g.capacity.cpus),
-                g.id.as_str(),
-            )
+        .min_by(|a, b| {
+            (a.vms, !a.is_powerful())
+                .cmp(&(b.vms, !b.is_powerful()))
+                .then(share(b).total_cmp(&share(a)))
+                .then(b.capacity.cpus.cmp(&a.capacity.cpus))
+                .then(a.id.cmp(&b.id))
         })
         .expect("candidates is never empty: the caller checked that a gateway fits");
     rules.push(Fired {
         rule: SPREAD,
         text: format!(
-            "spread: {} runs {} VM(s){}, {} MB would stay free",
+            "spread: {} runs {} VM(s){}, {:.0}% of its CPU/memory/disk would stay free",
             g.id,
             g.vms,
             if g.is_powerful() { ", powerful" } else { "" },
-            after(g).mem_mb
+            share(g) / 3.0 * 100.0
         ),
     });
     g
@@ -752,13 +753,7 @@ fn baseline_choice<'v>(
             .copied()
             .min_by_key(|g| (Reverse(after(g).mem_mb), g.id.as_str()))
             .unwrap_or(fitting[0]),
-        PolicyKind::WorstFit => by_float_max(&|g| {
-            let a = after(g);
-            let c = &g.capacity;
-            frac(f64::from(a.cpus), f64::from(c.cpus))
-                + frac(a.mem_mb as f64, c.mem_mb as f64)
-                + frac(a.disk_gb as f64, c.disk_gb as f64)
-        }),
+        PolicyKind::WorstFit => by_float_max(&|g| free_share(&after(g), &g.capacity)),
         PolicyKind::K8sMostAllocated => by_float_max(&|g| {
             let c = &g.capacity;
             let u = g.used.plus(want);
@@ -771,6 +766,14 @@ fn baseline_choice<'v>(
             fitting[i as usize]
         }
     }
+}
+
+/// The share of a gateway's resources free in `free`: CPU, memory and disk fractions summed (0..=3).
+fn free_share(free: &Res, capacity: &Res) -> f64 {
+    let frac = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
+    frac(f64::from(free.cpus), f64::from(capacity.cpus))
+        + frac(free.mem_mb as f64, capacity.mem_mb as f64)
+        + frac(free.disk_gb as f64, capacity.disk_gb as f64)
 }
 
 /// `x < min`, with NaN counting as below: a score that is not a number never passes a threshold.

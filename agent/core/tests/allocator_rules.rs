@@ -409,3 +409,14 @@ fn heavy_work_avoids_the_last_room_for_storage() {
     );
     assert_eq!(local(&d), "P1");
 }
+
+#[test]
+fn spread_judges_the_share_left_free() {
+    // Same VM count, same CPUs left. X has more megabytes free, Y a larger share of itself free
+    // (X 47 % of memory after placement, Y 75 %): spreading evens the load, so Y.
+    let x = running(gw("X", 4, 8192), 1, 2, 4096);
+    let y = running(gw("Y", 4, 2048), 1, 2, 256);
+    let d = ask(light(), &view(vec![x, y], vec![]));
+    assert_eq!(local(&d), "Y", "{}", d.explanation());
+    assert!(d.fired(SPREAD) && !d.fired(PACK_NO_BIGGEST) && !d.fired(KEEP_ROOM));
+}
