@@ -133,6 +133,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         incoming_dropped: AtomicU64::new(0),
         things: Mutex::new(BTreeMap::new()),
     });
+    let announce = Arc::new(discovery_announcements(&config));
     let things: Arc<Vec<Thing>> = Arc::new(config.things);
     let mut subscriptions: Vec<String> = things.iter().filter_map(|t| t.topic.clone()).collect();
     if things.iter().any(|t| t.kind == Kind::Actuator) {
@@ -145,6 +146,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         agent.clone(),
         eventloop,
         subscriptions,
+        announce,
         acks_tx,
         incoming_tx,
     ));
@@ -299,6 +301,42 @@ impl Agent {
     }
 }
 
+/// Home Assistant discovery configs for every thing, plus empty retained messages that remove the
+/// entities of things configured last time but not now. The list of topics announced is kept in
+/// `data_dir/discovery` (rewritten only when it changes: configs change rarely, SD cards wear).
+fn discovery_announcements(config: &Config) -> Vec<(String, String)> {
+    let mut msgs = match crate::discovery::messages(config) {
+        Ok(m) => m,
+        Err((i, e)) => {
+            error!(thing = i, "discovery: {e}"); // config check rejects this; never here
+            Vec::new()
+        }
+    };
+    let path = config.data_dir.join("discovery");
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    let current: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
+    let text = current.join("\n");
+    let removed: Vec<(String, String)> = previous
+        .lines()
+        .filter(|t| t.starts_with(crate::discovery::DISCOVERY_PREFIX) && !current.contains(t))
+        .map(|t| (t.to_owned(), String::new()))
+        .collect();
+    if previous != text {
+        let tmp = path.with_extension("tmp");
+        let saved = std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = saved {
+            warn!(file = %path.display(), "cannot record discovery topics: {e}");
+        }
+    }
+    for (t, _) in &removed {
+        info!(topic = %t, "removing the discovery config of a thing no longer configured");
+    }
+    msgs.extend(removed);
+    msgs
+}
+
 /// Drives the MQTT connection: (re)announces availability and subscriptions after every connect, maps
 /// packet ids to journal records, hands PUBACKs to the publisher and incoming messages to the handler.
 /// Reconnects with exponential backoff and jitter; logs once per change of state.
@@ -306,6 +344,7 @@ async fn drive(
     agent: Arc<Agent>,
     mut eventloop: EventLoop,
     subscriptions: Vec<String>,
+    announce: Arc<Vec<(String, String)>>,
     acks: mpsc::UnboundedSender<Cursor>,
     incoming: mpsc::Sender<(String, Vec<u8>)>,
 ) {
@@ -325,6 +364,9 @@ async fn drive(
                 agent.connected.store(true, Ordering::Relaxed);
                 agent.wake.notify_one();
                 agent.publish_untracked(&agent.topics.availability(), true, mqtt::ONLINE);
+                for (topic, payload) in announce.iter() {
+                    agent.publish_untracked(topic, true, payload.as_str());
+                }
                 for t in &subscriptions {
                     if let Err(e) = agent.client.try_subscribe(t, QoS::AtLeastOnce) {
                         warn!(topic = %t, "cannot subscribe: {e}");

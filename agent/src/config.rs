@@ -661,6 +661,13 @@ impl Config {
                 }
             }
         }
+        if let Err((i, e)) = crate::discovery::messages(self) {
+            return Err(err(
+                i,
+                "device_class",
+                format!("Home Assistant discovery: {e}"),
+            ));
+        }
         Ok(())
     }
 }

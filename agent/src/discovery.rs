@@ -375,6 +375,95 @@ pub fn removal_message(gateway: &str, component: Component, thing: &str) -> (Str
     (config_topic(gateway, component, thing), String::new())
 }
 
+/// The discovery entities of one configured thing: a BME280 is three sensors, a GPIO input a
+/// binary sensor, a GPIO output a switch, a TMP105 limit a number.
+pub fn entities(
+    thing: &crate::config::Thing,
+) -> Vec<(
+    String,
+    Component,
+    Option<String>,
+    Option<String>,
+    Option<NumberRange>,
+)> {
+    use crate::config::Driver;
+    let id = thing.id.to_string();
+    let class = thing
+        .device_class
+        .clone()
+        .or(thing.driver.info().device_class.map(str::to_owned));
+    let unit = Some(thing.unit()).filter(|u| !u.is_empty());
+    match thing.driver {
+        Driver::Bme280 => [
+            ("temperature", "°C"),
+            ("humidity", "%"),
+            ("pressure", "hPa"),
+        ]
+        .iter()
+        .map(|(q, u)| {
+            (
+                format!("{id}_{q}"),
+                Component::Sensor,
+                Some((*q).to_owned()),
+                Some((*u).to_owned()),
+                None,
+            )
+        })
+        .collect(),
+        Driver::GpioIn => vec![(
+            id,
+            Component::BinarySensor,
+            thing.device_class.clone(),
+            None,
+            None,
+        )],
+        Driver::GpioOut => vec![(
+            id,
+            Component::Switch,
+            thing.device_class.clone(),
+            None,
+            None,
+        )],
+        Driver::Tmp105Limit => {
+            let range = NumberRange {
+                min: -55.0,
+                max: 125.0,
+                step: 0.0625,
+            };
+            vec![(id, Component::Number, class, unit, Some(range))]
+        }
+        _ => vec![(id, Component::Sensor, class, unit, None)],
+    }
+}
+
+/// Every retained discovery message of a configuration, or the first thing that cannot be
+/// discovered (e.g. a device class Home Assistant does not know), by index.
+pub fn messages(config: &crate::config::Config) -> Result<Vec<(String, String)>, (usize, String)> {
+    let gw_id = config.gateway_id.to_string();
+    let prefix = config.mqtt.prefix.to_string();
+    let gw = Gateway {
+        id: &gw_id,
+        prefix: &prefix,
+        model: "BETaaS gateway",
+        sw_version: env!("CARGO_PKG_VERSION"),
+    };
+    let mut out = Vec::new();
+    for (i, thing) in config.things.iter().enumerate() {
+        for (id, component, class, unit, range) in entities(thing) {
+            let info = ThingInfo {
+                id: &id,
+                name: None,
+                component,
+                device_class: class.as_deref(),
+                unit: unit.as_deref(),
+                range,
+            };
+            out.push(config_message(&gw, &info).map_err(|e| (i, e))?);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {

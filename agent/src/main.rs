@@ -5,7 +5,6 @@ mod agent;
 mod commands;
 mod config;
 // Home Assistant discovery messages; published by the MQTT loop in the integration.
-#[allow(dead_code)]
 mod discovery;
 mod journal;
 mod mqtt;

@@ -118,6 +118,8 @@ impl Mosquitto {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                // mosquitto_sub -v prints a zero-length payload (a retained-message removal) as "(null)".
+                let payload = if payload == "(null)" { "" } else { payload };
                 if tx.send((topic.to_owned(), payload.to_owned())).is_err() {
                     break;
                 }
@@ -431,6 +433,8 @@ impl Mosquitto {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                // mosquitto_sub -v prints a zero-length payload (a retained-message removal) as "(null)".
+                let payload = if payload == "(null)" { "" } else { payload };
                 if tx.send((topic.to_owned(), payload.to_owned())).is_err() {
                     break;
                 }
