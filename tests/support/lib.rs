@@ -17,7 +17,7 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
@@ -68,11 +68,16 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
+        Mosquitto::start_with(port, "")
+    }
+
+    /// Starts mosquitto on `port` with extra configuration lines.
+    pub fn start_with(port: u16, extra_conf: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
