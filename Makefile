@@ -11,7 +11,7 @@ ARM_TARGET := armv7-unknown-linux-gnueabihf
 AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
 STAMP := out/.deps-ok
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e bench clean
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean
 
 all: agent-arm
 
@@ -50,7 +50,11 @@ test-e2e: $(STAMP)
 	@echo "==> end-to-end tests (QEMU + mosquitto)"
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
 
-test: test-unit test-e2e
+# The parsers that take outside input (journal records, MQTT payloads, commands), briefly.
+fuzz: $(STAMP)
+	bash agent/fuzz/run.sh
+
+test: test-unit test-e2e fuzz
 
 # Benchmarks print figures next to a baseline measured in the same run; they never fail on speed.
 bench: $(STAMP)
