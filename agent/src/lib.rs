@@ -1,4 +1,13 @@
-//! Library face of the agent, so integration tests, benchmarks and the fuzz crate can reach its parts.
-//! Keep it to `pub mod` lines.
+//! The agent's parts, one module per component of the paper; `main.rs` is the command line.
+//! Integration tests, benchmarks and the fuzz crate reach them through this library.
 
+pub mod actuators;
+pub mod agent;
+pub mod commands;
+pub mod config;
+pub mod discovery;
 pub mod journal;
+pub mod mqtt;
+pub mod outbox;
+pub mod resources;
+pub mod things;

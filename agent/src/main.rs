@@ -1,23 +1,12 @@
 //! `betaas-agent`: the BETaaS gateway agent.
 
-mod actuators;
-mod agent;
-mod commands;
-mod config;
-// Home Assistant discovery messages; published by the MQTT loop in the integration.
-mod discovery;
-mod journal;
-mod mqtt;
-mod outbox;
-mod resources;
-mod things;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use config::{Config, LogLevel};
+use betaas_agent::config::{Config, LogLevel};
+use betaas_agent::{agent, commands};
 
 #[derive(Parser)]
 #[command(name = "betaas-agent", version, about = "BETaaS gateway agent")]

@@ -77,7 +77,9 @@ impl Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"
+            ),
         )
         .expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
@@ -472,7 +474,18 @@ impl Mosquitto {
     /// Publishes one message with mosquitto_pub (QoS 1).
     pub fn publish(&self, topic: &str, payload: &str) {
         let st = Command::new("mosquitto_pub")
-            .args(["-h", &self.host, "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
             .status()
             .expect("run mosquitto_pub");
         assert!(st.success(), "mosquitto_pub {topic} failed");

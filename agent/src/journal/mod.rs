@@ -9,9 +9,6 @@
 //! Delivery is at least once: after a crash, records acknowledged since the last persisted ack are sent
 //! again with their original `(thing, seq)`, which consumers use to drop duplicates.
 
-// The publisher integration (mqtt.rs) comes next; until then most of this API has no caller in the binary.
-#![allow(dead_code)]
-
 pub mod format;
 pub mod store;
 

@@ -67,8 +67,7 @@ impl Debouncer {
 
     /// When the line will have been quiet long enough; None when nothing is pending.
     pub fn deadline(&self) -> Option<u64> {
-        self.last_edge_ns
-            .map(|t| t.saturating_add(self.window_ns))
+        self.last_edge_ns.map(|t| t.saturating_add(self.window_ns))
     }
 
     /// Offers the sampled `level` at `now_ns`. Before the deadline nothing happens; at or after
@@ -130,14 +129,15 @@ impl Command {
             serde_json::Value::Bool(false) => Ok(Command::Off),
             serde_json::Value::String(s) if s.eq_ignore_ascii_case("on") => Ok(Command::On),
             serde_json::Value::String(s) if s.eq_ignore_ascii_case("off") => Ok(Command::Off),
-            serde_json::Value::String(s) if s.eq_ignore_ascii_case("toggle") => {
-                Ok(Command::Toggle)
-            }
+            serde_json::Value::String(s) if s.eq_ignore_ascii_case("toggle") => Ok(Command::Toggle),
             other => {
                 // Echo at most a short prefix: the payload may be huge.
                 let mut shown = other.to_string();
                 if shown.len() > 40 {
-                    let cut = (0..=40).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0);
+                    let cut = (0..=40)
+                        .rev()
+                        .find(|&i| shown.is_char_boundary(i))
+                        .unwrap_or(0);
                     shown.truncate(cut);
                     shown.push('…');
                 }
@@ -364,9 +364,13 @@ impl GpioInput {
         let give_up_at = self.now_ns().saturating_add(duration_ns(give_up));
         loop {
             let now = self.now_ns();
-            let until = self.debounce.deadline().unwrap_or(give_up_at).min(give_up_at);
-            let timeout_ms = i32::try_from(until.saturating_sub(now).div_ceil(1_000_000))
-                .unwrap_or(i32::MAX);
+            let until = self
+                .debounce
+                .deadline()
+                .unwrap_or(give_up_at)
+                .min(give_up_at);
+            let timeout_ms =
+                i32::try_from(until.saturating_sub(now).div_ceil(1_000_000)).unwrap_or(i32::MAX);
             let ready = {
                 let mut fds = [nix::poll::PollFd::new(
                     self.events.file(),
@@ -510,7 +514,11 @@ mod tests {
                     }
                     _ => None,
                 };
-                assert_eq!(d.settle(level, t), expect, "pattern {pattern:012b} slot {slot}");
+                assert_eq!(
+                    d.settle(level, t),
+                    expect,
+                    "pattern {pattern:012b} slot {slot}"
+                );
             }
             assert_eq!(d.stable(), level, "pattern {pattern:012b} ends settled");
         }
@@ -608,7 +616,10 @@ mod tests {
         assert!(step(&mut o, "a", Command::Toggle));
         assert!(!step(&mut o, "b", Command::Toggle));
         // "a" redelivered: no write, answers what "a" did, state unchanged.
-        assert_eq!(o.plan("a", Command::Toggle), Ok(Plan::Duplicate { on: true }));
+        assert_eq!(
+            o.plan("a", Command::Toggle),
+            Ok(Plan::Duplicate { on: true })
+        );
         assert!(!o.is_on());
         // Same id with a different command is still the same command.
         assert_eq!(o.plan("b", Command::On), Ok(Plan::Duplicate { on: false }));
@@ -623,17 +634,29 @@ mod tests {
         for id in ["1", "2", "3", "4"] {
             o.commit(id, true);
         }
-        assert!(matches!(o.plan("1", Command::Off), Ok(Plan::Write { .. })), "1 was evicted");
+        assert!(
+            matches!(o.plan("1", Command::Off), Ok(Plan::Write { .. })),
+            "1 was evicted"
+        );
         for id in ["2", "3", "4"] {
-            assert!(matches!(o.plan(id, Command::Off), Ok(Plan::Duplicate { .. })), "{id}");
+            assert!(
+                matches!(o.plan(id, Command::Off), Ok(Plan::Duplicate { .. })),
+                "{id}"
+            );
         }
         assert_eq!(o.applied.len(), 3);
         // Recommitting a remembered id does not duplicate it in the eviction order.
         o.commit("4", false);
         assert_eq!(o.applied.len(), 3);
         o.commit("5", false);
-        assert!(matches!(o.plan("2", Command::Off), Ok(Plan::Write { .. })), "2 was evicted");
-        assert!(matches!(o.plan("4", Command::Off), Ok(Plan::Duplicate { on: false })));
+        assert!(
+            matches!(o.plan("2", Command::Off), Ok(Plan::Write { .. })),
+            "2 was evicted"
+        );
+        assert!(matches!(
+            o.plan("4", Command::Off),
+            Ok(Plan::Duplicate { on: false })
+        ));
     }
 
     #[test]
@@ -648,7 +671,10 @@ mod tests {
         let mut r = Relay::new(pin.clone(), true, 16).unwrap();
         assert!(!r.is_on());
         assert!(r.execute("cmd-1", Command::On).unwrap());
-        assert!(r.execute("cmd-1", Command::On).unwrap(), "duplicate: no pin write");
+        assert!(
+            r.execute("cmd-1", Command::On).unwrap(),
+            "duplicate: no pin write"
+        );
         assert!(!r.execute("cmd-2", Command::Toggle).unwrap());
         assert!(matches!(
             r.execute("", Command::On),
@@ -666,7 +692,10 @@ mod tests {
         ];
         let mut pin = PinMock::new(&ex);
         let mut r = Relay::new(pin.clone(), false, 16).unwrap();
-        assert!(matches!(r.execute("x", Command::On), Err(RelayError::Pin(_))));
+        assert!(matches!(
+            r.execute("x", Command::On),
+            Err(RelayError::Pin(_))
+        ));
         assert!(!r.is_on(), "state unchanged after a failed write");
         assert!(r.execute("x", Command::On).unwrap());
         pin.done();

@@ -162,7 +162,10 @@ mod tests {
         let mut ex = Vec::new();
         for (ch, code) in codes.iter().enumerate() {
             let [hi, lo] = code.to_be_bytes();
-            ex.extend(frame([0x01, 0x80 | ((ch as u8) << 4), 0x00], [0xFF, 0xF8 | hi, lo]));
+            ex.extend(frame(
+                [0x01, 0x80 | ((ch as u8) << 4), 0x00],
+                [0xFF, 0xF8 | hi, lo],
+            ));
         }
         let mut spi = Mock::new(&ex);
         let mut adc = Mcp3008::new(spi.clone(), 3.3).unwrap();
@@ -187,7 +190,10 @@ mod tests {
     fn absent_chip_is_an_error_not_full_scale() {
         let mut spi = Mock::new(&frame([0x01, 0xB0, 0x00], [0xFF, 0xFF, 0xFF]));
         let mut adc = Mcp3008::new(spi.clone(), 3.3).unwrap();
-        assert!(matches!(adc.read_raw(3), Err(Error::NoDevice([0xFF, 0xFF, 0xFF]))));
+        assert!(matches!(
+            adc.read_raw(3),
+            Err(Error::NoDevice([0xFF, 0xFF, 0xFF]))
+        ));
         spi.done();
     }
 

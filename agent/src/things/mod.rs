@@ -1,20 +1,12 @@
 //! The adaptation layer (paper §II): physical things become readings.
 
-pub mod tmp105;
-// Wired into the config in the things integration.
-#[allow(dead_code)]
 pub mod bh1750;
-#[allow(dead_code)]
 pub mod bme280;
-#[allow(dead_code)]
-pub mod gpio;
-#[allow(dead_code)]
-pub mod mcp3008;
-// Pure parsers for MQTT things and actuator commands; wired into the MQTT loop in the integration.
-#[allow(dead_code)]
-pub mod payload;
-#[allow(dead_code)]
 pub mod command;
+pub mod gpio;
+pub mod mcp3008;
+pub mod payload;
+pub mod tmp105;
 
 use std::path::{Path, PathBuf};
 
