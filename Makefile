@@ -46,6 +46,7 @@ test-unit: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
+	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	@echo "==> end-to-end tests (QEMU + mosquitto)"
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture

@@ -180,11 +180,12 @@ if [ "$OUTPUT" = qemu ]; then
 #   ./run-qemu.sh -qmp unix:/tmp/qmp.sock,server=on,wait=off
 # Works on a copy of the image so the build output stays pristine; serial console on stdio.
 # AGENT_TOML=FILE provisions that agent config on the copy's boot partition (as betaas-flash does).
-# IMAGE_COPY=FILE puts the copy elsewhere (default: run.img beside this script).
+# IMAGE_COPY=FILE puts the copy elsewhere (default: run.img beside this script);
+# KEEP_IMAGE=1 boots an existing copy again (a reboot after a power cut keeps its data partition).
 set -e
 here="\$(cd "\$(dirname "\$0")" && pwd)"
 img="\${IMAGE_COPY:-\$here/run.img}"
-cp --sparse=always "\$here/sdcard.img" "\$img"
+[ "\${KEEP_IMAGE:-0}" = 1 ] && [ -f "\$img" ] || cp --sparse=always "\$here/sdcard.img" "\$img"
 if [ -n "\${AGENT_TOML:-}" ]; then
   mmd -D s -i "\$img@@1M" ::/betaas 2>/dev/null || true
   mcopy -o -i "\$img@@1M" "\$AGENT_TOML" ::/betaas/agent.toml

@@ -222,6 +222,7 @@ pub struct Qemu {
     child: Child,
     pub dir: tempfile::TempDir,
     qmp: Option<Qmp>,
+    board: String,
 }
 
 impl Qemu {
@@ -231,13 +232,36 @@ impl Qemu {
 
     /// Boots with extra QEMU arguments (e.g. another `-device`).
     pub fn boot_with(board: &str, agent_toml: &str, extra: &[&str]) -> Qemu {
+        Qemu::start(
+            board,
+            agent_toml,
+            extra,
+            tempfile::tempdir().expect("tempdir"),
+            false,
+        )
+    }
+
+    /// Boots the same disk again after [`Qemu::kill`] (a power cut): the data partition is kept.
+    pub fn reboot(mut self, agent_toml: &str) -> Qemu {
+        self.kill();
+        let board = self.board.clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Qemu::start(&board, agent_toml, &[], dir, true)
+    }
+
+    fn start(
+        board: &str,
+        agent_toml: &str,
+        extra: &[&str],
+        dir: tempfile::TempDir,
+        keep: bool,
+    ) -> Qemu {
         let script = repo().join("out").join(board).join("run-qemu.sh");
         assert!(
             script.exists(),
             "{} missing: run `make image BOARD={board}` (make test does)",
             script.display()
         );
-        let dir = tempfile::tempdir().expect("tempdir");
         let toml = dir.path().join("agent.toml");
         std::fs::write(&toml, agent_toml).expect("write agent.toml");
         let sock = dir.path().join("qmp.sock");
@@ -245,6 +269,7 @@ impl Qemu {
         let child = Command::new(&script)
             .env("AGENT_TOML", &toml)
             .env("IMAGE_COPY", dir.path().join("sdcard.img"))
+            .env("KEEP_IMAGE", if keep { "1" } else { "0" })
             .args(extra)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
@@ -257,6 +282,7 @@ impl Qemu {
             child,
             dir,
             qmp: None,
+            board: board.to_owned(),
         };
         let qmp = wait_until("QMP socket", Duration::from_secs(30), || {
             Qmp::connect(&sock).ok()
