@@ -14,19 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use betaas_agent::journal::{Body, Journal, Limits, Record};
-use betaas_e2e::Mosquitto;
+use betaas_e2e::{KillOnDrop, Mosquitto};
 
 const N: u64 = 20_000;
 
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent(dir: &Path, port: u16, things: usize) -> Agent {
+fn agent(dir: &Path, port: u16, things: usize) -> KillOnDrop {
     std::fs::write(dir.join("v"), "21500").expect("value file");
     let mut toml = format!(
         "gateway_id = \"bench\"\ndata_dir = \"{d}/data\"\nlog_level = \"warn\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n",
@@ -39,7 +31,7 @@ fn agent(dir: &Path, port: u16, things: usize) -> Agent {
         );
     }
     std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-    Agent(
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
             .arg("--config")
             .arg(dir.join("agent.toml"))

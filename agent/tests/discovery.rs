@@ -2,27 +2,19 @@
 //! the configs of things dropped from the configuration.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use betaas_e2e::Mosquitto;
+use betaas_e2e::{KillOnDrop, Mosquitto};
 use serde_json::Value;
 
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(dir: &Path, gw: &str, port: u16, things: &str) -> Agent {
+fn run(dir: &Path, gw: &str, port: u16, things: &str) -> KillOnDrop {
     let toml = format!(
         "gateway_id = \"{gw}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{things}",
         d = dir.display()
     );
     std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-    Agent(
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
             .arg("--config")
             .arg(dir.join("agent.toml"))

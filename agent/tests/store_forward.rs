@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use betaas_e2e::{terminate, unused_port, Mosquitto, Subscriber};
+use betaas_e2e::{free_port, terminate, Mosquitto, Subscriber};
 use serde_json::Value;
 
 fn rng(test: &str) -> fastrand::Rng {
@@ -325,7 +325,7 @@ fn health_u64(h: &Value, pointer: &str) -> u64 {
 fn broker_outage_loses_nothing() {
     let mut rng = rng("broker_outage_loses_nothing");
     let gw = Gateway::new(&mut rng);
-    let port = unused_port();
+    let port = free_port();
     let bdir = tempfile::tempdir().expect("broker dir");
     let mut broker = Mosquitto::start_persistent(port, bdir.path());
     let client = format!("{}-sub", gw.id);
@@ -561,7 +561,7 @@ fn torn_tail_recovered() {
 fn journal_full_drops_oldest_and_counts() {
     let mut rng = rng("journal_full_drops_oldest_and_counts");
     let gw = Gateway::new(&mut rng);
-    let port = unused_port();
+    let port = free_port();
     // Limits::check: segment_bytes >= 28 + 8 + 4096, max_bytes >= 2 * segment_bytes.
     let seg = 28 + 8 + 4096 + rng.u64(0..512);
     let journal = format!("segment_bytes = {seg}\nmax_bytes = {}\n", 2 * seg);

@@ -2,10 +2,10 @@
 //! certificates are made for each run with the openssl CLI.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use betaas_e2e::{wait_until, Mosquitto};
+use betaas_e2e::{wait_until, KillOnDrop, Mosquitto};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let st = Command::new("openssl")
@@ -78,14 +78,6 @@ fn make_pki(dir: &Path) {
     }
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -129,7 +121,7 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
         ),
     )
     .expect("mosquitto.conf");
-    let _broker = Killed(
+    let _broker = KillOnDrop(
         Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -145,7 +137,7 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
 
     let gw = format!("tls-{}", fastrand::u32(..));
     std::fs::write(d.join("agent.toml"), config(d, &gw, tls_port)).expect("agent.toml");
-    let _agent = Killed(
+    let _agent = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
             .arg("--config")
             .arg(d.join("agent.toml"))

@@ -82,9 +82,13 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
+        Mosquitto::launch(&conf, port, Some(dir))
+    }
+
+    fn launch(conf: &Path, port: u16, dir: Option<tempfile::TempDir>) -> Mosquitto {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -96,13 +100,24 @@ impl Mosquitto {
             host: "127.0.0.1".into(),
             port,
             child: Some(child),
-            _dir: Some(dir),
+            _dir: dir,
         }
     }
 
     /// Subscribes with mosquitto_sub; every message arrives as (topic, payload). Returns once the
     /// subscription is active (a retained marker message has come back through it).
     pub fn subscribe(&self, filter: &str) -> Subscriber {
+        self.subscribe_with(filter, &[])
+    }
+
+    /// Like [`Mosquitto::subscribe`], with a persistent session (`-c -i client_id`): QoS 1
+    /// messages published while this client is away are queued by the broker for the next
+    /// subscriber with the same id.
+    pub fn subscribe_session(&self, filter: &str, client_id: &str) -> Subscriber {
+        self.subscribe_with(filter, &["-c", "-i", client_id])
+    }
+
+    fn subscribe_with(&self, filter: &str, extra: &[&str]) -> Subscriber {
         const READY: &str = "betaas-e2e/ready";
         let port = self.port.to_string();
         let ok = Command::new("mosquitto_pub")
@@ -116,6 +131,7 @@ impl Mosquitto {
             .args([
                 "-h", &self.host, "-p", &port, "-t", filter, "-t", READY, "-v", "-q", "1",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -380,6 +396,16 @@ impl Qmp {
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when this goes out of scope, e.g. an agent under test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends SIGTERM to `pid` and waits (bounded) for `child` to exit; SIGKILL if it does not.
 pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let _ = Command::new("kill")
@@ -414,22 +440,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto (installed by image/host-deps.sh)");
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Mosquitto {
-            host: "127.0.0.1".into(),
-            port,
-            child: Some(child),
-            _dir: None,
-        }
+        Mosquitto::launch(&conf, port, None)
     }
 
     /// Stops the broker cleanly (SIGTERM: it closes connections and saves its persistence).
@@ -438,62 +449,6 @@ impl Mosquitto {
             terminate(&mut child, Duration::from_secs(10));
         }
     }
-
-    /// Like [`Mosquitto::subscribe`], with a persistent session (`-c -i client_id`): QoS 1
-    /// messages published while this client is away are queued by the broker for the next
-    /// subscriber with the same id.
-    pub fn subscribe_session(&self, filter: &str, client_id: &str) -> Subscriber {
-        const READY: &str = "betaas-e2e/ready";
-        let port = self.port.to_string();
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-h", &self.host, "-p", &port, "-t", READY, "-r", "-q", "1", "-m", "1",
-            ])
-            .status()
-            .expect("run mosquitto_pub");
-        assert!(ok.success(), "mosquitto_pub failed");
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h", &self.host, "-p", &port, "-t", filter, "-t", READY, "-v", "-q", "1", "-c",
-                "-i", client_id,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
-                // mosquitto_sub -v prints a zero-length payload (a retained-message removal) as "(null)".
-                let payload = if payload == "(null)" { "" } else { payload };
-                if tx.send((topic.to_owned(), payload.to_owned())).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sub = Subscriber {
-            child,
-            rx,
-            early: Vec::new(),
-        };
-        let mut early = Vec::new();
-        sub.wait_for("the subscription", Duration::from_secs(10), |t, p| {
-            if t == READY {
-                return Some(());
-            }
-            early.push((t.to_owned(), p.to_owned()));
-            None
-        });
-        sub.early = early;
-        sub
-    }
-}
-
-/// A free loopback port (nothing listens on it when this returns).
-pub fn unused_port() -> u16 {
-    free_port()
 }
 
 impl Mosquitto {
