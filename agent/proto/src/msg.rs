@@ -1,0 +1,189 @@
+//! The messages: one request enum, one response enum, and the value types they carry.
+//!
+//! Postcard encodes enum variants by their index, so variants are only ever appended, never
+//! reordered or removed, within one [`crate::VERSION`]. An incompatible change bumps the version.
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent asks the VM manager. VMs are named by the name the daemon gave them at create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The gateway's virtualization capability (the result of the daemon's real probe). `refresh`
+    /// runs the probe again instead of returning the cached result (it boots a guest: seconds).
+    Probe { refresh: bool },
+    /// Define a new VM from a template (domain + copy-on-write overlay of the base image). Not started.
+    Create { template: String },
+    /// The allocator's "run one of these": resume a stopped VM of this template if there is one,
+    /// else create and start a new one. The paper's reason to stop rather than destroy.
+    Acquire { template: String },
+    /// Cold start of a defined VM (from its managed save if it has one).
+    Start { vm: String },
+    /// Stop: managed save (the VM's memory to disk), ACPI shutdown as the fallback.
+    Stop { vm: String },
+    /// Start from the managed save; refused if there is none.
+    Resume { vm: String },
+    /// Hard power-off; the definition and overlay stay.
+    Destroy { vm: String },
+    /// Power off if needed, remove the managed save, the definition, the overlay and the serial log.
+    Undefine { vm: String },
+    /// Every VM this daemon manages (never foreign domains).
+    List,
+    /// CPU time, memory and disk of one VM, for the resources monitor.
+    Stats { vm: String },
+}
+
+/// What the daemon answers; exactly one response per request, with the request's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Capability(Capability),
+    /// The VM after the operation (create, acquire, start, stop, resume, destroy).
+    Vm(VmInfo),
+    /// Undefine succeeded: nothing of the VM is left.
+    Undefined {
+        vm: String,
+    },
+    Vms(Vec<VmInfo>),
+    Stats(VmStats),
+    Error(ErrorReply),
+}
+
+/// How a guest runs. The allocator treats `Kvm` > `Qemu` (emulation, slow) and `Lxc` (containers,
+/// light, no own kernel) as different capacities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum VirtKind {
+    Kvm,
+    Qemu,
+    Lxc,
+}
+
+impl VirtKind {
+    pub const ALL: [VirtKind; 3] = [VirtKind::Kvm, VirtKind::Qemu, VirtKind::Lxc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtKind::Kvm => "kvm",
+            VirtKind::Qemu => "qemu",
+            VirtKind::Lxc => "lxc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VirtKind> {
+        VirtKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for VirtKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The VM's state as the daemon sees it (libvirt's state plus "has a managed save").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Defined, never started or powered off without a managed save.
+    ShutOff,
+    Running,
+    Paused,
+    /// Stopped with its memory saved: resume is fast.
+    Saved,
+    Crashed,
+    /// libvirt reported something else (blocked, pmsuspended, ...).
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub template: String,
+    pub kind: VirtKind,
+    pub state: VmState,
+    /// Unix seconds when the daemon created it.
+    pub created_s: u64,
+    /// Unix seconds when it was last stopped (the idle clock), if it is stopped.
+    pub stopped_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStats {
+    pub name: String,
+    pub state: VmState,
+    /// Guest CPU time consumed, all vCPUs (ns).
+    pub cpu_time_ns: u64,
+    pub vcpus: u32,
+    /// Memory currently given to the guest and its maximum (KiB).
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    /// The overlay: virtual size, bytes allocated on the host.
+    pub disk_capacity_bytes: u64,
+    pub disk_allocation_bytes: u64,
+}
+
+/// One probe attempt: did a tiny guest of this kind actually start?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub kind: VirtKind,
+    pub ok: bool,
+    /// Why not (the hypervisor's words), or what was seen.
+    pub detail: String,
+    pub millis: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    /// The kind new VMs will use (the first that worked in KVM, QEMU, LXC order); `None`: cannot virtualize.
+    pub best: Option<VirtKind>,
+    pub probes: Vec<ProbeResult>,
+    /// Host architecture as libvirt names it (`x86_64`, `armv7l`).
+    pub arch: String,
+    /// Unix seconds of the probe.
+    pub probed_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// What went wrong, coarse enough for the agent to act on (retry, choose another gateway, give up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The frame could not be read (length, truncation); the connection is closed after this reply.
+    BadFrame,
+    /// The frame's version byte is not [`crate::VERSION`].
+    UnsupportedVersion,
+    /// The payload is not a request this version knows.
+    UnknownMessage,
+    NoSuchVm,
+    NoSuchTemplate,
+    /// The template descriptor or its image is unusable (named in the message).
+    BadTemplate,
+    /// A domain exists by that name but this daemon did not create it: never touched.
+    Foreign,
+    /// The operation does not apply in the VM's state (e.g. resume without a managed save).
+    InvalidState,
+    /// libvirtd is not reachable (after retries): try again later.
+    HypervisorUnavailable,
+    /// libvirt refused or failed the operation.
+    Hypervisor,
+    /// The template needs a virtualization kind this gateway does not have.
+    NoCapability,
+    Io,
+    Internal,
+}
+
+impl ErrorReply {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReply {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
