@@ -4,9 +4,11 @@
 //! - [`forecast`]: Holt's linear method for the resource history (paper §II.B).
 //! - [`allocator`]: the local/remote choice of the TaaS resources manager (paper §III, Figure 2).
 //! - [`scenario`], [`sim`], [`gen`]: the simulator that compares it with other schedulers.
+//! - [`instance`]: instance bus messages, membership and trust (the instance manager).
 
 pub mod allocator;
 pub mod forecast;
 pub mod gen;
+pub mod instance;
 pub mod scenario;
 pub mod sim;

@@ -1,0 +1,407 @@
+//! The instance manager's state (paper §II): who is a member, what each shares, how much each is
+//! trusted. Pure: every input (bytes from the bus, observations, the clock) is an argument, every
+//! consequence is a returned [`Event`].
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+
+use super::msg::{self, Body, Envelope, MsgError, ResourceReport};
+use super::trust::{Observation, Trust};
+use crate::allocator::{Gateway, InstanceView, Remote, Template};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// A member not heard from for this long is down; its resources are not offered.
+    pub heartbeat_timeout_ms: u64,
+    /// Below this combined trust for `dismiss_after_ms`, a member is dismissed.
+    pub dismiss_threshold: f64,
+    pub dismiss_after_ms: u64,
+    /// A dismissed gateway's join is refused for this long; after it, it may join again.
+    pub readmit_after_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { heartbeat_timeout_ms: 6_000, dismiss_threshold: 0.3, dismiss_after_ms: 10_000, readmit_after_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Dismissed { at_ms: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub key: VerifyingKey,
+    pub state: State,
+    pub last_counter: u64,
+    pub last_seen_ms: u64,
+    pub report: Option<ResourceReport>,
+    pub trust: Trust,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Joined(String),
+    /// A member that was down is heard from again.
+    Back(String),
+    Left(String),
+    Down(String),
+    Dismissed(String),
+    DeployRequest { from: String, request: u64, template: String, res: crate::allocator::Res },
+    DeployAnswer { from: String, request: u64, accepted: bool, reason: String },
+}
+
+pub struct Instance {
+    me: String,
+    instance_key: VerifyingKey,
+    settings: Settings,
+    members: BTreeMap<String, Member>,
+    /// Messages not acted on, by [`MsgError::kind`].
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Instance {
+    pub fn new(me: &str, instance_key: VerifyingKey, settings: Settings) -> Instance {
+        Instance { me: me.to_owned(), instance_key, settings, members: BTreeMap::new(), rejected: BTreeMap::new() }
+    }
+
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// One message from the bus. A message that fails to decode or verify changes nothing and
+    /// is counted; a retained message delivered again (same counter) is ignored silently.
+    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, MsgError> {
+        let r = self.accept(bytes, now_ms);
+        if let Err(e) = &r {
+            *self.rejected.entry(e.kind()).or_default() += 1;
+        }
+        r
+    }
+
+    fn accept(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, MsgError> {
+        let (env, sig) = msg::decode(bytes)?;
+        if env.from == self.me {
+            return Ok(Vec::new()); // our own broadcast coming back
+        }
+        let mut events = Vec::new();
+        let key = match (&env.body, self.members.get(&env.from)) {
+            (Body::Announce { credential, .. }, _) => {
+                if credential.gateway != env.from {
+                    return Err(MsgError::Impersonation { from: env.from, credential: credential.gateway.clone() });
+                }
+                credential.verify(&self.instance_key)?
+            }
+            (_, Some(m)) => m.key,
+            (_, None) => return Err(MsgError::UnknownSender(env.from)),
+        };
+        msg::verify(&env, &sig, &key)?;
+
+        match self.members.get_mut(&env.from) {
+            Some(m) => {
+                if let State::Dismissed { at_ms } = m.state {
+                    let rejoin = matches!(env.body, Body::Announce { .. })
+                        && now_ms.saturating_sub(at_ms) >= self.settings.readmit_after_ms;
+                    if !rejoin {
+                        return Err(MsgError::Dismissed(env.from));
+                    }
+                    // Re-admission through the join procedure: a fresh start, with a fresh key.
+                    *m = Member { key, state: State::Up, last_counter: env.counter, last_seen_ms: now_ms, report: None, trust: Trust::default() };
+                    events.push(Event::Joined(env.from.clone()));
+                } else {
+                    if env.counter == m.last_counter {
+                        return Ok(Vec::new()); // the same message again (retained re-delivery)
+                    }
+                    if env.counter < m.last_counter {
+                        return Err(MsgError::Replay { from: env.from, counter: env.counter, last: m.last_counter });
+                    }
+                    m.key = key;
+                    m.last_counter = env.counter;
+                    m.last_seen_ms = now_ms;
+                    if m.state == State::Down {
+                        m.state = State::Up;
+                        events.push(Event::Back(env.from.clone()));
+                    }
+                }
+            }
+            None => {
+                let Body::Announce { .. } = env.body else {
+                    return Err(MsgError::UnknownSender(env.from));
+                };
+                self.members.insert(
+                    env.from.clone(),
+                    Member { key, state: State::Up, last_counter: env.counter, last_seen_ms: now_ms, report: None, trust: Trust::default() },
+                );
+                events.push(Event::Joined(env.from.clone()));
+            }
+        }
+
+        let from = env.from;
+        let for_me = env.to.as_deref().is_none_or(|t| t == self.me);
+        match env.body {
+            Body::Announce { report, .. } => {
+                if let Some(m) = self.members.get_mut(&from) {
+                    m.report = report;
+                }
+            }
+            Body::Leave => {
+                self.members.remove(&from);
+                events.push(Event::Left(from));
+            }
+            Body::Heartbeat => {}
+            Body::DeployRequest { request, template, res } if for_me => {
+                events.push(Event::DeployRequest { from, request, template, res });
+            }
+            Body::DeployAnswer { request, accepted, reason } if for_me => {
+                events.push(Event::DeployAnswer { from, request, accepted, reason });
+            }
+            Body::DeployRequest { .. } | Body::DeployAnswer { .. } => {}
+            Body::Trust { scores } => {
+                for (about, score) in scores {
+                    if about != from {
+                        if let Some(m) = self.members.get_mut(&about) {
+                            m.trust.report(&from, score);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Something this gateway saw another one do.
+    pub fn observe(&mut self, gateway: &str, o: Observation) {
+        if let Some(m) = self.members.get_mut(gateway) {
+            m.trust.observe(o);
+        }
+    }
+
+    /// The combined trust of a member (0 for strangers).
+    pub fn trust(&self, gateway: &str) -> f64 {
+        let credible = |r: &str| self.members.get(r).is_some_and(|m| matches!(m.state, State::Up | State::Down));
+        self.members.get(gateway).map_or(0.0, |m| {
+            m.trust.score(m.report.as_ref().and_then(|r| r.battery), credible)
+        })
+    }
+
+    /// Heartbeat timeouts and dismissals, as of `now_ms`. Call about once a second.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let score = self.trust(&id);
+            let s = self.settings;
+            let Some(m) = self.members.get_mut(&id) else { continue };
+            if m.state == State::Up && now_ms.saturating_sub(m.last_seen_ms) > s.heartbeat_timeout_ms {
+                m.state = State::Down;
+                m.trust.observe(Observation::HeartbeatMissed);
+                events.push(Event::Down(id.clone()));
+            }
+            if !matches!(m.state, State::Dismissed { .. })
+                && m.trust.below_for(score, s.dismiss_threshold, now_ms, s.dismiss_after_ms)
+            {
+                m.state = State::Dismissed { at_ms: now_ms };
+                m.report = None;
+                events.push(Event::Dismissed(id));
+            }
+        }
+        events
+    }
+
+    /// What the allocator decides on: this gateway (from its own live report) and every member
+    /// that is up and has reported, with its trust.
+    pub fn view(&self, me: &ResourceReport, templates: &[Template], remotes: &[Remote]) -> InstanceView {
+        let gw = |id: &str, r: &ResourceReport, trust: f64| Gateway {
+            id: id.to_owned(),
+            capacity: r.capacity,
+            used: r.used,
+            forecast_free: r.forecast_free,
+            virt: r.virt,
+            trust,
+            battery: r.battery,
+            vms: r.vms,
+            powerful: r.powerful,
+        };
+        let mut gateways = vec![gw(&self.me, me, 1.0)];
+        for (id, m) in &self.members {
+            if let (State::Up, Some(r)) = (m.state, &m.report) {
+                gateways.push(gw(id, r, self.trust(id)));
+            }
+        }
+        gateways.sort_by(|a, b| a.id.cmp(&b.id));
+        InstanceView { gateways, templates: templates.to_vec(), remotes: remotes.to_vec() }
+    }
+
+    /// Our scores of the others, for a `Trust` broadcast (reputation).
+    pub fn scores(&self) -> Vec<(String, f64)> {
+        self.members.iter().map(|(id, m)| (id.clone(), m.trust.direct())).collect()
+    }
+}
+
+/// Builds a message envelope.
+pub fn envelope(from: &str, counter: u64, to: Option<&str>, body: Body) -> Envelope {
+    Envelope { from: from.to_owned(), counter, to: to.map(str::to_owned), body }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::allocator::{Res, Virt};
+    use crate::instance::msg::{encode, Credential};
+    use ed25519_dalek::SigningKey;
+
+    struct Gw {
+        id: String,
+        key: SigningKey,
+        cred: Credential,
+        counter: u64,
+    }
+
+    impl Gw {
+        fn new(instance: &SigningKey, id: &str, seed: u8) -> Gw {
+            let key = SigningKey::from_bytes(&[seed; 32]);
+            let cred = Credential::issue(instance, id, &key.verifying_key());
+            Gw { id: id.into(), key, cred, counter: 0 }
+        }
+        fn send(&mut self, to: Option<&str>, body: Body) -> Vec<u8> {
+            self.counter += 1;
+            encode(&self.key, envelope(&self.id, self.counter, to, body))
+        }
+        fn announce(&mut self, report: Option<ResourceReport>) -> Vec<u8> {
+            let credential = self.cred.clone();
+            self.send(None, Body::Announce { credential, report })
+        }
+    }
+
+    fn report(mem_mb: u64) -> ResourceReport {
+        ResourceReport {
+            capacity: Res::new(2, mem_mb, 8),
+            used: Res::default(),
+            forecast_free: None,
+            virt: Virt::Kvm,
+            battery: None,
+            vms: 0,
+            powerful: true,
+        }
+    }
+
+    fn setup() -> (SigningKey, Instance) {
+        let instance = SigningKey::from_bytes(&[42; 32]);
+        let me = Instance::new("me", instance.verifying_key(), Settings::default());
+        (instance, me)
+    }
+
+    #[test]
+    fn join_share_and_view() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        assert_eq!(me.receive(&a.announce(Some(report(1024))), 0).unwrap(), vec![Event::Joined("a".into())]);
+        let v = me.view(&report(2048), &[], &[]);
+        assert_eq!(v.gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["a", "me"]);
+        assert_eq!(v.gateways[0].capacity.mem_mb, 1024);
+        // A later report replaces the earlier one.
+        me.receive(&a.announce(Some(report(512))), 10).unwrap();
+        assert_eq!(me.view(&report(2048), &[], &[]).gateways[0].capacity.mem_mb, 512);
+    }
+
+    #[test]
+    fn strangers_forgers_tamperers_and_replays_are_rejected_and_counted() {
+        let (ik, mut me) = setup();
+        // No instance credential: a key signed by another "instance".
+        let rogue_instance = SigningKey::from_bytes(&[7; 32]);
+        let mut rogue = Gw::new(&rogue_instance, "rogue", 2);
+        assert_eq!(me.receive(&rogue.announce(None), 0), Err(MsgError::BadCredential));
+        // Someone else's credential under another name.
+        let mut a = Gw::new(&ik, "a", 1);
+        let mut thief = Gw::new(&ik, "thief", 3);
+        thief.cred = a.cred.clone();
+        assert!(matches!(me.receive(&thief.announce(None), 0), Err(MsgError::Impersonation { .. })));
+        // A stolen credential with the thief's own key: the signature does not verify.
+        let mut b_thief = Gw::new(&ik, "a", 4);
+        b_thief.cred = a.cred.clone();
+        assert_eq!(me.receive(&b_thief.announce(None), 0), Err(MsgError::BadSignature));
+        // Messages before joining.
+        assert!(matches!(me.receive(&a.send(None, Body::Heartbeat), 0), Err(MsgError::UnknownSender(_))));
+        me.receive(&a.announce(None), 0).unwrap();
+        // Tampered: flip a byte in the body.
+        let mut t = a.send(None, Body::Heartbeat);
+        let n = t.len();
+        t[n / 2] ^= 0x40;
+        assert!(me.receive(&t, 0).is_err());
+        // Replayed.
+        let old = a.send(None, Body::Heartbeat);
+        me.receive(&a.send(None, Body::Heartbeat), 0).unwrap();
+        assert!(matches!(me.receive(&old, 0), Err(MsgError::Replay { .. })));
+        assert_eq!(me.rejected["replay"], 1);
+        assert_eq!(me.rejected["bad-credential"], 1);
+        assert_eq!(me.rejected["unknown-sender"], 1);
+        // The same retained message again is not an attack.
+        let ann = a.announce(None);
+        me.receive(&ann, 0).unwrap();
+        assert_eq!(me.receive(&ann, 0).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn silence_means_down_then_back() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        me.receive(&a.announce(Some(report(1024))), 0).unwrap();
+        assert_eq!(me.tick(6_000), vec![]);
+        assert_eq!(me.tick(6_001), vec![Event::Down("a".into())]);
+        assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 1, "a down gateway's resources are withdrawn");
+        assert_eq!(me.receive(&a.send(None, Body::Heartbeat), 7_000).unwrap(), vec![Event::Back("a".into())]);
+        assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 2);
+    }
+
+    #[test]
+    fn failing_gateway_is_dismissed_ignored_and_readmitted_only_by_joining_later() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        me.receive(&a.announce(Some(report(1024))), 0).unwrap();
+        for _ in 0..4 {
+            me.observe("a", Observation::DeployFailed);
+        }
+        assert!(me.trust("a") < 0.3);
+        assert_eq!(me.tick(1_000), vec![]);
+        me.receive(&a.send(None, Body::Heartbeat), 5_000).unwrap();
+        assert_eq!(me.tick(11_000), vec![Event::Dismissed("a".into())]);
+        assert_eq!(me.receive(&a.send(None, Body::Heartbeat), 11_500), Err(MsgError::Dismissed("a".into())));
+        assert_eq!(me.receive(&a.announce(None), 12_000), Err(MsgError::Dismissed("a".into())));
+        assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 1);
+        assert_eq!(me.receive(&a.announce(Some(report(1024))), 71_000).unwrap(), vec![Event::Joined("a".into())]);
+        assert!((me.trust("a") - crate::instance::trust::INITIAL).abs() < 1e-9);
+    }
+
+    #[test]
+    fn deploy_messages_reach_only_their_addressee() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        me.receive(&a.announce(None), 0).unwrap();
+        let body = Body::DeployRequest { request: 5, template: "app".into(), res: Res::new(1, 256, 1) };
+        assert_eq!(me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(), vec![]);
+        assert_eq!(
+            me.receive(&a.send(Some("me"), body), 0).unwrap(),
+            vec![Event::DeployRequest { from: "a".into(), request: 5, template: "app".into(), res: Res::new(1, 256, 1) }]
+        );
+    }
+
+    #[test]
+    fn reputation_from_members_moves_trust() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        let mut b = Gw::new(&ik, "b", 2);
+        me.receive(&a.announce(None), 0).unwrap();
+        me.receive(&b.announce(None), 0).unwrap();
+        let before = me.trust("b");
+        me.receive(&a.send(None, Body::Trust { scores: vec![("b".into(), 0.0), ("a".into(), 1.0)] }), 0).unwrap();
+        assert!(me.trust("b") < before);
+        // Nobody vouches for themselves.
+        assert!((me.trust("a") - 0.8).abs() < 1e-9);
+    }
+}
