@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# Downloads Debian armhf binary packages into dl/debs/ with a private apt state (the host's apt setup is
+# Downloads Debian binary packages into dl/debs/ with a private apt state (the host's apt setup is
 # untouched) and unpacks them into dl/pkgs/<name>/. Versions are resolved by name at build time.
 # Usage: image/debs.sh PKG...      prints one "name version sha256 file" line per package on stdout.
-# Env: MIRROR (default: the host's Debian mirror), SUITE (default: stable), DL (default: dl).
+# Env: MIRROR (default: the host's Debian mirror), SUITE (default: stable), DL (default: dl),
+#      ARCH (default: armhf). Another ARCH keeps its own state: dl/apt-<arch>/, dl/pkgs-<arch>/<name>/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/mirror.sh"
 SUITE=${SUITE:-stable}
 DL=${DL:-dl}
-W=$DL/apt
-mkdir -p "$W/lists/partial" "$W/cache/archives/partial" "$DL/debs" "$DL/pkgs"
+ARCH=${ARCH:-armhf}
+sfx=; [ "$ARCH" = armhf ] || sfx=-$ARCH   # armhf keeps dl/apt and dl/pkgs (image/build.sh reads dl/pkgs/<name>)
+W=$DL/apt$sfx
+PK=$DL/pkgs$sfx
+mkdir -p "$W/lists/partial" "$W/cache/archives/partial" "$DL/debs" "$PK"
 W=$(cd "$W" && pwd)
 
-printf 'deb [arch=armhf signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
-  "$MIRROR" "$SUITE" > "$W/sources.list"
+printf 'deb [arch=%s signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+  "$ARCH" "$MIRROR" "$SUITE" > "$W/sources.list"
 APT=(-o Dir::Etc::SourceList="$W/sources.list" -o Dir::Etc::SourceParts=/nonexistent
-     -o Dir::State::Lists="$W/lists" -o Dir::Cache="$W/cache" -o APT::Architecture=armhf
-     -o APT::Architectures=armhf -o Dir::State::status=/dev/null -o Debug::NoLocking=1
+     -o Dir::State::Lists="$W/lists" -o Dir::Cache="$W/cache" -o APT::Architecture="$ARCH"
+     -o APT::Architectures="$ARCH" -o Dir::State::status=/dev/null -o Debug::NoLocking=1
      -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/nonexistent)
 
 # Package lists are refreshed at most once a day: a second build is offline-fast.
 if [ -z "$(find "$W/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
-  echo "==> apt update ($SUITE, armhf) from $MIRROR" >&2
+  echo "==> apt update ($SUITE, $ARCH) from $MIRROR" >&2
   apt-get "${APT[@]}" -q update >&2
 fi
 
@@ -34,19 +38,20 @@ resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-imag
 for want in "$@"; do
   name=$(resolve "$want")
   ver=$(apt-cache "${APT[@]}" show "$name" | awk '/^Version:/{print $2; exit}')
-  [ -n "$ver" ] || { echo "debs: package $name not found in $SUITE/armhf" >&2; exit 1; }
-  deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
+  [ -n "$ver" ] || { echo "debs: package $name not found in $SUITE/$ARCH" >&2; exit 1; }
+  deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
   if [ -z "$deb" ]; then
     echo "==> downloading $name $ver" >&2
     (cd "$DL/debs" && apt-get "${APT[@]}" -q download "$name=$ver" >&2)
-    deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"*.deb | head -1)
+    deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
+    [ -n "$deb" ] || { echo "debs: $name $ver ($ARCH) not in $DL/debs after download" >&2; exit 1; }
   fi
-  dest=$DL/pkgs/$name
+  dest=$PK/$name
   if [ ! -f "$dest/.version" ] || [ "$(cat "$dest/.version")" != "$ver" ]; then
     rm -rf "$dest" && mkdir -p "$dest"
     dpkg-deb -x "$deb" "$dest"
     echo "$ver" > "$dest/.version"
   fi
-  [ "$want" = "$name" ] || ln -sfn "$name" "$DL/pkgs/$want"
+  [ "$want" = "$name" ] || ln -sfn "$name" "$PK/$want"
   echo "$name $ver $(sha256sum "$deb" | cut -d' ' -f1) $(basename "$deb")"
 done
