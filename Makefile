@@ -5,13 +5,14 @@
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
 #   make bench                benchmarks (figures with their baselines)
 #   make deps                 install host packages, QEMU 10 and the Rust ARM target
+#   make templates            out/templates/tiny-{x86_64,armhf} (the test VM template), booted under QEMU
 
 BOARD ?= qemu-cubieboard
 ARM_TARGET := armv7-unknown-linux-gnueabihf
 AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
 STAMP := out/.deps-ok
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates
 
 all: agent-arm
 
@@ -50,6 +51,14 @@ test-e2e: $(STAMP)
 	$(MAKE) image BOARD=cubietruck
 	@echo "==> end-to-end tests (QEMU + mosquitto)"
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
+
+# Built from Debian packages only; the paper's templates (templates/*/build.sh) need internet.
+templates: $(STAMP)
+	@echo "==> building the tiny VM template (x86_64, armhf)"
+	bash templates/tiny/build.sh x86_64
+	bash templates/tiny/build.sh armhf
+	@echo "==> booting it under QEMU: boot marker, ticks, ACPI shutdown"
+	cargo test --locked -p betaas-templates --test tiny_boot -- --ignored --test-threads=1 --nocapture
 
 # The parsers that take outside input (journal records, MQTT payloads, commands), briefly.
 fuzz: $(STAMP)

@@ -26,8 +26,9 @@ for p in "${APT_PKGS[@]}"; do
 done
 
 # QEMU >= 10 (bookworm-backports): Debian 12's 7.2 has no I2C controller on -M cubieboard.
+# qemu-system-x86 and qemu-utils (qemu-img) for the tiny templates come from the same place (matching versions).
 qemu_ok() {
-  command -v qemu-system-arm >/dev/null &&
+  command -v qemu-system-arm >/dev/null && command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null &&
     [ "$(qemu-system-arm --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)" -ge 10 ]
 }
 
@@ -42,11 +43,11 @@ if ! qemu_ok; then
     echo "deb $MIRROR ${codename}-backports main" | $SUDO tee "$list" >/dev/null
   fi
   apt_update
-  echo "==> installing qemu-system-arm (backports)"
+  echo "==> installing qemu-system-arm qemu-system-x86 qemu-utils (backports)"
   if [ "$codename" = bookworm ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-arm
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-arm qemu-system-x86 qemu-utils
   else
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends qemu-system-arm
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends qemu-system-arm qemu-system-x86 qemu-utils
   fi
 fi
 
