@@ -18,6 +18,9 @@ APT_PKGS=(
   openssl                                         # test certificates for MQTT over TLS
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   debian-archive-keyring apt-utils
+  # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
+  # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 )
 
 missing=()

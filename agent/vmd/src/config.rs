@@ -1,0 +1,315 @@
+//! `/etc/betaas/vmd.toml`: typed, with errors that name the file, the line and the field.
+
+use std::path::{Path, PathBuf};
+
+use betaas_proto::VirtKind;
+use betaas_templates::Arch;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the agent connects.
+    pub socket: PathBuf,
+    /// libvirt for VMs (kvm and qemu kinds).
+    pub uri: String,
+    /// libvirt for containers (lxc kind).
+    pub lxc_uri: String,
+    /// Our mark's owner: every daemon sharing one libvirtd needs its own.
+    pub owner: String,
+    /// Domain names are `<name_prefix>-<template>-<n>`.
+    pub name_prefix: String,
+    /// One directory per VM: its overlay, serial log and idle clock.
+    pub state_dir: PathBuf,
+    /// Directories holding built templates (`<dir>/<name>-<arch>/template.toml`).
+    pub templates: Vec<PathBuf>,
+    /// Guest architecture of the templates used; defaults to the host's.
+    pub arch: Arch,
+    /// A stopped VM is destroyed (undefined, files removed) after this long.
+    pub idle_destroy_s: u64,
+    /// How often the idle policy runs.
+    pub reap_interval_s: u64,
+    /// How long an ACPI shutdown (the stop fallback) may take before a hard power-off.
+    pub shutdown_timeout_s: u64,
+    /// How long a call keeps retrying (with backoff) while libvirtd is unreachable.
+    pub libvirt_retry_s: u64,
+    /// Check the sha256 of each template file once before its first use.
+    pub verify_checksums: bool,
+    pub probe: ProbeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The template whose guest the probe boots (it must print its booted marker).
+    pub template: String,
+    /// Tried in this order; the first that boots is the capability.
+    pub kinds: Vec<VirtKind>,
+    /// How long a probe guest may take to print its marker (KVM that hangs takes all of it).
+    pub timeout_s: u64,
+    /// Probe when the daemon starts (else on the first Probe request).
+    pub at_start: bool,
+    /// Skip the probe and report this kind: for libvirt's test driver, which boots nothing.
+    pub assume: Option<VirtKind>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: field `{field}`: {message}")]
+    Field {
+        file: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+pub fn host_arch() -> Arch {
+    match std::env::consts::ARCH {
+        "arm" => Arch::Armhf,
+        "aarch64" => Arch::Aarch64,
+        _ => Arch::X86_64,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    socket: Option<PathBuf>,
+    uri: Option<String>,
+    lxc_uri: Option<String>,
+    owner: Option<String>,
+    name_prefix: Option<String>,
+    state_dir: Option<PathBuf>,
+    templates: Option<Vec<PathBuf>>,
+    arch: Option<String>,
+    idle_destroy_s: Option<u64>,
+    reap_interval_s: Option<u64>,
+    shutdown_timeout_s: Option<u64>,
+    libvirt_retry_s: Option<u64>,
+    verify_checksums: Option<bool>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    template: Option<String>,
+    kinds: Option<Vec<String>>,
+    timeout_s: Option<u64>,
+    at_start: Option<bool>,
+    assume: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: "/run/betaas/vmd.sock".into(),
+            uri: "qemu:///system".into(),
+            lxc_uri: "lxc:///system".into(),
+            owner: "betaas-vmd".into(),
+            name_prefix: "betaas".into(),
+            state_dir: "/var/lib/betaas/vms".into(),
+            templates: vec!["/var/lib/betaas/templates".into()],
+            arch: host_arch(),
+            idle_destroy_s: 1800,
+            reap_interval_s: 10,
+            shutdown_timeout_s: 60,
+            libvirt_retry_s: 15,
+            verify_checksums: true,
+            probe: ProbeConfig {
+                template: "tiny".into(),
+                kinds: VirtKind::ALL.to_vec(),
+                timeout_s: 30,
+                at_start: true,
+                assume: None,
+            },
+        }
+    }
+}
+
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map_or(0, |i| i + 1)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses `text`; `path` only names the file in errors (and makes relative paths in it
+    /// relative to the file's directory, so a test config can say `templates = ["t"]`).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let field = |line: usize, field: &str, message: String| ConfigError::Field {
+            file: path.to_owned(),
+            line,
+            field: field.to_owned(),
+            message,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            });
+            let key = e.message().split('`').nth(1).unwrap_or_default().to_owned();
+            field(line, &key, e.message().trim().to_owned())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let d = Config::default();
+        let arch = match raw.arch {
+            None => d.arch,
+            Some(a) => [Arch::X86_64, Arch::Armhf, Arch::Aarch64]
+                .into_iter()
+                .find(|x| x.as_str() == a)
+                .ok_or_else(|| {
+                    field(
+                        line_of(text, "arch"),
+                        "arch",
+                        format!("{a:?}: accepted are x86_64, armhf, aarch64"),
+                    )
+                })?,
+        };
+        let mut probe = d.probe.clone();
+        if let Some(p) = raw.probe {
+            if let Some(t) = p.template {
+                probe.template = t;
+            }
+            if let Some(ks) = p.kinds {
+                probe.kinds = ks
+                    .iter()
+                    .map(|k| {
+                        VirtKind::parse(k).ok_or_else(|| {
+                            field(
+                                line_of(text, "kinds"),
+                                "probe.kinds",
+                                format!("{k:?}: accepted are kvm, qemu, lxc"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            if let Some(t) = p.timeout_s {
+                probe.timeout_s = t;
+            }
+            if let Some(a) = p.at_start {
+                probe.at_start = a;
+            }
+            if let Some(k) = p.assume {
+                probe.assume = Some(VirtKind::parse(&k).ok_or_else(|| {
+                    field(
+                        line_of(text, "assume"),
+                        "probe.assume",
+                        format!("{k:?}: accepted are kvm, qemu, lxc"),
+                    )
+                })?);
+            }
+        }
+        let owner = raw.owner.unwrap_or(d.owner);
+        let name_prefix = raw.name_prefix.unwrap_or(d.name_prefix);
+        for (key, v) in [("owner", &owner), ("name_prefix", &name_prefix)] {
+            let ok = !v.is_empty()
+                && v.len() <= 40
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(field(
+                    line_of(text, key),
+                    key,
+                    format!("{v:?}: use 1 to 40 letters, digits, `-` or `_`"),
+                ));
+            }
+        }
+        let reap_interval_s = raw.reap_interval_s.unwrap_or(d.reap_interval_s);
+        if reap_interval_s == 0 {
+            return Err(field(
+                line_of(text, "reap_interval_s"),
+                "reap_interval_s",
+                "0: give at least 1 second".into(),
+            ));
+        }
+        Ok(Config {
+            socket: raw.socket.map(abs).unwrap_or(d.socket),
+            uri: raw.uri.unwrap_or(d.uri),
+            lxc_uri: raw.lxc_uri.unwrap_or(d.lxc_uri),
+            owner,
+            name_prefix,
+            state_dir: raw.state_dir.map(abs).unwrap_or(d.state_dir),
+            templates: raw
+                .templates
+                .map(|v| v.into_iter().map(abs).collect())
+                .unwrap_or(d.templates),
+            arch,
+            idle_destroy_s: raw.idle_destroy_s.unwrap_or(d.idle_destroy_s),
+            reap_interval_s,
+            shutdown_timeout_s: raw.shutdown_timeout_s.unwrap_or(d.shutdown_timeout_s),
+            libvirt_retry_s: raw.libvirt_retry_s.unwrap_or(d.libvirt_retry_s),
+            verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
+            probe,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse(Path::new("/etc/betaas/vmd.toml"), "").expect("ok");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let c = Config::parse(
+            Path::new("/tmp/x/vmd.toml"),
+            "templates = [\"t\", \"/abs\"]\nstate_dir = \"vms\"\n[probe]\nkinds = [\"qemu\"]\n",
+        )
+        .expect("ok");
+        assert_eq!(
+            c.templates,
+            [PathBuf::from("/tmp/x/t"), PathBuf::from("/abs")]
+        );
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x/vms"));
+        assert_eq!(c.probe.kinds, [VirtKind::Qemu]);
+    }
+
+    #[test]
+    fn errors_name_file_line_field_and_accepted_values() {
+        let e = Config::parse(Path::new("/e/vmd.toml"), "uri = \"x\"\narch = \"mips\"\n")
+            .expect_err("bad arch");
+        assert_eq!(
+            e.to_string(),
+            "/e/vmd.toml:2: field `arch`: \"mips\": accepted are x86_64, armhf, aarch64"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "\n[probe]\nkinds = [\"xen\"]\n")
+            .expect_err("bad kind");
+        assert!(
+            e.to_string()
+                .starts_with("/e/vmd.toml:3: field `probe.kinds`"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "\n\nsockett = \"/x\"\n")
+            .expect_err("unknown field");
+        assert!(
+            e.to_string().starts_with("/e/vmd.toml:3: field `sockett`"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "owner = \"a b\"\n").expect_err("owner");
+        assert!(e.to_string().contains("field `owner`"), "{e}");
+    }
+}

@@ -1,0 +1,640 @@
+//! The VM manager: requests in, libvirt calls out. The decisions (names, adoption, idle expiry,
+//! which VM an acquire resumes, the domain XML) are the pure functions of `registry` and `domxml`;
+//! this module observes libvirt, applies them and keeps files in step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use betaas_proto::{
+    Capability, ErrorKind, ErrorReply, Request, Response, VirtKind, VmInfo, VmState, VmStats,
+};
+use betaas_templates::{Boot, Template};
+use thiserror::Error;
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState};
+use virt::enumutil::Enum;
+use virt::error::ErrorNumber;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::Config;
+use crate::domxml::{self, BootSpec, DomainSpec, Mark, XmlError, NS};
+use crate::libvirt::{self, HvError, Libvirt};
+use crate::overlay::{self, OverlayError};
+use crate::probe;
+use crate::registry::{self, Observed, Vm};
+
+const DISK: &str = "disk.qcow2";
+const SERIAL: &str = "serial.log";
+const STOPPED: &str = "stopped";
+
+#[derive(Debug, Error)]
+pub enum VmdError {
+    #[error("no VM named {0:?} (of this daemon)")]
+    NoSuchVm(String),
+    #[error("domain {0:?} was not created by this daemon: not touched")]
+    Foreign(String),
+    #[error(transparent)]
+    Template(#[from] CatalogError),
+    #[error("template {template:?} runs under {needs}; this gateway can run {have}")]
+    NoCapability {
+        template: String,
+        needs: String,
+        have: String,
+    },
+    #[error("VM {vm:?} is {state:?}: cannot {op}")]
+    InvalidState {
+        vm: String,
+        state: VmState,
+        op: &'static str,
+    },
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmdError {
+    pub fn reply(&self) -> ErrorReply {
+        let kind = match self {
+            VmdError::NoSuchVm(_) => ErrorKind::NoSuchVm,
+            VmdError::Foreign(_) => ErrorKind::Foreign,
+            VmdError::Template(CatalogError::NotFound { .. }) => ErrorKind::NoSuchTemplate,
+            VmdError::Template(_) => ErrorKind::BadTemplate,
+            VmdError::NoCapability { .. } => ErrorKind::NoCapability,
+            VmdError::InvalidState { .. } => ErrorKind::InvalidState,
+            VmdError::Hv(HvError::Unavailable { .. }) => ErrorKind::HypervisorUnavailable,
+            VmdError::Hv(_) | VmdError::Overlay(_) => ErrorKind::Hypervisor,
+            VmdError::Xml(_) => ErrorKind::Internal,
+            VmdError::Io { .. } => ErrorKind::Io,
+        };
+        ErrorReply::new(kind, self.to_string())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmdError + '_ {
+    move |source| VmdError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub struct Manager {
+    cfg: Config,
+    hv: Libvirt,
+    catalog: Catalog,
+    vms: BTreeMap<String, Vm>,
+    foreign: BTreeSet<String>,
+    capability: Option<Capability>,
+    /// Unix seconds; replaceable so the idle policy can be tested without waiting.
+    clock: Box<dyn Fn() -> u64 + Send>,
+}
+
+/// libvirt's view of one domain in our terms.
+fn observe(d: &Domain) -> Result<Observed, virt::error::Error> {
+    let name = d.name()?;
+    let (state, _) = d.state()?;
+    let saved = d.has_managed_save(0).unwrap_or(false);
+    let state = match state {
+        Enum::Known(DomainState::Running) | Enum::Known(DomainState::Blocked) => VmState::Running,
+        Enum::Known(DomainState::Paused) => VmState::Paused,
+        Enum::Known(DomainState::Shutoff) if saved => VmState::Saved,
+        Enum::Known(DomainState::Shutoff) => VmState::ShutOff,
+        Enum::Known(DomainState::Crashed) => VmState::Crashed,
+        _ => VmState::Other,
+    };
+    let mark = match d.metadata(libvirt::METADATA_ELEMENT, Some(NS), 0) {
+        Ok(x) => domxml::parse_mark(&x).ok().flatten(),
+        Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomainMetadata) => None,
+        Err(e) if libvirt::is_connection_error(&e) => return Err(e),
+        Err(_) => None,
+    };
+    Ok(Observed { name, mark, state })
+}
+
+impl Manager {
+    pub fn new(cfg: Config) -> Self {
+        let hv = Libvirt::new(&cfg.uri, Duration::from_secs(cfg.libvirt_retry_s));
+        let catalog = Catalog::new(cfg.templates.clone());
+        Manager {
+            cfg,
+            hv,
+            catalog,
+            vms: BTreeMap::new(),
+            foreign: BTreeSet::new(),
+            capability: None,
+            clock: Box::new(unix_now),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join(name)
+    }
+
+    pub fn serial_log(&self, name: &str) -> PathBuf {
+        self.dir(name).join(SERIAL)
+    }
+
+    pub fn capability(&self) -> Option<&Capability> {
+        self.capability.as_ref()
+    }
+
+    /// Answers one request; every failure becomes an error reply.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let r = match req {
+            Request::Probe { refresh } => self.probe(refresh).map(Response::Capability),
+            Request::Create { template } => self.create(&template).map(Response::Vm),
+            Request::Acquire { template } => self.acquire(&template).map(Response::Vm),
+            Request::Start { vm } => self.start(&vm).map(Response::Vm),
+            Request::Stop { vm } => self.stop(&vm).map(Response::Vm),
+            Request::Resume { vm } => self.resume(&vm).map(Response::Vm),
+            Request::Destroy { vm } => self.destroy(&vm).map(Response::Vm),
+            Request::Undefine { vm } => self.undefine(&vm).map(|()| Response::Undefined { vm }),
+            Request::List => self.list().map(Response::Vms),
+            Request::Stats { vm } => self.stats(&vm).map(Response::Stats),
+        };
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "request failed");
+            Response::Error(e.reply())
+        })
+    }
+
+    /// Rebuilds the registry from libvirt (adoption after a restart, VMs that stopped on their
+    /// own, domains undefined behind our back) and removes files nothing owns any more.
+    pub fn refresh(&mut self) -> Result<(), VmdError> {
+        let observed: Vec<Observed> = self.hv.with("list domains", |c: &Connect| {
+            c.list_all_domains(0)?.iter().map(observe).collect()
+        })?;
+        let mut stopped_files = BTreeMap::new();
+        let mut dirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.cfg.state_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !e.path().is_dir() || name.starts_with('.') {
+                    continue;
+                }
+                if let Some(s) = std::fs::read_to_string(e.path().join(STOPPED))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    stopped_files.insert(name.clone(), s);
+                }
+                dirs.push(name);
+            }
+        }
+        let now = self.now();
+        let r = registry::reconcile(
+            &self.cfg.owner,
+            &self.vms,
+            &observed,
+            &stopped_files,
+            &dirs,
+            now,
+        );
+        for name in r.vanished.iter().chain(&r.orphan_dirs) {
+            tracing::info!(vm = %name, "removing files of a VM libvirt no longer has");
+            let _ = std::fs::remove_dir_all(self.dir(name));
+        }
+        for (name, vm) in &r.vms {
+            if !self.vms.contains_key(name) {
+                tracing::info!(vm = %name, state = ?vm.state, template = %vm.mark.template, "adopted");
+            }
+            // A VM that stopped on its own (guest poweroff) starts its idle clock here.
+            if vm.is_stopped() && !stopped_files.contains_key(name) {
+                self.write_stopped(name, vm.stopped_s.unwrap_or(now));
+            }
+        }
+        self.vms = r.vms;
+        self.foreign = r.foreign;
+        Ok(())
+    }
+
+    /// Ours and current, or why not.
+    fn ours(&mut self, name: &str) -> Result<Vm, VmdError> {
+        let o = self.hv.with("look up domain", |c: &Connect| {
+            match c.lookup_domain_by_name(name) {
+                Ok(d) => observe(&d).map(Some),
+                Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(o) = o else {
+            if self.vms.remove(name).is_some() {
+                let _ = std::fs::remove_dir_all(self.dir(name));
+            }
+            return Err(VmdError::NoSuchVm(name.to_owned()));
+        };
+        match o.mark {
+            Some(m) if m.owner == self.cfg.owner => {
+                let stopped_s = match o.state {
+                    VmState::Running | VmState::Paused | VmState::Other => None,
+                    _ => self
+                        .vms
+                        .get(name)
+                        .and_then(|v| v.stopped_s)
+                        .or_else(|| self.read_stopped(name))
+                        .or(Some(self.now())),
+                };
+                let vm = Vm {
+                    name: o.name,
+                    mark: m,
+                    state: o.state,
+                    stopped_s,
+                };
+                self.vms.insert(name.to_owned(), vm.clone());
+                Ok(vm)
+            }
+            _ => Err(VmdError::Foreign(name.to_owned())),
+        }
+    }
+
+    fn read_stopped(&self, name: &str) -> Option<u64> {
+        std::fs::read_to_string(self.dir(name).join(STOPPED))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    fn write_stopped(&self, name: &str, at: u64) {
+        // Best effort: without the file, adoption restarts the idle clock (never destroys early).
+        let _ = std::fs::write(self.dir(name).join(STOPPED), format!("{at}\n"));
+    }
+
+    fn set_state(&mut self, name: &str, state: VmState) -> VmInfo {
+        let now = self.now();
+        let stopped = matches!(state, VmState::Saved | VmState::ShutOff | VmState::Crashed);
+        if stopped {
+            self.write_stopped(name, now);
+        } else {
+            let _ = std::fs::remove_file(self.dir(name).join(STOPPED));
+        }
+        match self.vms.get_mut(name) {
+            Some(vm) => {
+                vm.state = state;
+                vm.stopped_s = stopped.then_some(now);
+                vm.info()
+            }
+            None => VmInfo {
+                name: name.to_owned(),
+                template: String::new(),
+                kind: VirtKind::Qemu,
+                state,
+                created_s: 0,
+                stopped_s: None,
+            },
+        }
+    }
+
+    pub fn probe(&mut self, refresh: bool) -> Result<Capability, VmdError> {
+        if let (Some(c), false) = (&self.capability, refresh) {
+            return Ok(c.clone());
+        }
+        let now = self.now();
+        let cap = probe::run(&self.cfg, &mut self.hv, &mut self.catalog, now)?;
+        tracing::info!(best = ?cap.best, "capability probed");
+        self.capability = Some(cap.clone());
+        Ok(cap)
+    }
+
+    /// The kind a new VM of `t` gets: the first that the probe saw work and the template supports.
+    fn kind_for(&mut self, t: &Template) -> Result<VirtKind, VmdError> {
+        let cap = self.probe(false)?;
+        let working: Vec<VirtKind> = cap.probes.iter().filter(|p| p.ok).map(|p| p.kind).collect();
+        working
+            .iter()
+            .copied()
+            .find(|k| t.kinds.iter().any(|tk| tk.as_str() == k.as_str()))
+            .ok_or_else(|| VmdError::NoCapability {
+                template: t.name.clone(),
+                needs: t
+                    .kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                have: if working.is_empty() {
+                    "nothing (the probe booted no guest)".into()
+                } else {
+                    working
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                },
+            })
+    }
+
+    pub fn create(&mut self, template: &str) -> Result<VmInfo, VmdError> {
+        let t = self
+            .catalog
+            .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
+        let kind = self.kind_for(&t)?;
+        self.refresh()?;
+        let mut taken: BTreeSet<String> = self.vms.keys().cloned().collect();
+        taken.extend(self.foreign.iter().cloned());
+        // Leftover directories count as taken too: never reuse a name whose files are still there.
+        if let Ok(rd) = std::fs::read_dir(&self.cfg.state_dir) {
+            taken.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        let name = registry::next_name(&self.cfg.name_prefix, &t.name, &taken);
+        let dir = self.dir(&name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let r = self.define(&t, kind, &name, &dir);
+        if r.is_err() {
+            // Nothing half-made stays behind: the overlay goes with the failed define.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let vm = r?;
+        tracing::info!(vm = %name, template = %t.name, kind = %kind, "created");
+        self.write_stopped(&name, vm.stopped_s.unwrap_or(0));
+        let info = vm.info();
+        self.vms.insert(name, vm);
+        Ok(info)
+    }
+
+    fn define(
+        &mut self,
+        t: &Template,
+        kind: VirtKind,
+        name: &str,
+        dir: &Path,
+    ) -> Result<Vm, VmdError> {
+        let spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
+        if let Some(disk) = &spec.disk {
+            overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
+        }
+        let xml = domxml::domain_xml(&spec)?;
+        self.hv.with("define domain", |c: &Connect| {
+            c.define_domain_xml(&xml).map(drop)
+        })?;
+        Ok(Vm {
+            name: name.to_owned(),
+            mark: spec.mark,
+            state: VmState::ShutOff,
+            stopped_s: Some(self.now()),
+        })
+    }
+
+    fn domain_op(
+        &mut self,
+        name: &str,
+        what: &str,
+        mut op: impl FnMut(&Domain) -> Result<(), virt::error::Error>,
+    ) -> Result<(), VmdError> {
+        self.hv.with(what, |c: &Connect| {
+            let d = c.lookup_domain_by_name(name)?;
+            op(&d)
+        })?;
+        Ok(())
+    }
+
+    pub fn start(&mut self, name: &str) -> Result<VmInfo, VmdError> {
+        let vm = self.ours(name)?;
+        match vm.state {
+            VmState::Running => return Ok(vm.info()),
+            VmState::Paused => self.domain_op(name, "resume paused domain", |d| d.resume())?,
+            _ => self.domain_op(name, "start domain", |d| d.create())?,
+        }
+        tracing::info!(vm = %name, from = ?vm.state, "started");
+        Ok(self.set_state(name, VmState::Running))
+    }
+
+    pub fn resume(&mut self, name: &str) -> Result<VmInfo, VmdError> {
+        let vm = self.ours(name)?;
+        match vm.state {
+            VmState::Saved => self.start(name),
+            VmState::Running => Ok(vm.info()),
+            state => Err(VmdError::InvalidState {
+                vm: name.to_owned(),
+                state,
+                op: "resume (no managed save: use start)",
+            }),
+        }
+    }
+
+    pub fn stop(&mut self, name: &str) -> Result<VmInfo, VmdError> {
+        let vm = self.ours(name)?;
+        if vm.state != VmState::Running && vm.state != VmState::Paused {
+            return Ok(vm.info());
+        }
+        match self.domain_op(name, "managed save", |d| d.managed_save(0)) {
+            Ok(()) => {
+                tracing::info!(vm = %name, "stopped (managed save)");
+                Ok(self.set_state(name, VmState::Saved))
+            }
+            Err(VmdError::Hv(e @ HvError::Unavailable { .. })) => Err(VmdError::Hv(e)),
+            Err(e) => {
+                // No managed save (a container, a guest with a device that cannot migrate, no disk
+                // space for the image): power the guest off cleanly instead.
+                tracing::warn!(vm = %name, error = %e, "managed save failed, ACPI shutdown instead");
+                self.shutdown(name)?;
+                Ok(self.set_state(name, VmState::ShutOff))
+            }
+        }
+    }
+
+    /// ACPI power button, then wait; a hard power-off if the guest ignores it.
+    fn shutdown(&mut self, name: &str) -> Result<(), VmdError> {
+        self.domain_op(name, "ACPI shutdown", |d| {
+            d.shutdown_flags(libvirt::SHUTDOWN_ACPI_POWER_BTN)
+                .or_else(|_| d.shutdown())
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.shutdown_timeout_s);
+        while Instant::now() < deadline {
+            let active = self.hv.with("poll domain", |c: &Connect| {
+                c.lookup_domain_by_name(name)?.is_active()
+            })?;
+            if !active {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tracing::warn!(vm = %name, "guest ignored ACPI shutdown, powering off");
+        self.domain_op(name, "destroy after shutdown timeout", |d| d.destroy())
+    }
+
+    pub fn destroy(&mut self, name: &str) -> Result<VmInfo, VmdError> {
+        let vm = self.ours(name)?;
+        if matches!(
+            vm.state,
+            VmState::Running | VmState::Paused | VmState::Other
+        ) {
+            self.domain_op(name, "destroy domain", |d| d.destroy())?;
+            tracing::info!(vm = %name, "destroyed");
+            let state = if self.ours(name)?.state == VmState::Saved {
+                VmState::Saved
+            } else {
+                VmState::ShutOff
+            };
+            return Ok(self.set_state(name, state));
+        }
+        Ok(vm.info())
+    }
+
+    pub fn undefine(&mut self, name: &str) -> Result<(), VmdError> {
+        let vm = self.ours(name)?;
+        if matches!(
+            vm.state,
+            VmState::Running | VmState::Paused | VmState::Other
+        ) {
+            self.domain_op(name, "destroy before undefine", |d| d.destroy())?;
+        }
+        self.domain_op(name, "undefine domain", |d| {
+            d.undefine_flags(libvirt::UNDEFINE_MANAGED_SAVE)
+        })?;
+        self.vms.remove(name);
+        let dir = self.dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        tracing::info!(vm = %name, "undefined, files removed");
+        Ok(())
+    }
+
+    pub fn list(&mut self) -> Result<Vec<VmInfo>, VmdError> {
+        self.refresh()?;
+        Ok(self.vms.values().map(Vm::info).collect())
+    }
+
+    pub fn stats(&mut self, name: &str) -> Result<VmStats, VmdError> {
+        let vm = self.ours(name)?;
+        let overlay = self.dir(name).join(DISK);
+        let (info, block) = self.hv.with("domain stats", |c: &Connect| {
+            let d = c.lookup_domain_by_name(name)?;
+            let info = d.info()?;
+            // Block info needs a running QEMU for some formats; the file answers otherwise.
+            let block = d.block_info("vda", 0).ok();
+            Ok((info, block))
+        })?;
+        let file_alloc = overlay::allocated_bytes(&overlay);
+        let (cap, alloc) = match block {
+            Some(b) if b.capacity > 0 && b.allocation <= b.capacity.max(file_alloc) * 2 => {
+                (b.capacity, b.allocation)
+            }
+            _ => (0, file_alloc),
+        };
+        Ok(VmStats {
+            name: name.to_owned(),
+            state: vm.state,
+            cpu_time_ns: info.cpu_time,
+            vcpus: info.nr_virt_cpu,
+            memory_kib: info.memory,
+            max_memory_kib: info.max_mem,
+            disk_capacity_bytes: cap,
+            disk_allocation_bytes: alloc,
+        })
+    }
+
+    /// The allocator's request: bring back a stopped VM of `template` if there is one, else make one.
+    pub fn acquire(&mut self, template: &str) -> Result<VmInfo, VmdError> {
+        self.refresh()?;
+        let pick = registry::pick_resumable(self.vms.values(), template, self.cfg.arch)
+            .map(|v| v.name.clone());
+        let name = match pick {
+            Some(n) => {
+                tracing::info!(vm = %n, %template, "acquire: reusing a stopped VM");
+                n
+            }
+            None => self.create(template)?.name,
+        };
+        self.start(&name)
+    }
+
+    /// The idle policy: VMs stopped for `idle_destroy_s` are undefined and their files removed.
+    pub fn reap(&mut self) -> Result<Vec<String>, VmdError> {
+        self.refresh()?;
+        let due = registry::idle_expired(self.vms.values(), self.now(), self.cfg.idle_destroy_s);
+        let mut done = Vec::new();
+        for name in due {
+            match self.undefine(&name) {
+                Ok(()) => {
+                    tracing::info!(vm = %name, "idle too long: destroyed");
+                    done.push(name);
+                }
+                Err(e) => tracing::warn!(vm = %name, error = %e, "idle destroy failed"),
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.hv.reconnects
+    }
+}
+
+/// The domain description of VM `name` of template `t` under `kind` (pure but for path joins).
+pub fn domain_spec(
+    t: &Template,
+    kind: VirtKind,
+    name: &str,
+    dir: &Path,
+    cfg: &Config,
+    now_s: u64,
+) -> Result<DomainSpec, VmdError> {
+    let boot = match (&t.boot, kind, &t.lxc) {
+        (_, VirtKind::Lxc, Some(l)) => BootSpec::Container {
+            rootfs: dir.join("rootfs"),
+            init: l.init.clone(),
+        },
+        (_, VirtKind::Lxc, None) => {
+            return Err(VmdError::NoCapability {
+                template: t.name.clone(),
+                needs: "an [lxc] rootfs".into(),
+                have: "lxc".into(),
+            })
+        }
+        (Boot::Kernel { kernel, initrd, .. }, _, _) => BootSpec::Kernel {
+            kernel: t.path_of(kernel),
+            initrd: initrd.as_ref().map(|i| t.path_of(i)),
+            cmdline: t.cmdline(cfg.arch).unwrap_or_default(),
+        },
+        (Boot::Disk, _, _) => BootSpec::Disk,
+    };
+    let disk = (kind != VirtKind::Lxc).then(|| dir.join(DISK));
+    Ok(DomainSpec {
+        name: name.to_owned(),
+        mark: Mark {
+            owner: cfg.owner.clone(),
+            template: t.name.clone(),
+            arch: cfg.arch,
+            kind,
+            created_s: now_s,
+        },
+        vcpus: t.resources.vcpus,
+        memory_mib: t.resources.memory_mb,
+        boot,
+        disk,
+        serial_log: dir.join(SERIAL),
+    })
+}

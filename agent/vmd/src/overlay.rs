@@ -1,0 +1,59 @@
+//! Each VM's copy-on-write disk: a qcow2 overlay whose backing file is the template's base image.
+//! The base is never written (QEMU opens backing files read-only), so one base serves every VM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use betaas_templates::ImageFormat;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OverlayError {
+    #[error("qemu-img for {overlay}: {source}")]
+    Spawn {
+        overlay: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-img create {overlay} (backing {base}) failed: {stderr}")]
+    Failed {
+        overlay: PathBuf,
+        base: PathBuf,
+        stderr: String,
+    },
+}
+
+/// `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY`. The backing path is absolute so the
+/// overlay does not depend on the daemon's working directory.
+pub fn create(base: &Path, format: ImageFormat, overlay: &Path) -> Result<(), OverlayError> {
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());
+    let fmt = match format {
+        ImageFormat::Qcow2 => "qcow2",
+        ImageFormat::Raw => "raw",
+    };
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&base)
+        .args(["-F", fmt])
+        .arg(overlay)
+        .output()
+        .map_err(|source| OverlayError::Spawn {
+            overlay: overlay.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(OverlayError::Failed {
+            overlay: overlay.to_owned(),
+            base,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes the overlay occupies on the host (what the VM has written), for stats when libvirt
+/// cannot say (the test driver, a shut-off domain).
+pub fn allocated_bytes(overlay: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(overlay).map_or(0, |m| m.blocks() * 512)
+}

@@ -1,0 +1,156 @@
+//! Capability detection by booting: libvirt advertises `kvm` wherever /dev/kvm exists, even where
+//! KVM guests hang (nested hypervisors) — so each kind is tried with the probe template's guest,
+//! and only a guest that prints its booted marker counts.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use betaas_proto::{Capability, ProbeResult, VirtKind};
+use virt::connect::Connect;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::domxml;
+use crate::libvirt::Libvirt;
+use crate::manager::{domain_spec, VmdError};
+use crate::overlay;
+
+/// Probes every configured kind in order (all of them, so the allocator sees the whole picture).
+pub fn run(
+    cfg: &Config,
+    hv: &mut Libvirt,
+    catalog: &mut Catalog,
+    now_s: u64,
+) -> Result<Capability, VmdError> {
+    if let Some(kind) = cfg.probe.assume {
+        return Ok(Capability {
+            best: Some(kind),
+            probes: vec![ProbeResult {
+                kind,
+                ok: true,
+                detail: "assumed by the configuration (probe.assume), not probed".into(),
+                millis: 0,
+            }],
+            arch: cfg.arch.as_str().to_owned(),
+            probed_s: now_s,
+        });
+    }
+    let mut probes = Vec::new();
+    for &kind in &cfg.probe.kinds {
+        let t0 = Instant::now();
+        let (ok, detail) = match probe_one(cfg, hv, catalog, kind, now_s) {
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+        let millis = t0.elapsed().as_millis() as u64;
+        tracing::info!(%kind, ok, %detail, millis, "probe");
+        probes.push(ProbeResult {
+            kind,
+            ok,
+            detail,
+            millis,
+        });
+    }
+    Ok(Capability {
+        best: probes.iter().find(|p| p.ok).map(|p| p.kind),
+        probes,
+        arch: cfg.arch.as_str().to_owned(),
+        probed_s: now_s,
+    })
+}
+
+fn probe_one(
+    cfg: &Config,
+    hv: &mut Libvirt,
+    catalog: &mut Catalog,
+    kind: VirtKind,
+    now_s: u64,
+) -> Result<String, String> {
+    let t = catalog
+        .find(&cfg.probe.template, cfg.arch, cfg.verify_checksums)
+        .map_err(|e| format!("probe template: {e}"))?;
+    if !t.kinds.iter().any(|k| k.as_str() == kind.as_str()) {
+        return Err(format!(
+            "probe template {} does not run under {kind}",
+            t.name
+        ));
+    }
+    let name = format!("{}-probe-{kind}-{}", cfg.name_prefix, std::process::id());
+    let dir = cfg.state_dir.join(format!(".{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let r = (|| {
+        let spec = domain_spec(&t, kind, &name, &dir, cfg, now_s).map_err(|e| e.to_string())?;
+        if let Some(disk) = &spec.disk {
+            overlay::create(&t.path_of(&t.image.file), t.image.format, disk)
+                .map_err(|e| e.to_string())?;
+        }
+        let xml = domxml::domain_xml(&spec).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        match kind {
+            VirtKind::Lxc => {
+                // Containers live on their own libvirt driver: opening it is part of the probe.
+                let mut lxc = Libvirt::new(&cfg.lxc_uri, Duration::from_secs(1));
+                boot_and_watch(
+                    &mut lxc,
+                    &xml,
+                    &name,
+                    &spec.serial_log,
+                    &t.booted_marker,
+                    cfg,
+                )
+            }
+            _ => boot_and_watch(hv, &xml, &name, &spec.serial_log, &t.booted_marker, cfg),
+        }
+        .map(|()| format!("marker after {} ms", t0.elapsed().as_millis()))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// Starts a transient domain (gone from libvirt once destroyed, even if we die before that) and
+/// waits for `marker` in its console log.
+fn boot_and_watch(
+    hv: &mut Libvirt,
+    xml: &str,
+    name: &str,
+    log: &Path,
+    marker: &str,
+    cfg: &Config,
+) -> Result<(), String> {
+    hv.with("start probe guest", |c: &Connect| {
+        c.lookup_domain_by_name(name).map(|d| d.destroy()).ok();
+        c.create_domain_xml(xml, 0).map(drop)
+    })
+    .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(cfg.probe.timeout_s);
+    let mut seen = false;
+    let mut alive = true;
+    while Instant::now() < deadline {
+        if std::fs::read(log).is_ok_and(|b| String::from_utf8_lossy(&b).contains(marker)) {
+            seen = true;
+            break;
+        }
+        // A guest that died (emulation failure under a broken KVM) will never print it.
+        alive = hv
+            .with("poll probe guest", |c: &Connect| {
+                c.lookup_domain_by_name(name)?.is_active()
+            })
+            .unwrap_or(false);
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = hv.with("destroy probe guest", |c: &Connect| {
+        c.lookup_domain_by_name(name)?.destroy()
+    });
+    match (seen, alive) {
+        (true, _) => Ok(()),
+        (false, false) => Err("the guest stopped before printing its booted marker".into()),
+        (false, true) => Err(format!(
+            "no booted marker within {} s (a hung guest)",
+            cfg.probe.timeout_s
+        )),
+    }
+}

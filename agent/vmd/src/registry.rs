@@ -1,0 +1,310 @@
+//! The VM registry and the idle policy: which domains are ours, in which state, since when stopped.
+//!
+//! Pure: the manager observes libvirt (names, marks, states) and the state directory, then asks
+//! these functions what to adopt, what to forget, what to clean and what to destroy. Time comes in
+//! as an argument. libvirt itself holds the truth (our mark is in each domain's metadata), so a
+//! restart of the daemon or of libvirtd loses nothing: reconcile rebuilds the registry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use betaas_proto::{VmInfo, VmState};
+use betaas_templates::Arch;
+
+use crate::domxml::Mark;
+
+/// A domain this daemon created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vm {
+    pub name: String,
+    pub mark: Mark,
+    pub state: VmState,
+    /// When it was last seen stopping (Unix s): the idle clock. `None` while it runs.
+    pub stopped_s: Option<u64>,
+}
+
+impl Vm {
+    pub fn is_stopped(&self) -> bool {
+        matches!(
+            self.state,
+            VmState::Saved | VmState::ShutOff | VmState::Crashed
+        )
+    }
+
+    pub fn info(&self) -> VmInfo {
+        VmInfo {
+            name: self.name.clone(),
+            template: self.mark.template.clone(),
+            kind: self.mark.kind,
+            state: self.state,
+            created_s: self.mark.created_s,
+            stopped_s: self.stopped_s,
+        }
+    }
+}
+
+/// One domain as libvirt lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub name: String,
+    /// Our mark if its metadata has one (any owner).
+    pub mark: Option<Mark>,
+    pub state: VmState,
+}
+
+/// What reconcile found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Ours, with their idle clocks.
+    pub vms: BTreeMap<String, Vm>,
+    /// Domains we must never touch (no mark, or another owner's).
+    pub foreign: BTreeSet<String>,
+    /// Previously ours, now gone from libvirt (undefined behind our back): forget them, clean their files.
+    pub vanished: Vec<String>,
+    /// State directories with no domain (a create interrupted between overlay and define): remove.
+    pub orphan_dirs: Vec<String>,
+}
+
+/// Rebuilds the registry from what libvirt shows. `prior` is what we knew (empty at start),
+/// `stopped_files` the idle clocks persisted next to each VM's overlay, `dirs` the names of the
+/// per-VM state directories.
+pub fn reconcile(
+    owner: &str,
+    prior: &BTreeMap<String, Vm>,
+    observed: &[Observed],
+    stopped_files: &BTreeMap<String, u64>,
+    dirs: &[String],
+    now_s: u64,
+) -> Reconciled {
+    let mut out = Reconciled::default();
+    for o in observed {
+        match &o.mark {
+            Some(m) if m.owner == owner => {
+                let stopped_s = match o.state {
+                    VmState::Running | VmState::Paused | VmState::Other => None,
+                    // Stopped: keep the clock we had, else the persisted one, else start it now (a
+                    // VM found stopped with no record must not be destroyed the moment we adopt it).
+                    _ => prior
+                        .get(&o.name)
+                        .and_then(|v| v.stopped_s)
+                        .or_else(|| stopped_files.get(&o.name).copied())
+                        .or(Some(now_s)),
+                };
+                out.vms.insert(
+                    o.name.clone(),
+                    Vm {
+                        name: o.name.clone(),
+                        mark: m.clone(),
+                        state: o.state,
+                        stopped_s,
+                    },
+                );
+            }
+            _ => {
+                out.foreign.insert(o.name.clone());
+            }
+        }
+    }
+    out.vanished = prior
+        .keys()
+        .filter(|n| !out.vms.contains_key(*n) && !out.foreign.contains(*n))
+        .cloned()
+        .collect();
+    out.orphan_dirs = dirs
+        .iter()
+        .filter(|d| !out.vms.contains_key(*d) && !out.vanished.contains(d))
+        .filter(|d| !out.foreign.contains(*d))
+        .cloned()
+        .collect();
+    out
+}
+
+/// Stopped VMs whose idle time has run out, oldest first.
+pub fn idle_expired<'a>(
+    vms: impl IntoIterator<Item = &'a Vm>,
+    now_s: u64,
+    idle_s: u64,
+) -> Vec<String> {
+    let mut v: Vec<&Vm> = vms
+        .into_iter()
+        .filter(|vm| vm.is_stopped())
+        .filter(|vm| {
+            vm.stopped_s
+                .is_some_and(|s| now_s.saturating_sub(s) >= idle_s)
+        })
+        .collect();
+    v.sort_by_key(|vm| (vm.stopped_s, vm.name.clone()));
+    v.into_iter().map(|vm| vm.name.clone()).collect()
+}
+
+/// The VM an acquire of `template` should bring back instead of creating one: a saved one first
+/// (resume is the fast path), else one shut off; the most recently stopped of those (its pages
+/// are most likely still in the host's cache). Running VMs are never shared.
+pub fn pick_resumable<'a>(
+    vms: impl IntoIterator<Item = &'a Vm>,
+    template: &str,
+    arch: Arch,
+) -> Option<&'a Vm> {
+    vms.into_iter()
+        .filter(|vm| vm.mark.template == template && vm.mark.arch == arch)
+        .filter(|vm| matches!(vm.state, VmState::Saved | VmState::ShutOff))
+        .max_by_key(|vm| {
+            (
+                vm.state == VmState::Saved,
+                vm.stopped_s.unwrap_or(0),
+                std::cmp::Reverse(vm.name.clone()),
+            )
+        })
+}
+
+/// `<prefix>-<template>-<n>` with the smallest n no domain uses (foreign ones included).
+pub fn next_name(prefix: &str, template: &str, taken: &BTreeSet<String>) -> String {
+    (1u64..)
+        .map(|n| format!("{prefix}-{template}-{n}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or_else(|| format!("{prefix}-{template}-x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use betaas_proto::VirtKind;
+
+    fn mark(owner: &str, template: &str) -> Mark {
+        Mark {
+            owner: owner.into(),
+            template: template.into(),
+            arch: Arch::X86_64,
+            kind: VirtKind::Qemu,
+            created_s: 10,
+        }
+    }
+
+    fn obs(name: &str, owner: Option<&str>, state: VmState) -> Observed {
+        Observed {
+            name: name.into(),
+            mark: owner.map(|o| mark(o, "tiny")),
+            state,
+        }
+    }
+
+    fn vm(name: &str, template: &str, state: VmState, stopped_s: Option<u64>) -> Vm {
+        Vm {
+            name: name.into(),
+            mark: mark("me", template),
+            state,
+            stopped_s,
+        }
+    }
+
+    #[test]
+    fn adopts_only_our_owner_and_keeps_foreign_apart() {
+        let observed = [
+            obs("a", Some("me"), VmState::Running),
+            obs("b", Some("other-daemon"), VmState::Saved),
+            obs("c", None, VmState::ShutOff),
+        ];
+        let r = reconcile(
+            "me",
+            &BTreeMap::new(),
+            &observed,
+            &BTreeMap::new(),
+            &[],
+            100,
+        );
+        assert_eq!(r.vms.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(r.vms["a"].stopped_s, None);
+        assert_eq!(
+            r.foreign,
+            ["b", "c"].into_iter().map(String::from).collect()
+        );
+    }
+
+    #[test]
+    fn idle_clock_prefers_prior_then_persisted_then_now() {
+        let mut prior = BTreeMap::new();
+        prior.insert("a".to_string(), vm("a", "tiny", VmState::Saved, Some(50)));
+        let files: BTreeMap<String, u64> = [("a".to_string(), 40), ("b".to_string(), 60)]
+            .into_iter()
+            .collect();
+        let observed = [
+            obs("a", Some("me"), VmState::Saved),
+            obs("b", Some("me"), VmState::Saved),
+            obs("c", Some("me"), VmState::ShutOff),
+        ];
+        let r = reconcile("me", &prior, &observed, &files, &[], 100);
+        assert_eq!(r.vms["a"].stopped_s, Some(50));
+        assert_eq!(r.vms["b"].stopped_s, Some(60));
+        assert_eq!(r.vms["c"].stopped_s, Some(100));
+    }
+
+    #[test]
+    fn vanished_domains_and_orphan_dirs_are_reported_foreign_names_never() {
+        let mut prior = BTreeMap::new();
+        prior.insert(
+            "gone".to_string(),
+            vm("gone", "tiny", VmState::Running, None),
+        );
+        prior.insert(
+            "kept".to_string(),
+            vm("kept", "tiny", VmState::Running, None),
+        );
+        let observed = [
+            obs("kept", Some("me"), VmState::Running),
+            obs("alien", None, VmState::Running),
+        ];
+        let dirs: Vec<String> = ["kept", "gone", "half-created", "alien"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let r = reconcile("me", &prior, &observed, &BTreeMap::new(), &dirs, 1);
+        assert_eq!(r.vanished, ["gone"]);
+        // "gone" is cleaned as vanished, "alien" belongs to a foreign domain of that name.
+        assert_eq!(r.orphan_dirs, ["half-created"]);
+    }
+
+    #[test]
+    fn idle_expiry_is_exact_at_the_boundary_and_skips_running() {
+        let vms = [
+            vm("a", "t", VmState::Saved, Some(100)),
+            vm("b", "t", VmState::ShutOff, Some(90)),
+            vm("c", "t", VmState::Running, None),
+            vm("d", "t", VmState::Saved, Some(101)),
+        ];
+        assert_eq!(idle_expired(&vms, 159, 60), ["b"]);
+        assert_eq!(idle_expired(&vms, 160, 60), ["b", "a"]);
+        assert_eq!(idle_expired(&vms, 10_000, 60), ["b", "a", "d"]);
+        // Clock going backwards (NTP step) never expires anything.
+        assert!(idle_expired(&vms, 0, 60).is_empty());
+    }
+
+    #[test]
+    fn acquire_prefers_saved_then_most_recent_and_never_running() {
+        let vms = [
+            vm("a", "tiny", VmState::ShutOff, Some(500)),
+            vm("b", "tiny", VmState::Saved, Some(100)),
+            vm("c", "tiny", VmState::Saved, Some(200)),
+            vm("d", "tiny", VmState::Running, None),
+            vm("e", "app", VmState::Saved, Some(900)),
+        ];
+        assert_eq!(
+            pick_resumable(&vms, "tiny", Arch::X86_64).map(|v| v.name.as_str()),
+            Some("c")
+        );
+        assert_eq!(
+            pick_resumable(&vms[..1], "tiny", Arch::X86_64).map(|v| v.name.as_str()),
+            Some("a")
+        );
+        assert!(pick_resumable(&vms[3..4], "tiny", Arch::X86_64).is_none());
+        assert!(pick_resumable(&vms, "tiny", Arch::Armhf).is_none());
+    }
+
+    #[test]
+    fn names_skip_every_taken_one() {
+        let taken: BTreeSet<String> = ["gw-tiny-1", "gw-tiny-2", "gw-tiny-4"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(next_name("gw", "tiny", &taken), "gw-tiny-3");
+        assert_eq!(next_name("gw", "app", &taken), "gw-app-1");
+    }
+}

@@ -1,0 +1,439 @@
+//! Fast API tests on libvirt's test driver (`test:///default`: no daemon, nothing boots), with the
+//! manager in-process. The driver's state is shared by every connection of this process, so each
+//! test has its own owner, name prefix and template names.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use betaas_proto::blocking::Client;
+use betaas_proto::{encode_request, ErrorKind, Request, Response, VmState, MAX_FRAME, VERSION};
+use betaas_vmd::config::Config;
+use betaas_vmd::manager::Manager;
+use betaas_vmd::server;
+use common::*;
+use tempfile::TempDir;
+
+struct Setup {
+    tmp: TempDir,
+    mgr: Manager,
+    clock: Arc<AtomicU64>,
+    tag: String,
+}
+
+fn config_text(tag: &str, extra: &str) -> String {
+    format!(
+        "uri = \"test:///default\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\nstate_dir = \"vms\"\n\
+         templates = [\"templates\"]\narch = \"x86_64\"\nidle_destroy_s = 60\nlibvirt_retry_s = 1\n\
+         {extra}\n[probe]\nassume = \"qemu\"\n"
+    )
+}
+
+fn setup(tag: &str) -> Setup {
+    let tag = unique(tag);
+    let tmp = TempDir::new().expect("tmp");
+    fake_template(&tmp.path().join("templates"), &format!("{tag}a"), |s| s);
+    let path = tmp.path().join("vmd.toml");
+    let cfg = Config::parse(&path, &config_text(&tag, "")).expect("config");
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let c = clock.clone();
+    let mgr = Manager::new(cfg).with_clock(move || c.load(Ordering::SeqCst));
+    Setup {
+        tmp,
+        mgr,
+        clock,
+        tag,
+    }
+}
+
+fn err_kind(r: Response) -> (ErrorKind, String) {
+    match r {
+        Response::Error(e) => (e.kind, e.message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn vm(r: Response) -> betaas_proto::VmInfo {
+    match r {
+        Response::Vm(v) => v,
+        other => panic!("expected a VM, got {other:?}"),
+    }
+}
+
+fn backing_of(overlay: &Path) -> String {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(overlay)
+        .output()
+        .expect("qemu-img info");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn lifecycle_states_overlay_and_cleanup() {
+    let mut s = setup("life");
+    let t = format!("{}a", s.tag);
+    let base = s
+        .tmp
+        .path()
+        .join(format!("templates/{t}-x86_64/disk.qcow2"));
+    let base_sum = sha256_hex(&base);
+
+    let v = vm(s.mgr.handle(Request::Create {
+        template: t.clone(),
+    }));
+    assert_eq!(v.state, VmState::ShutOff);
+    assert_eq!(v.name, format!("{}-{t}-1", s.tag));
+    assert_eq!(v.template, t);
+    let dir = s.tmp.path().join("vms").join(&v.name);
+    let overlay = dir.join("disk.qcow2");
+    let info = backing_of(&overlay);
+    assert!(info.contains("\"backing-filename\""), "{info}");
+    assert!(info.contains(base.file_name().and_then(|n| n.to_str()).unwrap_or("?")));
+
+    assert_eq!(
+        vm(s.mgr.handle(Request::Start { vm: v.name.clone() })).state,
+        VmState::Running
+    );
+    assert_eq!(
+        vm(s.mgr.handle(Request::Stop { vm: v.name.clone() })).state,
+        VmState::Saved
+    );
+    // Resume needs the save; after it the save is consumed.
+    assert_eq!(
+        vm(s.mgr.handle(Request::Resume { vm: v.name.clone() })).state,
+        VmState::Running
+    );
+    let d = vm(s.mgr.handle(Request::Destroy { vm: v.name.clone() }));
+    assert_eq!(d.state, VmState::ShutOff);
+    assert_eq!(d.stopped_s, Some(1_000_000));
+    let (k, m) = err_kind(s.mgr.handle(Request::Resume { vm: v.name.clone() }));
+    assert_eq!(k, ErrorKind::InvalidState, "{m}");
+
+    match s.mgr.handle(Request::Stats { vm: v.name.clone() }) {
+        Response::Stats(st) => {
+            assert_eq!(st.vcpus, 1);
+            assert_eq!(st.max_memory_kib, 64 * 1024);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.mgr.handle(Request::Undefine { vm: v.name.clone() }),
+        Response::Undefined { .. }
+    ));
+    assert!(!dir.exists(), "undefine removes the VM's directory");
+    assert_eq!(
+        sha256_hex(&base),
+        base_sum,
+        "the base image is never written"
+    );
+    let (k, _) = err_kind(s.mgr.handle(Request::Start { vm: v.name.clone() }));
+    assert_eq!(k, ErrorKind::NoSuchVm);
+}
+
+#[test]
+fn acquire_resumes_a_stopped_vm_of_the_same_template() {
+    let mut s = setup("acq");
+    let t = format!("{}a", s.tag);
+    let first = vm(s.mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    assert_eq!(first.state, VmState::Running);
+    s.mgr.handle(Request::Stop {
+        vm: first.name.clone(),
+    });
+    let again = vm(s.mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    assert_eq!(
+        again.name, first.name,
+        "the stopped VM comes back, no new one"
+    );
+    assert_eq!(again.state, VmState::Running);
+    // While it runs, the next acquire needs a second VM.
+    let second = vm(s.mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    assert_ne!(second.name, first.name);
+    match s.mgr.handle(Request::List) {
+        Response::Vms(v) => assert_eq!(v.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    for v in [first.name, second.name] {
+        s.mgr.handle(Request::Undefine { vm: v });
+    }
+}
+
+#[test]
+fn idle_policy_destroys_exactly_after_the_idle_time() {
+    let mut s = setup("idle");
+    let t = format!("{}a", s.tag);
+    let a = vm(s.mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    let b = vm(s.mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    s.mgr.handle(Request::Stop { vm: a.name.clone() });
+    s.clock.fetch_add(59, Ordering::SeqCst);
+    assert!(s.mgr.reap().expect("reap").is_empty(), "59 s < 60 s idle");
+    s.clock.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(s.mgr.reap().expect("reap"), std::slice::from_ref(&a.name));
+    assert!(!s.tmp.path().join("vms").join(&a.name).exists());
+    let (k, _) = err_kind(s.mgr.handle(Request::Resume { vm: a.name.clone() }));
+    assert_eq!(k, ErrorKind::NoSuchVm);
+    // The running one never idles out, however long.
+    s.clock.fetch_add(1_000_000, Ordering::SeqCst);
+    assert!(s.mgr.reap().expect("reap").is_empty());
+    s.mgr.handle(Request::Undefine { vm: b.name });
+}
+
+#[test]
+fn foreign_domains_are_never_touched() {
+    let mut s = setup("for");
+    let conn = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
+    // One without any mark, named like the VM the daemon would make next; one with another
+    // daemon's mark.
+    let t = format!("{}a", s.tag);
+    let squatter = format!("{}-{t}-1", s.tag);
+    let plain = format!(
+        "<domain type='test'><name>{squatter}</name><memory unit='MiB'>64</memory>\
+         <os><type>hvm</type></os></domain>"
+    );
+    let d1 = conn.define_domain_xml(&plain).expect("define foreign");
+    d1.create().expect("start foreign");
+    let other = format!("{}-other", s.tag);
+    let marked = format!(
+        "<domain type='test'><name>{other}</name><memory unit='MiB'>64</memory>\
+         <metadata><b:vm xmlns:b='urn:betaas:vmd:1'><b:owner>someone-else</b:owner>\
+         <b:template>{t}</b:template><b:arch>x86_64</b:arch><b:kind>qemu</b:kind>\
+         <b:created>1</b:created></b:vm></metadata><os><type>hvm</type></os></domain>"
+    );
+    let d2 = conn
+        .define_domain_xml(&marked)
+        .expect("define other owner's");
+
+    for name in [&squatter, &other] {
+        for req in [
+            Request::Start { vm: name.clone() },
+            Request::Stop { vm: name.clone() },
+            Request::Resume { vm: name.clone() },
+            Request::Destroy { vm: name.clone() },
+            Request::Undefine { vm: name.clone() },
+            Request::Stats { vm: name.clone() },
+        ] {
+            let (k, m) = err_kind(s.mgr.handle(req.clone()));
+            assert_eq!(k, ErrorKind::Foreign, "{req:?}: {m}");
+        }
+    }
+    // Idle policy and list ignore them; a new VM takes the next free name.
+    s.clock.fetch_add(10_000_000, Ordering::SeqCst);
+    assert!(s.mgr.reap().expect("reap").is_empty());
+    let v = vm(s.mgr.handle(Request::Create { template: t }));
+    assert_eq!(v.name, format!("{}-{}a-2", s.tag, s.tag));
+    match s.mgr.handle(Request::List) {
+        Response::Vms(list) => {
+            assert_eq!(list.iter().map(|v| &v.name).collect::<Vec<_>>(), [&v.name])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        d1.is_active().expect("state"),
+        "foreign domain still running"
+    );
+    assert!(
+        conn.lookup_domain_by_name(&other).is_ok(),
+        "other owner's still defined"
+    );
+    s.mgr.handle(Request::Undefine { vm: v.name });
+    d1.destroy().ok();
+    d1.undefine().ok();
+    d2.undefine().ok();
+}
+
+#[test]
+fn a_restarted_manager_adopts_its_vms_with_their_idle_clocks() {
+    // The test driver frees its state with its last connection; libvirtd would keep it. This
+    // connection plays libvirtd while the "daemon" restarts.
+    let _libvirtd = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
+    let s = setup("adopt");
+    let t = format!("{}a", s.tag);
+    let cfg_path = s.tmp.path().join("vmd.toml");
+    let clock = s.clock.clone();
+    let mut m1 = s.mgr;
+    let running = vm(m1.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    let saved = vm(m1.handle(Request::Acquire {
+        template: t.clone(),
+    }));
+    let stopped_at = vm(m1.handle(Request::Stop {
+        vm: saved.name.clone(),
+    }))
+    .stopped_s;
+    drop(m1); // the daemon dies; libvirt keeps the domains and our marks
+
+    clock.fetch_add(30, Ordering::SeqCst);
+    let c = clock.clone();
+    let cfg = Config::parse(&cfg_path, &config_text(&s.tag, "")).expect("config");
+    let mut m2 = Manager::new(cfg).with_clock(move || c.load(Ordering::SeqCst));
+    let list = match m2.handle(Request::List) {
+        Response::Vms(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let by = |n: &str| list.iter().find(|v| v.name == n).cloned().expect("adopted");
+    assert_eq!(by(&running.name).state, VmState::Running);
+    assert_eq!(by(&saved.name).state, VmState::Saved);
+    assert_eq!(
+        by(&saved.name).stopped_s,
+        stopped_at,
+        "idle clock survives the restart"
+    );
+    // It expires on the original schedule: 30 s already passed, 30 more to go.
+    clock.fetch_add(29, Ordering::SeqCst);
+    assert!(m2.reap().expect("reap").is_empty());
+    clock.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(m2.reap().expect("reap"), [saved.name]);
+    // A manager with another owner on the same libvirt sees none of it.
+    let other = Config::parse(&cfg_path, &config_text(&unique("x"), "")).expect("config");
+    let mut m3 = Manager::new(other);
+    assert_eq!(m3.handle(Request::List), Response::Vms(vec![]));
+    m2.handle(Request::Undefine { vm: running.name });
+}
+
+#[test]
+fn bad_descriptors_are_rejected_with_file_and_field() {
+    let mut s = setup("bad");
+    let root = s.tmp.path().join("templates");
+    let tag = s.tag.clone();
+    type Edit = Box<dyn FnOnce(String) -> String>;
+    let cases: Vec<(String, Edit, &str)> = vec![
+        (
+            format!("{tag}role"),
+            Box::new(|t: String| t.replace("role = \"app-light\"", "role = \"web-scale\"")),
+            "role",
+        ),
+        (
+            format!("{tag}small"),
+            Box::new(|t: String| t.replacen("\nmemory_mb = 64\n", "\nmemory_mb = 32\n", 1)),
+            "resources.memory_mb",
+        ),
+        (
+            format!("{tag}noimg"),
+            Box::new(|t: String| t.replace("file = \"disk.qcow2\"", "file = \"missing.qcow2\"")),
+            "image.file",
+        ),
+    ];
+    for (name, edit, field) in cases {
+        fake_template(&root, &name, edit);
+        let (k, m) = err_kind(s.mgr.handle(Request::Create {
+            template: name.clone(),
+        }));
+        assert_eq!(k, ErrorKind::BadTemplate, "{name}: {m}");
+        assert!(
+            m.contains("template.toml:") && m.contains(field),
+            "{name}: {m}"
+        );
+    }
+    // A base image changed after its checksum was recorded.
+    let name = format!("{tag}sum");
+    let dir = fake_template(&root, &name, |t| t);
+    std::fs::write(dir.join("vmlinuz"), "tampered").expect("write");
+    let (k, m) = err_kind(s.mgr.handle(Request::Create { template: name }));
+    assert_eq!(k, ErrorKind::BadTemplate);
+    assert!(m.contains("vmlinuz") && m.contains("sha256"), "{m}");
+    let (k, m) = err_kind(s.mgr.handle(Request::Create {
+        template: format!("{tag}none"),
+    }));
+    assert_eq!(k, ErrorKind::NoSuchTemplate, "{m}");
+    // Nothing was defined or left on disk by the failures.
+    assert_eq!(s.mgr.handle(Request::List), Response::Vms(vec![]));
+    let left = std::fs::read_dir(s.tmp.path().join("vms")).map_or(0, |d| d.count());
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_template_for_kinds_the_gateway_lacks_is_refused() {
+    let mut s = setup("cap");
+    let name = format!("{}kvm", s.tag);
+    fake_template(&s.tmp.path().join("templates"), &name, |t| {
+        t.replace("kinds = [\"kvm\", \"qemu\"]", "kinds = [\"kvm\"]")
+    });
+    let (k, m) = err_kind(s.mgr.handle(Request::Create { template: name }));
+    assert_eq!(k, ErrorKind::NoCapability, "{m}");
+    assert!(m.contains("kvm") && m.contains("qemu"), "{m}");
+}
+
+#[test]
+fn unreachable_libvirt_is_a_clear_error_after_bounded_retries() {
+    let tmp = TempDir::new().expect("tmp");
+    let sock = tmp.path().join("no-libvirtd.sock");
+    let text = format!(
+        "uri = \"qemu+unix:///system?socket={}\"\nstate_dir = \"vms\"\nlibvirt_retry_s = 2\n\
+         [probe]\nassume = \"qemu\"\n",
+        sock.display()
+    );
+    let cfg = Config::parse(&tmp.path().join("vmd.toml"), &text).expect("config");
+    let mut m = Manager::new(cfg);
+    let t0 = Instant::now();
+    let (k, msg) = err_kind(m.handle(Request::List));
+    let took = t0.elapsed();
+    assert_eq!(k, ErrorKind::HypervisorUnavailable, "{msg}");
+    assert!(msg.contains("no-libvirtd.sock"), "names the URI: {msg}");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
+/// The socket path end to end with the real server loop: good requests, and broken ones that
+/// get an error reply instead of a hang or a crash.
+#[test]
+fn socket_answers_requests_and_rejects_bad_frames() {
+    let s = setup("sock");
+    let sock = s.tmp.path().join("vmd.sock");
+    let listener = server::bind(&sock).expect("bind");
+    let shared = Arc::new(Mutex::new(s.mgr));
+    std::thread::spawn(move || server::serve(listener, shared));
+    let t = format!("{}a", s.tag);
+
+    let mut c = Client::new(UnixStream::connect(&sock).expect("connect"));
+    let v = vm(c.call(&Request::Acquire { template: t }).expect("reply"));
+    assert_eq!(v.state, VmState::Running);
+    match c.call(&Request::Probe { refresh: false }).expect("reply") {
+        Response::Capability(cap) => assert_eq!(cap.best, Some(betaas_proto::VirtKind::Qemu)),
+        other => panic!("{other:?}"),
+    }
+
+    // Unknown message (variant 99) under id 77: an error reply with that id, connection stays up.
+    c.send_raw(&[4, 0, 0, 0, VERSION, 77, 99, 0]).expect("send");
+    let (id, r) = c.read_reply().expect("reply");
+    assert_eq!((id, err_kind(r).0), (77, ErrorKind::UnknownMessage));
+    // Another protocol version.
+    let mut f = encode_request(78, &Request::List).expect("encode");
+    f[4] = VERSION + 1;
+    c.send_raw(&f).expect("send");
+    let (id, r) = c.read_reply().expect("reply");
+    assert_eq!((id, err_kind(r).0), (78, ErrorKind::UnsupportedVersion));
+    // Still usable after both.
+    assert!(matches!(c.call(&Request::List).expect("reply"), Response::Vms(v) if v.len() == 1));
+
+    // A length over the limit: one BadFrame reply, then the daemon hangs up.
+    let mut c2 = Client::new(UnixStream::connect(&sock).expect("connect"));
+    c2.send_raw(&((MAX_FRAME as u32 + 1).to_le_bytes()))
+        .expect("send");
+    let (_, r) = c2.read_reply().expect("reply");
+    assert_eq!(err_kind(r).0, ErrorKind::BadFrame);
+    assert!(matches!(
+        c2.read_reply(),
+        Err(betaas_proto::blocking::CallError::Closed)
+    ));
+
+    let (_, r) = (0, c.call(&Request::Undefine { vm: v.name }).expect("reply"));
+    assert!(matches!(r, Response::Undefined { .. }));
+}
