@@ -43,6 +43,8 @@ pub struct Agent {
     incoming_dropped: AtomicU64,
     /// Per published thing id: errors and whether it is available.
     things: Mutex<BTreeMap<String, ThingHealth>>,
+    /// The local cloud this gateway is a member of, if any.
+    instance: Option<Arc<crate::instance::Runtime>>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -121,6 +123,21 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         things = config.things.len(),
         "starting"
     );
+    let instance = match config.instance.clone() {
+        Some(cfg) => {
+            let gw = config.gateway_id.to_string();
+            let prefix = config.mqtt.prefix.to_string();
+            match crate::instance::Runtime::new(cfg, &gw, &prefix, &config.data_dir, client.clone())
+            {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    error!("instance: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
     let agent = Arc::new(Agent {
         client: client.clone(),
         topics,
@@ -132,12 +149,17 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         connected: AtomicBool::new(false),
         incoming_dropped: AtomicU64::new(0),
         things: Mutex::new(BTreeMap::new()),
+        instance,
     });
     let announce = Arc::new(discovery_announcements(&config));
     let things: Arc<Vec<Thing>> = Arc::new(config.things);
     let mut subscriptions: Vec<String> = things.iter().filter_map(|t| t.topic.clone()).collect();
     if things.iter().any(|t| t.kind == Kind::Actuator) {
         subscriptions.push(agent.topics.set_filter());
+    }
+    if let Some(rt) = &agent.instance {
+        subscriptions.extend(rt.subscriptions());
+        tokio::spawn(rt.clone().run_timers());
     }
 
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
@@ -297,6 +319,7 @@ impl Agent {
                 "lost_records": s.lost_records, "fsyncs": s.fsyncs, "bytes_written": s.bytes_written,
             })),
             "things": things,
+            "instance": self.instance.as_ref().map(|rt| rt.health()),
         })
     }
 }
@@ -612,6 +635,10 @@ async fn route(
     use crate::things::command::Outcome;
     use crate::things::payload::FieldSpec;
     while let Some((topic, payload)) = incoming.recv().await {
+        if let Some(rt) = agent.instance.as_ref().filter(|rt| rt.owns(&topic)) {
+            rt.incoming(&topic, payload).await;
+            continue;
+        }
         if let Some(id) = crate::actuators::set_target(agent.topics.base(), &topic) {
             let outcome = match actuators.get(id) {
                 Some(tx) => match tx.try_send(payload) {

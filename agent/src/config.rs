@@ -32,6 +32,94 @@ pub struct Config {
     pub journal: JournalConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// `[instance]`: membership of a local cloud (absent: this gateway works alone).
+    pub instance: Option<InstanceConfig>,
+}
+
+/// `[instance]`: the local cloud this gateway belongs to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The instance's name: a topic level shared by its members.
+    pub name: TopicLevel,
+    /// `instance.pub`, `gateway.key` (0600), `credential`, provisioned at flash time
+    /// (`betaas-agent instance admit`).
+    #[serde(default = "default_instance_keys")]
+    pub keys: PathBuf,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A member silent this long is down.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_deploy_timeout_ms")]
+    pub deploy_timeout_ms: u64,
+    #[serde(default = "default_dismiss_threshold")]
+    pub dismiss_threshold: f64,
+    #[serde(default = "default_dismiss_after")]
+    pub dismiss_after_secs: u64,
+    #[serde(default = "default_readmit_after")]
+    pub readmit_after_secs: u64,
+    /// What this gateway offers for VMs.
+    pub capacity: VmCapacity,
+    /// `kvm`, `qemu` (emulated), `lxc` or `none`.
+    pub virt: betaas_core::allocator::Virt,
+    #[serde(default)]
+    pub powerful: bool,
+    /// The registered templates the allocator knows.
+    #[serde(default)]
+    pub templates: Vec<TemplateConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCapacity {
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub disk_gb: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub name: String,
+    pub vcpus: u32,
+    pub mem_mb: u64,
+    pub disk_gb: u64,
+    pub role: betaas_core::allocator::Role,
+}
+
+impl TemplateConfig {
+    pub fn to_core(&self) -> betaas_core::allocator::Template {
+        betaas_core::allocator::Template {
+            name: self.name.clone(),
+            vcpus: self.vcpus,
+            mem_mb: self.mem_mb,
+            disk_gb: self.disk_gb,
+            role: self.role,
+        }
+    }
+}
+
+fn default_instance_keys() -> PathBuf {
+    PathBuf::from("/etc/betaas/instance")
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    4000
+}
+fn default_deploy_timeout_ms() -> u64 {
+    3000
+}
+fn default_dismiss_threshold() -> f64 {
+    0.3
+}
+fn default_dismiss_after() -> u64 {
+    30
+}
+fn default_readmit_after() -> u64 {
+    300
 }
 
 /// `[journal]`: bounds and the fsync policy. Defaults in `journal::Limits::default()`.

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod commands;
 pub mod config;
 pub mod discovery;
+pub mod instance;
 pub mod journal;
 pub mod mqtt;
 pub mod outbox;

@@ -28,6 +28,28 @@ enum Command {
     Forecast(commands::forecast::ForecastArgs),
     /// Replay an allocation scenario and compare policies (needs no configuration).
     Simulate(commands::simulate::SimulateArgs),
+    /// Instance keys: `keygen` makes the instance key pair, `admit` a gateway's key and credential.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Subcommand)]
+enum InstanceCommand {
+    /// Writes instance.key (0600, keep it off the gateways) and instance.pub into DIR.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Writes gateway.key (0600), credential and instance.pub for GATEWAY into DIR: copy DIR to the
+    /// gateway's /etc/betaas/instance.
+    Admit {
+        #[arg(long)]
+        instance_key: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +59,23 @@ fn main() -> ExitCode {
     match &command {
         Command::Forecast(args) => return commands::forecast::run(args),
         Command::Simulate(args) => return commands::simulate::run(args),
+        Command::Instance(cmd) => {
+            let done = match cmd {
+                InstanceCommand::Keygen { out } => betaas_agent::instance::keygen(out),
+                InstanceCommand::Admit {
+                    instance_key,
+                    gateway,
+                    out,
+                } => betaas_agent::instance::admit(instance_key, gateway, out),
+            };
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("betaas-agent: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Run | Command::CheckConfig => {}
     }
     let config = match Config::load(&cli.config) {
@@ -47,7 +86,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Forecast(_) | Command::Simulate(_) => ExitCode::SUCCESS, // ran above
+        Command::Forecast(_) | Command::Simulate(_) | Command::Instance(_) => ExitCode::SUCCESS, // ran above
         Command::CheckConfig => {
             println!(
                 "{}: ok ({} things)",

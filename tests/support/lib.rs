@@ -139,7 +139,9 @@ impl Mosquitto {
         let out = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
+            // Lossy: a binary payload (instance bus messages) must not end the reader.
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line);
                 let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
                 // mosquitto_sub -v prints a zero-length payload (a retained-message removal) as "(null)".
                 let payload = if payload == "(null)" { "" } else { payload };

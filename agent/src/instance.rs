@@ -1,0 +1,528 @@
+//! The instance manager at run time (paper §II): joins the instance on the shared broker, shares
+//! this gateway's resources, tracks the other members and their trust, and places VM requests with
+//! the allocator over the shared view — on this gateway, or on another that re-checks and answers.
+//!
+//! Topics, under `<prefix>/<instance>/$instance/<gateway>/`:
+//! - `announce` (retained): the signed `Announce` (credential + resource report), on change and
+//!   every `announce_secs`; a newcomer learns every member from these at once;
+//! - `msg`: heartbeats, deploy requests/answers (addressed), trust reports.
+//!
+//! VM requests come in on `<prefix>/<gateway>/vm/request` as `{"id":"r1","template":"app"}` and
+//! every outcome is published on `<prefix>/<gateway>/vm/result`:
+//! `{"id","decision":"local|remote|cancel","target","reason","attempts"}`.
+//!
+//! What "deploy" does here: the chosen gateway re-checks the request against its own live
+//! capacity and reserves it (its report changes at once). Starting the VM through `betaas-vmd`
+//! comes with the VM manager's integration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use betaas_core::allocator::{self, Outcome, Policy, Request, Res, Template};
+use betaas_core::instance::membership::{self, Event, Instance};
+use betaas_core::instance::msg::{self, Body, Counter, Credential, ResourceReport};
+use betaas_core::instance::trust::Observation;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rumqttc::{AsyncClient, QoS};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::agent::unix_millis;
+use crate::config::InstanceConfig;
+
+/// Key material of one gateway, as provisioned at flash time under `[instance] keys`.
+pub struct Keys {
+    pub instance: VerifyingKey,
+    pub gateway: SigningKey,
+    pub credential: Credential,
+}
+
+pub const INSTANCE_PUB: &str = "instance.pub";
+pub const GATEWAY_KEY: &str = "gateway.key";
+pub const CREDENTIAL: &str = "credential";
+
+fn read32(path: &Path) -> Result<[u8; 32], String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    b.try_into()
+        .map_err(|_| format!("{}: not a 32-byte key", path.display()))
+}
+
+impl Keys {
+    pub fn load(dir: &Path) -> Result<Keys, String> {
+        use std::os::unix::fs::MetadataExt;
+        let key_path = dir.join(GATEWAY_KEY);
+        let mode = std::fs::metadata(&key_path)
+            .map_err(|e| format!("{}: {e}", key_path.display()))?
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{}: readable by others (mode {:o}): chmod 600 it",
+                key_path.display(),
+                mode & 0o777
+            ));
+        }
+        let instance = VerifyingKey::from_bytes(&read32(&dir.join(INSTANCE_PUB))?)
+            .map_err(|e| format!("{}: {e}", dir.join(INSTANCE_PUB).display()))?;
+        let gateway = SigningKey::from_bytes(&read32(&key_path)?);
+        let cred_path = dir.join(CREDENTIAL);
+        let bytes =
+            std::fs::read(&cred_path).map_err(|e| format!("{}: {e}", cred_path.display()))?;
+        let credential: Credential =
+            postcard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", cred_path.display()))?;
+        credential
+            .verify(&instance)
+            .map_err(|e| format!("{}: {e}", cred_path.display()))?;
+        if credential.key != gateway.verifying_key().to_bytes() {
+            return Err(format!(
+                "{}: credential is for another key than {}",
+                cred_path.display(),
+                key_path.display()
+            ));
+        }
+        Ok(Keys {
+            instance,
+            gateway,
+            credential,
+        })
+    }
+}
+
+/// A fresh 32-byte secret from the kernel's CSPRNG.
+pub fn random_key() -> std::io::Result<SigningKey> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(SigningKey::from_bytes(&b))
+}
+
+/// This gateway's own side: capacity for VMs and what is reserved on it.
+struct Local {
+    capacity: Res,
+    used: Res,
+    vms: u32,
+}
+
+struct State {
+    inst: Instance,
+    local: Local,
+    counter: Counter,
+    /// Requests waiting for an answer from another gateway.
+    waiting: BTreeMap<u64, oneshot::Sender<(bool, String)>>,
+    next_request: u64,
+}
+
+pub struct Runtime {
+    cfg: InstanceConfig,
+    gateway: String,
+    keys: Keys,
+    client: AsyncClient,
+    base: String,
+    my_base: String,
+    counter_path: std::path::PathBuf,
+    state: Mutex<State>,
+    templates: Vec<Template>,
+}
+
+impl Runtime {
+    pub fn new(
+        cfg: InstanceConfig,
+        gateway: &str,
+        prefix: &str,
+        data_dir: &Path,
+        client: AsyncClient,
+    ) -> Result<Arc<Runtime>, String> {
+        let keys = Keys::load(&cfg.keys)?;
+        if keys.credential.gateway != gateway {
+            return Err(format!(
+                "credential is for gateway {:?}, this is {gateway:?}",
+                keys.credential.gateway
+            ));
+        }
+        let counter_path = data_dir.join("instance").join("counter");
+        if let Some(dir) = counter_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let reserved = std::fs::read_to_string(&counter_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let settings = membership::Settings {
+            heartbeat_timeout_ms: cfg.timeout_ms,
+            dismiss_threshold: cfg.dismiss_threshold,
+            dismiss_after_ms: cfg.dismiss_after_secs * 1000,
+            readmit_after_ms: cfg.readmit_after_secs * 1000,
+        };
+        let templates = cfg.templates.iter().map(|t| t.to_core()).collect();
+        let capacity = Res::new(cfg.capacity.cpus, cfg.capacity.mem_mb, cfg.capacity.disk_gb);
+        Ok(Arc::new(Runtime {
+            base: format!("{prefix}/{}/$instance", cfg.name),
+            my_base: format!("{prefix}/{gateway}"),
+            gateway: gateway.to_owned(),
+            state: Mutex::new(State {
+                inst: Instance::new(gateway, keys.instance, settings),
+                local: Local {
+                    capacity,
+                    used: Res::default(),
+                    vms: 0,
+                },
+                counter: Counter::resume(reserved),
+                waiting: BTreeMap::new(),
+                next_request: 0,
+            }),
+            keys,
+            client,
+            counter_path,
+            templates,
+            cfg,
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The topic filters to subscribe to after every connect.
+    pub fn subscriptions(&self) -> Vec<String> {
+        vec![
+            format!("{}/+/+", self.base),
+            format!("{}/vm/request", self.my_base),
+        ]
+    }
+
+    pub fn owns(&self, topic: &str) -> bool {
+        topic.starts_with(&self.base) || topic == format!("{}/vm/request", self.my_base)
+    }
+
+    fn report(&self, st: &State) -> ResourceReport {
+        ResourceReport {
+            capacity: st.local.capacity,
+            used: st.local.used,
+            forecast_free: None,
+            virt: self.cfg.virt,
+            battery: None,
+            vms: st.local.vms,
+            powerful: self.cfg.powerful,
+        }
+    }
+
+    /// Signs and sends; the counter bound is persisted before the message leaves.
+    fn send(&self, topic: &str, retain: bool, to: Option<&str>, body: Body) {
+        let bytes = {
+            let mut st = self.state();
+            let (n, persist) = st.counter.next();
+            if let Some(bound) = persist {
+                if let Err(e) = crate::resources::history::write_atomic(
+                    &self.counter_path,
+                    bound.to_string().as_bytes(),
+                ) {
+                    warn!(file = %self.counter_path.display(), "cannot persist the message counter: {e}");
+                }
+            }
+            msg::encode(
+                &self.keys.gateway,
+                membership::envelope(&self.gateway, n, to, body),
+            )
+        };
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, bytes)
+        {
+            warn!(topic, "instance message not queued: {e}");
+        }
+    }
+
+    fn announce(&self) {
+        let report = Some(self.report(&self.state()));
+        let body = Body::Announce {
+            credential: self.keys.credential.clone(),
+            report,
+        };
+        self.send(
+            &format!("{}/{}/announce", self.base, self.gateway),
+            true,
+            None,
+            body,
+        );
+    }
+
+    fn msg_topic(&self) -> String {
+        format!("{}/{}/msg", self.base, self.gateway)
+    }
+
+    /// Announce, heartbeats, timeouts and trust reports, forever.
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            if n % 10 == 0 {
+                self.announce();
+            }
+            self.send(&self.msg_topic(), false, None, Body::Heartbeat);
+            if n % 5 == 4 {
+                let scores = self.state().inst.scores();
+                self.send(&self.msg_topic(), false, None, Body::Trust { scores });
+            }
+            n += 1;
+            let events = self.state().inst.tick(unix_millis());
+            for e in events {
+                log_event(&e);
+            }
+        }
+    }
+
+    /// One message on an instance topic or a VM request.
+    pub async fn incoming(self: &Arc<Self>, topic: &str, payload: Vec<u8>) {
+        if topic == format!("{}/vm/request", self.my_base) {
+            let me = self.clone();
+            tokio::spawn(async move { me.request(&payload).await });
+            return;
+        }
+        let result = self.state().inst.receive(&payload, unix_millis());
+        let events = match result {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(topic, "instance message rejected: {e}");
+                return;
+            }
+        };
+        for e in events {
+            log_event(&e);
+            match e {
+                Event::Joined(_) | Event::Back(_) => self.announce(), // let the newcomer see us soon
+                Event::DeployRequest {
+                    from,
+                    request,
+                    template,
+                    res,
+                } => {
+                    let (accepted, reason) = self.reserve(res, &template);
+                    self.send(
+                        &self.msg_topic(),
+                        false,
+                        Some(&from),
+                        Body::DeployAnswer {
+                            request,
+                            accepted,
+                            reason,
+                        },
+                    );
+                }
+                Event::DeployAnswer {
+                    request,
+                    accepted,
+                    reason,
+                    ..
+                } => {
+                    if let Some(tx) = self.state().waiting.remove(&request) {
+                        let _ = tx.send((accepted, reason));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Re-checks a request against this gateway's live capacity and reserves it.
+    fn reserve(&self, res: Res, template: &str) -> (bool, String) {
+        let accepted = {
+            let mut st = self.state();
+            let free = st.local.capacity.saturating_sub(&st.local.used);
+            if res.fits_in(&free) {
+                st.local.used = st.local.used.plus(&res);
+                st.local.vms += 1;
+                Ok(())
+            } else {
+                Err(format!("{res} does not fit in the {free} free here"))
+            }
+        };
+        match accepted {
+            Ok(()) => {
+                info!(template, "deployment accepted and reserved");
+                self.announce();
+                (true, String::new())
+            }
+            Err(reason) => (false, reason),
+        }
+    }
+
+    /// A VM request: decide over the shared view; a chosen gateway that refuses or does not answer
+    /// is left out and the decision taken again.
+    async fn request(self: Arc<Self>, payload: &[u8]) {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_slice(payload);
+        let (id, name) = match &parsed {
+            Ok(v) => (
+                v["id"].as_str().unwrap_or("").to_owned(),
+                v["template"].as_str().unwrap_or("").to_owned(),
+            ),
+            Err(_) => (String::new(), String::new()),
+        };
+        let Some(template) = self.templates.iter().find(|t| t.name == name).cloned() else {
+            let known: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
+            return self.result(
+                &id,
+                "cancel",
+                "",
+                &format!("unknown template {name:?}; registered: {known:?}"),
+                0,
+            );
+        };
+        let mut excluded: Vec<String> = Vec::new();
+        for attempt in 1..=8u32 {
+            let (decision, request) = {
+                let mut st = self.state();
+                st.next_request += 1;
+                let request = unix_millis() * 1000 + st.next_request % 1000;
+                let me = self.report(&st);
+                let mut view = st.inst.view(&me, &self.templates, &[]);
+                view.gateways.retain(|g| !excluded.contains(&g.id));
+                let req = Request {
+                    id: request,
+                    template: template.clone(),
+                };
+                (allocator::decide(&req, &view, &Policy::default()), request)
+            };
+            let reason = decision.explanation();
+            match decision.outcome {
+                Outcome::Cancel(why) => {
+                    return self.result(&id, "cancel", "", &format!("{why}; {reason}"), attempt)
+                }
+                Outcome::Remote(cloud) => {
+                    return self.result(&id, "remote", &cloud, &reason, attempt)
+                }
+                Outcome::Local(gw) if gw == self.gateway => {
+                    let (ok, why) = self.reserve(template.res(), &template.name);
+                    if ok {
+                        return self.result(&id, "local", &gw, &reason, attempt);
+                    }
+                    warn!(request = %id, "own live state refuses: {why}");
+                    excluded.push(gw);
+                }
+                Outcome::Local(gw) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.state().waiting.insert(request, tx);
+                    let body = Body::DeployRequest {
+                        request,
+                        template: template.name.clone(),
+                        res: template.res(),
+                    };
+                    self.send(&self.msg_topic(), false, Some(&gw), body);
+                    let answer =
+                        tokio::time::timeout(Duration::from_millis(self.cfg.deploy_timeout_ms), rx)
+                            .await;
+                    self.state().waiting.remove(&request);
+                    match answer {
+                        Ok(Ok((true, _))) => {
+                            self.state().inst.observe(&gw, Observation::DeploySucceeded);
+                            return self.result(&id, "local", &gw, &reason, attempt);
+                        }
+                        Ok(Ok((false, why))) => {
+                            warn!(request = %id, gateway = %gw, "refused: {why}");
+                            self.state().inst.observe(&gw, Observation::DeployRefused);
+                        }
+                        _ => {
+                            warn!(request = %id, gateway = %gw, "no answer within {} ms", self.cfg.deploy_timeout_ms);
+                            self.state().inst.observe(&gw, Observation::DeployFailed);
+                        }
+                    }
+                    excluded.push(gw);
+                }
+            }
+        }
+        self.result(
+            &id,
+            "cancel",
+            "",
+            "every chosen gateway refused or did not answer",
+            8,
+        );
+    }
+
+    fn result(&self, id: &str, decision: &str, target: &str, reason: &str, attempts: u32) {
+        info!(
+            request = id,
+            decision, target, "VM request decided: {reason}"
+        );
+        let payload = json!({"id": id, "decision": decision, "target": target, "reason": reason, "attempts": attempts});
+        let _ = self.client.try_publish(
+            format!("{}/vm/result", self.my_base),
+            QoS::AtLeastOnce,
+            false,
+            payload.to_string(),
+        );
+    }
+
+    /// For the health topic.
+    pub fn health(&self) -> serde_json::Value {
+        let st = self.state();
+        let members: BTreeMap<&String, serde_json::Value> = st
+            .inst
+            .members()
+            .iter()
+            .map(|(id, m)| {
+                let state = match m.state {
+                    membership::State::Up => "up",
+                    membership::State::Down => "down",
+                    membership::State::Dismissed { .. } => "dismissed",
+                };
+                (id, json!({"state": state, "trust": st.inst.trust(id), "vms": m.report.as_ref().map(|r| r.vms)}))
+            })
+            .collect();
+        json!({
+            "name": self.cfg.name.to_string(),
+            "members": members,
+            "rejected": st.inst.rejected,
+            "used": {"cpus": st.local.used.cpus, "mem_mb": st.local.used.mem_mb, "disk_gb": st.local.used.disk_gb},
+            "vms": st.local.vms,
+        })
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Joined(g) => info!(gateway = %g, "joined the instance"),
+        Event::Back(g) => info!(gateway = %g, "back up"),
+        Event::Left(g) => info!(gateway = %g, "left the instance"),
+        Event::Down(g) => warn!(gateway = %g, "down: no heartbeat; its resources are withdrawn"),
+        Event::Dismissed(g) => warn!(gateway = %g, "dismissed: trust stayed below the threshold"),
+        Event::DeployRequest { .. } | Event::DeployAnswer { .. } => {}
+    }
+}
+
+/// The `instance` CLI: makes the instance key pair, and admits gateways (their key + credential).
+pub fn keygen(out: &Path) -> Result<(), String> {
+    let key = random_key().map_err(|e| format!("/dev/urandom: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_secret(&out.join("instance.key"), &key.to_bytes())?;
+    std::fs::write(out.join(INSTANCE_PUB), key.verifying_key().to_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))
+}
+
+pub fn admit(instance_key: &Path, gateway: &str, out: &Path) -> Result<(), String> {
+    let ik = SigningKey::from_bytes(&read32(instance_key)?);
+    let gw = random_key().map_err(|e| format!("/dev/urandom: {e}"))?;
+    let cred = Credential::issue(&ik, gateway, &gw.verifying_key());
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_secret(&out.join(GATEWAY_KEY), &gw.to_bytes())?;
+    let bytes = postcard::to_allocvec(&cred).map_err(|e| e.to_string())?;
+    std::fs::write(out.join(CREDENTIAL), bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join(INSTANCE_PUB), ik.verifying_key().to_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

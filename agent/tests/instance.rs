@@ -1,0 +1,493 @@
+//! Four (and more) real agents on loopback with one real mosquitto form a BETaaS instance: they
+//! converge on one membership view, place VM requests on each other as the allocator decides, notice
+//! a killed member, keep strangers and forgeries out, and settle a race for the last free slot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use betaas_core::allocator::{
+    decide, Gateway, InstanceView, Outcome, Policy, Request, Res, Role, Template, Virt,
+};
+use betaas_e2e::{KillOnDrop, Mosquitto, Subscriber};
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_betaas-agent");
+
+/// One instance at a time: a dozen agents at once on two cores would miss heartbeats for want of
+/// CPU, which is not what these tests are about.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn cli(args: &[&str]) {
+    let out = Command::new(AGENT).args(args).output().expect("agent");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Gw {
+    id: String,
+    cap: Res,
+    dir: PathBuf,
+}
+
+fn templates() -> Vec<Template> {
+    vec![
+        Template {
+            name: "app".into(),
+            vcpus: 1,
+            mem_mb: 256,
+            disk_gb: 1,
+            role: Role::AppLight,
+        },
+        Template {
+            name: "big".into(),
+            vcpus: 2,
+            mem_mb: 1024,
+            disk_gb: 4,
+            role: Role::Compute,
+        },
+    ]
+}
+
+fn config(gw: &Gw, port: u16, instance_keys: &Path) -> String {
+    let mut t = String::new();
+    for tpl in templates() {
+        t += &format!(
+            "[[instance.templates]]\nname = \"{}\"\nvcpus = {}\nmem_mb = {}\ndisk_gb = {}\nrole = \"{}\"\n",
+            tpl.name,
+            tpl.vcpus,
+            tpl.mem_mb,
+            tpl.disk_gb,
+            serde_json::to_value(tpl.role).expect("role").as_str().expect("role name").to_owned()
+        );
+    }
+    format!(
+        "gateway_id = \"{id}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         [health]\ninterval_secs = 1\n\
+         [instance]\nname = \"lab\"\nkeys = \"{k}\"\nheartbeat_ms = 300\ntimeout_ms = 3000\ndeploy_timeout_ms = 3000\n\
+         virt = \"kvm\"\npowerful = true\ncapacity = {{ cpus = {c}, mem_mb = {m}, disk_gb = {g} }}\n{t}",
+        id = gw.id,
+        d = gw.dir.display(),
+        k = instance_keys.display(),
+        c = gw.cap.cpus,
+        m = gw.cap.mem_mb,
+        g = gw.cap.disk_gb,
+    )
+}
+
+fn start(gw: &Gw, port: u16, keys: &Path) -> KillOnDrop {
+    std::fs::write(gw.dir.join("agent.toml"), config(gw, port, keys)).expect("agent.toml");
+    KillOnDrop(
+        Command::new(AGENT)
+            .arg("--config")
+            .arg(gw.dir.join("agent.toml"))
+            .stderr(
+                std::fs::File::create(gw.dir.join("agent.log")).map_or(Stdio::null(), Stdio::from),
+            )
+            .spawn()
+            .expect("agent"),
+    )
+}
+
+/// The latest health of each gateway, read from the bus until `until` holds for all of `ids`.
+fn health_until(
+    sub: &mut Subscriber,
+    ids: &[&str],
+    what: &str,
+    timeout: Duration,
+    until: impl Fn(&str, &Value) -> bool,
+) -> BTreeMap<String, Value> {
+    let mut latest = BTreeMap::new();
+    sub.wait_for(what, timeout, |t, p| {
+        let id = t.strip_prefix("betaas/")?.strip_suffix("/health")?;
+        let h: Value = serde_json::from_str(p).ok()?;
+        latest.insert(id.to_owned(), h);
+        ids.iter()
+            .all(|id| latest.get(*id).is_some_and(|h| until(id, h)))
+            .then_some(())
+    });
+    latest
+}
+
+fn member_states(h: &Value) -> BTreeMap<String, String> {
+    h["instance"]["members"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v["state"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn request(broker: &Mosquitto, sub: &mut Subscriber, gw: &str, id: &str, template: &str) -> Value {
+    broker.publish(
+        &format!("betaas/{gw}/vm/request"),
+        &format!(r#"{{"id":"{id}","template":"{template}"}}"#),
+    );
+    let topic = format!("betaas/{gw}/vm/result");
+    sub.wait_for(
+        &format!("result of {id}"),
+        Duration::from_secs(20),
+        |t, p| {
+            (t == topic)
+                .then(|| serde_json::from_str::<Value>(p).expect("json"))
+                .filter(|r| r["id"] == id)
+        },
+    )
+}
+
+fn view(gws: &[&Gw], used: &BTreeMap<&str, Res>) -> InstanceView {
+    InstanceView {
+        gateways: gws
+            .iter()
+            .map(|g| Gateway {
+                id: g.id.clone(),
+                capacity: g.cap,
+                used: used.get(g.id.as_str()).copied().unwrap_or_default(),
+                forecast_free: None,
+                virt: Virt::Kvm,
+                trust: 0.8,
+                battery: None,
+                vms: used.get(g.id.as_str()).map_or(0, |_| 1),
+                powerful: true,
+            })
+            .collect(),
+        templates: templates(),
+        remotes: vec![],
+    }
+}
+
+#[test]
+fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
+    let _serial = serial();
+    let seed = fastrand::u64(..);
+    println!("seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+
+    // gw0 offers nothing, so every request made there must land on another gateway; the others
+    // get random sizes.
+    let mut gws = Vec::new();
+    for i in 0..4 {
+        let id = format!("gw{i}");
+        let dir = root.path().join(&id);
+        let cap = if i == 0 {
+            Res::new(0, 0, 0)
+        } else {
+            Res::new(rng.u32(1..=4), 256 * rng.u64(2..=8), rng.u64(4..=32))
+        };
+        cli(&[
+            "instance",
+            "admit",
+            "--instance-key",
+            keys.join("instance.key").to_str().expect("utf8"),
+            "--gateway",
+            &id,
+            "--out",
+            dir.join("keys").to_str().expect("utf8"),
+        ]);
+        gws.push(Gw { id, cap, dir });
+    }
+    let mut procs: Vec<Option<KillOnDrop>> = gws
+        .iter()
+        .map(|g| Some(start(g, broker.port, &g.dir.join("keys"))))
+        .collect();
+    let ids: Vec<&str> = gws.iter().map(|g| g.id.as_str()).collect();
+
+    let t0 = Instant::now();
+    health_until(
+        &mut sub,
+        &ids,
+        "every gateway to see the three others up",
+        Duration::from_secs(20),
+        |me, h| {
+            let s = member_states(h);
+            s.len() == 3 && s.values().all(|v| v == "up") && !s.contains_key(me)
+        },
+    );
+    println!(
+        "instance of 4 converged in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // A request on gw0 lands where the allocator says, given the shared view.
+    let all: Vec<&Gw> = gws.iter().collect();
+    let expect = decide(
+        &Request {
+            id: 1,
+            template: templates()[0].clone(),
+        },
+        &view(&all, &BTreeMap::new()),
+        &Policy::default(),
+    );
+    let Outcome::Local(expected) = expect.outcome else {
+        panic!("the test's own view should place locally: {expect:?}")
+    };
+    let r = request(&broker, &mut sub, "gw0", "r1", "app");
+    assert_eq!(
+        (r["decision"].as_str(), r["target"].as_str()),
+        (Some("local"), Some(expected.as_str())),
+        "{r}"
+    );
+    assert_ne!(expected, "gw0");
+    // The chosen gateway reserved it.
+    health_until(
+        &mut sub,
+        &[expected.as_str()],
+        "the reservation",
+        Duration::from_secs(5),
+        |_, h| h["instance"]["vms"] == 1,
+    );
+
+    // Kill the chosen gateway: the others mark it down within the timeout, and the next request
+    // goes elsewhere.
+    let k = gws.iter().position(|g| g.id == expected).expect("known");
+    procs[k] = None;
+    let killed = Instant::now();
+    let others: Vec<&str> = ids.iter().copied().filter(|id| *id != expected).collect();
+    health_until(
+        &mut sub,
+        &others,
+        "the killed gateway marked down",
+        Duration::from_secs(10),
+        |_, h| {
+            member_states(h)
+                .get(expected.as_str())
+                .is_some_and(|s| s == "down")
+        },
+    );
+    println!(
+        "{expected} killed: marked down by all others after {:.1} s (timeout 3 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    let r2 = request(&broker, &mut sub, "gw0", "r2", "app");
+    assert_ne!(
+        r2["target"].as_str(),
+        Some(expected.as_str()),
+        "placed on a dead gateway: {r2}"
+    );
+    if r2["decision"] == "local" {
+        let rest: Vec<&Gw> = gws.iter().filter(|g| g.id != expected).collect();
+        let e2 = decide(
+            &Request {
+                id: 2,
+                template: templates()[0].clone(),
+            },
+            &view(&rest, &BTreeMap::new()),
+            &Policy::default(),
+        );
+        assert_eq!(
+            e2.outcome,
+            Outcome::Local(r2["target"].as_str().unwrap_or("").to_owned()),
+            "{r2}"
+        );
+    }
+
+    // It comes back (same disk, same keys): rejoins and is up again everywhere.
+    procs[k] = Some(start(&gws[k], broker.port, &gws[k].dir.join("keys")));
+    health_until(
+        &mut sub,
+        &others,
+        "the restarted gateway back up",
+        Duration::from_secs(15),
+        |_, h| {
+            member_states(h)
+                .get(expected.as_str())
+                .is_some_and(|s| s == "up")
+        },
+    );
+}
+
+#[test]
+fn strangers_forgeries_and_replays_are_rejected() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    let other = root.path().join("other-instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    cli(&["instance", "keygen", "--out", other.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let mut gws = Vec::new();
+    for (id, ik) in [("gw1", &keys), ("gw2", &keys), ("rogue", &other)] {
+        let dir = root.path().join(id);
+        cli(&[
+            "instance",
+            "admit",
+            "--instance-key",
+            ik.join("instance.key").to_str().expect("utf8"),
+            "--gateway",
+            id,
+            "--out",
+            dir.join("keys").to_str().expect("utf8"),
+        ]);
+        gws.push(Gw {
+            id: id.into(),
+            cap: Res::new(2, 1024, 8),
+            dir,
+        });
+    }
+    // The rogue was admitted by another instance's key: it runs and talks on our bus, but its
+    // credential does not verify against our instance key.
+    let _p: Vec<KillOnDrop> = gws
+        .iter()
+        .map(|g| start(g, broker.port, &g.dir.join("keys")))
+        .collect();
+    let h = health_until(
+        &mut sub,
+        &["gw1", "gw2"],
+        "gw1 and gw2 to reject the rogue",
+        Duration::from_secs(20),
+        |_, h| {
+            let s = member_states(h);
+            s.len() == 1
+                && h["instance"]["rejected"]["bad-credential"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+        },
+    );
+    assert!(!member_states(&h["gw1"]).contains_key("rogue"));
+
+    // Capture one of gw2's heartbeats, let newer ones pass, then replay it and a tampered copy.
+    let captured = root.path().join("captured");
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "betaas/lab/$instance/gw2/msg",
+            "-C",
+            "1",
+            "-N",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    std::fs::write(&captured, &out.stdout).expect("captured");
+    std::thread::sleep(Duration::from_millis(800));
+    let publish_file = |path: &Path| {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                "betaas/lab/$instance/gw2/msg",
+                "-f",
+            ])
+            .arg(path)
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success());
+    };
+    publish_file(&captured);
+    let mut tampered = out.stdout.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x20;
+    std::fs::write(root.path().join("tampered"), &tampered).expect("tampered");
+    publish_file(&root.path().join("tampered"));
+    health_until(
+        &mut sub,
+        &["gw1"],
+        "the replay and the tampered copy counted",
+        Duration::from_secs(10),
+        |_, h| {
+            let r = &h["instance"]["rejected"];
+            let bad = r["bad-signature"].as_u64().unwrap_or(0) + r["decode"].as_u64().unwrap_or(0);
+            r["replay"].as_u64().unwrap_or(0) >= 1 && bad >= 1
+        },
+    );
+    // gw2 is still a trusted member: forged traffic in its name did not hurt it.
+    let h = health_until(
+        &mut sub,
+        &["gw1"],
+        "gw2 still up",
+        Duration::from_secs(5),
+        |_, h| member_states(h).get("gw2").is_some_and(|s| s == "up"),
+    );
+    assert!(
+        h["gw1"]["instance"]["members"]["gw2"]["trust"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 0.8
+    );
+}
+
+#[test]
+fn two_requests_race_for_the_last_slot() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    // Only "big" has exactly one slot in the whole instance: on gw3.
+    let caps = [
+        ("gw1", Res::new(1, 512, 2)),
+        ("gw2", Res::new(1, 512, 2)),
+        ("gw3", Res::new(2, 1024, 4)),
+    ];
+    let mut gws = Vec::new();
+    for (id, cap) in caps {
+        let dir = root.path().join(id);
+        cli(&[
+            "instance",
+            "admit",
+            "--instance-key",
+            keys.join("instance.key").to_str().expect("utf8"),
+            "--gateway",
+            id,
+            "--out",
+            dir.join("keys").to_str().expect("utf8"),
+        ]);
+        gws.push(Gw {
+            id: id.into(),
+            cap,
+            dir,
+        });
+    }
+    let _p: Vec<KillOnDrop> = gws
+        .iter()
+        .map(|g| start(g, broker.port, &g.dir.join("keys")))
+        .collect();
+    health_until(
+        &mut sub,
+        &["gw1", "gw2", "gw3"],
+        "convergence",
+        Duration::from_secs(20),
+        |_, h| member_states(h).len() == 2 && member_states(h).values().all(|s| s == "up"),
+    );
+    broker.publish("betaas/gw1/vm/request", r#"{"id":"a","template":"big"}"#);
+    broker.publish("betaas/gw2/vm/request", r#"{"id":"b","template":"big"}"#);
+    let mut results = BTreeMap::new();
+    sub.wait_for("both results", Duration::from_secs(20), |t, p| {
+        if t.ends_with("/vm/result") {
+            let r: Value = serde_json::from_str(p).expect("json");
+            results.insert(r["id"].as_str().unwrap_or("").to_owned(), r);
+        }
+        (results.len() == 2).then_some(())
+    });
+    let won: Vec<&Value> = results
+        .values()
+        .filter(|r| r["decision"] == "local")
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one gets the slot: {results:?}");
+    assert_eq!(won[0]["target"], "gw3");
+    let lost: Vec<&Value> = results
+        .values()
+        .filter(|r| r["decision"] != "local")
+        .collect();
+    assert_eq!(lost[0]["decision"], "cancel", "{results:?}");
+}
