@@ -1,0 +1,18 @@
+//! Arbitrary bytes from the instance bus into the instance manager (`betaas-core`'s
+//! `instance::membership::Instance::receive`): decode, credential and signature checks, replay
+//! window. It must reject or accept, never panic; nothing unverified may make a member.
+#![no_main]
+
+use betaas_core::instance::membership::{Instance, Settings};
+use ed25519_dalek::SigningKey;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let instance = SigningKey::from_bytes(&[7; 32]);
+    let mut me = Instance::new("me", instance.verifying_key(), Settings::default());
+    let _ = betaas_core::instance::msg::decode(data);
+    if me.receive(data, 1).is_ok() {
+        // Only a message signed under a credential from the instance key could have joined.
+        assert!(me.members().is_empty(), "unsigned bytes made a member");
+    }
+});
