@@ -16,6 +16,7 @@ APT_PKGS=(
   cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
   kmod                                            # depmod for the image's module tree
   openssl                                         # test certificates for MQTT over TLS
+  iproute2                                        # network namespaces for the partition test
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   debian-archive-keyring apt-utils
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
