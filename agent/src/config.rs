@@ -61,6 +61,9 @@ pub struct InstanceConfig {
     pub readmit_after_secs: u64,
     /// What this gateway offers for VMs.
     pub capacity: VmCapacity,
+    /// The `betaas-vmd` socket: an accepted deployment starts a real VM there. Absent: the
+    /// deployment is a reservation only (a gateway without virtualization, or tests of placement).
+    pub vmd_socket: Option<PathBuf>,
     /// `kvm`, `qemu` (emulated), `lxc` or `none`.
     pub virt: betaas_core::allocator::Virt,
     #[serde(default)]

@@ -299,17 +299,17 @@ impl Runtime {
                     template,
                     res,
                 } => {
-                    let (accepted, reason) = self.reserve(res, &template);
-                    self.send(
-                        &self.msg_topic(),
-                        false,
-                        Some(&from),
-                        Body::DeployAnswer {
+                    // Starting a VM takes seconds: answer from a task of its own.
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let (accepted, reason) = me.deploy(res, &template).await;
+                        let answer = Body::DeployAnswer {
                             request,
                             accepted,
                             reason,
-                        },
-                    );
+                        };
+                        me.send(&me.msg_topic(), false, Some(&from), answer);
+                    });
                 }
                 Event::DeployAnswer {
                     request,
@@ -322,6 +322,37 @@ impl Runtime {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Re-checks a request against this gateway's live capacity, reserves it, and (with a
+    /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
+    /// gives the reservation back and refuses, so the requester decides again.
+    async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> (bool, String) {
+        let (ok, why) = self.reserve(res, template);
+        let (true, Some(socket)) = (ok, self.cfg.vmd_socket.clone()) else {
+            return (ok, why);
+        };
+        let vmd = crate::vm::Vmd::new(&socket);
+        let t = template.to_owned();
+        let started = tokio::task::spawn_blocking(move || vmd.acquire(&t))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match started {
+            Ok(vm) => {
+                info!(template, vm = %vm.name, state = ?vm.state, "VM running");
+                (true, String::new())
+            }
+            Err(e) => {
+                warn!(template, "VM manager failed: {e}");
+                {
+                    let mut st = self.state();
+                    st.local.used = st.local.used.saturating_sub(&res);
+                    st.local.vms = st.local.vms.saturating_sub(1);
+                }
+                self.announce();
+                (false, e)
             }
         }
     }
@@ -394,7 +425,7 @@ impl Runtime {
                     return self.result(&id, "remote", &cloud, &reason, attempt)
                 }
                 Outcome::Local(gw) if gw == self.gateway => {
-                    let (ok, why) = self.reserve(template.res(), &template.name);
+                    let (ok, why) = self.deploy(template.res(), &template.name).await;
                     if ok {
                         return self.result(&id, "local", &gw, &reason, attempt);
                     }

@@ -12,3 +12,4 @@ pub mod mqtt;
 pub mod outbox;
 pub mod resources;
 pub mod things;
+pub mod vm;

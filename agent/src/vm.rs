@@ -1,0 +1,53 @@
+//! The agent's side of the `betaas-vmd` socket (paper: the VM Manager): turns an accepted
+//! allocation into a running VM. libvirt is a C library, so it lives in the daemon; the agent stays
+//! static and speaks the small versioned protocol of `betaas-proto` over a Unix socket.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use betaas_proto::blocking::Client;
+use betaas_proto::{Request, Response, VmInfo};
+
+/// Creating and starting a VM under emulation takes seconds; past this the request has failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Vmd {
+    socket: PathBuf,
+}
+
+impl Vmd {
+    pub fn new(socket: &Path) -> Vmd {
+        Vmd {
+            socket: socket.to_owned(),
+        }
+    }
+
+    fn call(&self, req: &Request) -> Result<Response, String> {
+        let s = UnixStream::connect(&self.socket)
+            .map_err(|e| format!("betaas-vmd at {}: {e}", self.socket.display()))?;
+        s.set_read_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Client::new(s)
+            .call(req)
+            .map_err(|e| format!("betaas-vmd: {e}"))
+    }
+
+    /// Resumes a stopped VM of `template`, or creates and starts one. Blocking: call it off the
+    /// async runtime.
+    pub fn acquire(&self, template: &str) -> Result<VmInfo, String> {
+        match self.call(&Request::Acquire {
+            template: template.to_owned(),
+        })? {
+            Response::Vm(vm) => Ok(vm),
+            Response::Error(e) => Err(format!(
+                "betaas-vmd refused {template}: {:?}: {}",
+                e.kind, e.message
+            )),
+            other => Err(format!("betaas-vmd answered {other:?} to acquire")),
+        }
+    }
+}
