@@ -453,6 +453,13 @@ impl Manager {
             }
             Err(VmdError::Hv(e @ HvError::Unavailable { .. })) => Err(VmdError::Hv(e)),
             Err(e) => {
+                // The save may have completed anyway (libvirtd restarted during it and the retry
+                // found the domain already saved): look before falling back.
+                let now = self.ours(name)?;
+                if now.is_stopped() {
+                    tracing::info!(vm = %name, state = ?now.state, error = %e, "stop: already stopped after a failed save call");
+                    return Ok(self.set_state(name, now.state));
+                }
                 // No managed save (a container, a guest with a device that cannot migrate, no disk
                 // space for the image): power the guest off cleanly instead.
                 tracing::warn!(vm = %name, error = %e, "managed save failed, ACPI shutdown instead");

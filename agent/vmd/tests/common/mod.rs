@@ -393,3 +393,22 @@ pub fn write_file(p: &Path, s: &str) {
     let mut f = std::fs::File::create(p).expect("create");
     f.write_all(s.as_bytes()).expect("write");
 }
+
+/// On drop (also when a test panics), destroys and undefines every domain whose name starts with
+/// `prefix`: no guest of a failed test keeps running on the shared cores. Declare it after the
+/// [`Libvirtd`] guard so it runs while libvirtd is still up.
+pub struct Sweeper(pub String);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        let (_, names) = virsh(&["list", "--all", "--name"]);
+        for n in names
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(&self.0))
+        {
+            let _ = virsh(&["destroy", n]);
+            let _ = virsh(&["undefine", "--managed-save", n]);
+        }
+    }
+}
