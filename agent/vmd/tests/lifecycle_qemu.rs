@@ -402,3 +402,49 @@ fn qemu_libvirtd_killed_while_idle_and_mid_save() {
         Response::Undefined { .. }
     ));
 }
+
+/// The armhf tiny template on `-M virt` (cortex-a15, GICv2) under TCG: boot, save, resume.
+#[test]
+fn qemu_armhf_virt_boots_saves_and_resumes() {
+    let _lock = slow_lock();
+    let _libvirtd = Libvirtd::acquire();
+    let tag = unique("r");
+    let _sweep = Sweeper(tag.clone());
+    let tmp = TempDir::new().expect("tmp");
+    let arm = tiny_template("armhf");
+    let cfg = config(&tag, "idle_destroy_s = 3600", "assume = \"qemu\"")
+        .replace("arch = \"x86_64\"", "arch = \"armhf\"");
+    assert!(arm
+        .parent()
+        .is_some_and(|p| cfg.contains(&p.display().to_string())));
+    let d = Vmd::spawn(tmp.path(), &cfg);
+    let v = vm(d.call(Request::Acquire {
+        template: "tiny".into(),
+    }));
+    let log = serial(tmp.path(), &v.name);
+    let (_, xml) = virsh(&["dumpxml", &v.name]);
+    assert!(xml.contains("machine='virt"), "{xml}");
+    let text = wait_for(&log, 0, BOOTED, Duration::from_secs(120));
+    assert!(text.contains("arch=armv7l"), "{}", tail(&text, 500));
+    let before = ticks_after(&log, 0, 2);
+    assert_eq!(
+        vm(d.call(Request::Stop { vm: v.name.clone() })).state,
+        VmState::Saved
+    );
+    let from = log_len(&log);
+    assert_eq!(
+        vm(d.call(Request::Resume { vm: v.name.clone() })).state,
+        VmState::Running
+    );
+    let after = ticks_after(&log, from, 1);
+    assert!(
+        after[0].0 >= before.last().expect("ticks").0,
+        "{before:?} then {after:?}"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text[from..].contains(BOOTED), "resumed guest booted again");
+    assert!(matches!(
+        d.call(Request::Undefine { vm: v.name.clone() }),
+        Response::Undefined { .. }
+    ));
+}
