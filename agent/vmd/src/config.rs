@@ -31,11 +31,21 @@ pub struct Config {
     pub reap_interval_s: u64,
     /// How long an ACPI shutdown (the stop fallback) may take before a hard power-off.
     pub shutdown_timeout_s: u64,
+    /// What stop does: a managed save (fast resume; needs disk for the guest's memory), or an
+    /// ACPI shutdown (for gateways whose storage cannot hold memory images). A failed save
+    /// always falls back to the shutdown.
+    pub stop_mode: StopMode,
     /// How long a call keeps retrying (with backoff) while libvirtd is unreachable.
     pub libvirt_retry_s: u64,
     /// Check the sha256 of each template file once before its first use.
     pub verify_checksums: bool,
     pub probe: ProbeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    ManagedSave,
+    Shutdown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +101,7 @@ struct Raw {
     idle_destroy_s: Option<u64>,
     reap_interval_s: Option<u64>,
     shutdown_timeout_s: Option<u64>,
+    stop_mode: Option<String>,
     libvirt_retry_s: Option<u64>,
     verify_checksums: Option<bool>,
     probe: Option<RawProbe>,
@@ -120,6 +131,7 @@ impl Default for Config {
             idle_destroy_s: 1800,
             reap_interval_s: 10,
             shutdown_timeout_s: 60,
+            stop_mode: StopMode::ManagedSave,
             libvirt_retry_s: 15,
             verify_checksums: true,
             probe: ProbeConfig {
@@ -233,6 +245,17 @@ impl Config {
                 ));
             }
         }
+        let stop_mode = match raw.stop_mode.as_deref() {
+            None | Some("managed-save") => StopMode::ManagedSave,
+            Some("shutdown") => StopMode::Shutdown,
+            Some(other) => {
+                return Err(field(
+                    line_of(text, "stop_mode"),
+                    "stop_mode",
+                    format!("{other:?}: accepted are \"managed-save\", \"shutdown\""),
+                ))
+            }
+        };
         let reap_interval_s = raw.reap_interval_s.unwrap_or(d.reap_interval_s);
         if reap_interval_s == 0 {
             return Err(field(
@@ -256,6 +279,7 @@ impl Config {
             idle_destroy_s: raw.idle_destroy_s.unwrap_or(d.idle_destroy_s),
             reap_interval_s,
             shutdown_timeout_s: raw.shutdown_timeout_s.unwrap_or(d.shutdown_timeout_s),
+            stop_mode,
             libvirt_retry_s: raw.libvirt_retry_s.unwrap_or(d.libvirt_retry_s),
             verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
             probe,
@@ -308,6 +332,12 @@ mod tests {
         assert!(
             e.to_string().starts_with("/e/vmd.toml:3: field `sockett`"),
             "{e}"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "\nstop_mode = \"hibernate\"\n")
+            .expect_err("stop mode");
+        assert_eq!(
+            e.to_string(),
+            "/e/vmd.toml:2: field `stop_mode`: \"hibernate\": accepted are \"managed-save\", \"shutdown\""
         );
         let e = Config::parse(Path::new("/e/vmd.toml"), "owner = \"a b\"\n").expect_err("owner");
         assert!(e.to_string().contains("field `owner`"), "{e}");

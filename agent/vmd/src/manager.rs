@@ -17,7 +17,7 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::Config;
+use crate::config::{Config, StopMode};
 use crate::domxml::{self, BootSpec, DomainSpec, Mark, XmlError, NS};
 use crate::libvirt::{self, HvError, Libvirt};
 use crate::overlay::{self, OverlayError};
@@ -392,6 +392,10 @@ impl Manager {
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
         }
+        if let (Some(l), BootSpec::Container { rootfs, .. }) = (&t.lxc, &spec.boot) {
+            // A container's "overlay" is its own unpacked copy of the template's rootfs.
+            overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
+        }
         let xml = domxml::domain_xml(&spec)?;
         self.hv.with("define domain", |c: &Connect| {
             c.define_domain_xml(&xml).map(drop)
@@ -445,6 +449,11 @@ impl Manager {
         let vm = self.ours(name)?;
         if vm.state != VmState::Running && vm.state != VmState::Paused {
             return Ok(vm.info());
+        }
+        if self.cfg.stop_mode == StopMode::Shutdown {
+            self.shutdown(name)?;
+            tracing::info!(vm = %name, "stopped (ACPI shutdown)");
+            return Ok(self.set_state(name, VmState::ShutOff));
         }
         match self.domain_op(name, "managed save", |d| d.managed_save(0)) {
             Ok(()) => {

@@ -9,13 +9,13 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum OverlayError {
-    #[error("qemu-img for {overlay}: {source}")]
+    #[error("qemu-img/tar for {overlay}: {source}")]
     Spawn {
         overlay: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("qemu-img create {overlay} (backing {base}) failed: {stderr}")]
+    #[error("making {overlay} from {base} failed: {stderr}")]
     Failed {
         overlay: PathBuf,
         base: PathBuf,
@@ -45,6 +45,31 @@ pub fn create(base: &Path, format: ImageFormat, overlay: &Path) -> Result<(), Ov
         return Err(OverlayError::Failed {
             overlay: overlay.to_owned(),
             base,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A container's root: the template's rootfs tarball unpacked into the VM's own directory (the
+/// template's copy is never the container's root, like a base image is never a VM's disk).
+pub fn unpack_rootfs(tarball: &Path, into: &Path) -> Result<(), OverlayError> {
+    let spawn = |source| OverlayError::Spawn {
+        overlay: into.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(into).map_err(spawn)?;
+    let out = Command::new("tar")
+        .arg("-xpf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .map_err(spawn)?;
+    if !out.status.success() {
+        return Err(OverlayError::Failed {
+            overlay: into.to_owned(),
+            base: tarball.to_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }

@@ -66,6 +66,13 @@ fn probe_one(
     kind: VirtKind,
     now_s: u64,
 ) -> Result<String, String> {
+    if kind == VirtKind::Lxc {
+        // Containers live on their own libvirt driver: no driver, no containers, whatever the
+        // template says.
+        let mut lxc = Libvirt::new(&cfg.lxc_uri, Duration::from_secs(1));
+        lxc.with("open the lxc driver", |c: &Connect| c.hostname())
+            .map_err(|e| format!("lxc driver: {e}"))?;
+    }
     let t = catalog
         .find(&cfg.probe.template, cfg.arch, cfg.verify_checksums)
         .map_err(|e| format!("probe template: {e}"))?;
@@ -84,6 +91,9 @@ fn probe_one(
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)
                 .map_err(|e| e.to_string())?;
+        }
+        if let (Some(l), crate::domxml::BootSpec::Container { rootfs, .. }) = (&t.lxc, &spec.boot) {
+            overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs).map_err(|e| e.to_string())?;
         }
         let xml = domxml::domain_xml(&spec).map_err(|e| e.to_string())?;
         let t0 = Instant::now();

@@ -448,3 +448,54 @@ fn qemu_armhf_virt_boots_saves_and_resumes() {
         Response::Undefined { .. }
     ));
 }
+
+/// `stop_mode = "shutdown"` (the fallback of a failed managed save, and the choice of gateways
+/// without room for memory images): the guest gets the ACPI power button and powers itself off;
+/// acquire then brings the same VM back with a cold boot (its tick count starts again).
+#[test]
+fn qemu_acpi_shutdown_stop_and_cold_reacquire() {
+    let _lock = slow_lock();
+    let _libvirtd = Libvirtd::acquire();
+    let tag = unique("s");
+    let _sweep = Sweeper(tag.clone());
+    let tmp = TempDir::new().expect("tmp");
+    let d = Vmd::spawn(
+        tmp.path(),
+        &config(
+            &tag,
+            "idle_destroy_s = 3600\nstop_mode = \"shutdown\"",
+            "assume = \"qemu\"",
+        ),
+    );
+    let v = vm(d.call(Request::Acquire {
+        template: "tiny".into(),
+    }));
+    let log = serial(tmp.path(), &v.name);
+    wait_for(&log, 0, BOOTED, Duration::from_secs(90));
+    ticks_after(&log, 0, 2);
+    let t = Instant::now();
+    assert_eq!(
+        vm(d.call(Request::Stop { vm: v.name.clone() })).state,
+        VmState::ShutOff
+    );
+    // The guest saw the power button (not the hard power-off after shutdown_timeout_s = 20).
+    wait_for(&log, 0, "BETAAS-TINY-POWEROFF", Duration::from_secs(1));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(
+        err_kind(d.call(Request::Resume { vm: v.name.clone() })),
+        ErrorKind::InvalidState,
+        "nothing saved to resume"
+    );
+    let from = log_len(&log);
+    let again = vm(d.call(Request::Acquire {
+        template: "tiny".into(),
+    }));
+    assert_eq!(again.name, v.name, "the shut-off VM is reused");
+    wait_for(&log, from, BOOTED, Duration::from_secs(90));
+    let after = ticks_after(&log, from, 1);
+    assert_eq!(after[0].0, 0, "a cold boot counts from 0");
+    assert!(matches!(
+        d.call(Request::Undefine { vm: v.name.clone() }),
+        Response::Undefined { .. }
+    ));
+}
