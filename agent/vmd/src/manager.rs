@@ -423,10 +423,19 @@ impl Manager {
 
     pub fn start(&mut self, name: &str) -> Result<VmInfo, VmdError> {
         let vm = self.ours(name)?;
-        match vm.state {
+        let r = match vm.state {
             VmState::Running => return Ok(vm.info()),
-            VmState::Paused => self.domain_op(name, "resume paused domain", |d| d.resume())?,
-            _ => self.domain_op(name, "start domain", |d| d.create())?,
+            VmState::Paused => self.domain_op(name, "resume paused domain", |d| d.resume()),
+            _ => self.domain_op(name, "start domain", |d| d.create()),
+        };
+        if let Err(e) = r {
+            // A call retried across a libvirtd restart may have gone through the first time
+            // ("already running" on the retry): the domain's state decides.
+            if matches!(e, VmdError::Hv(HvError::Unavailable { .. }))
+                || self.ours(name)?.state != VmState::Running
+            {
+                return Err(e);
+            }
         }
         tracing::info!(vm = %name, from = ?vm.state, "started");
         Ok(self.set_state(name, VmState::Running))
@@ -524,9 +533,15 @@ impl Manager {
         ) {
             self.domain_op(name, "destroy before undefine", |d| d.destroy())?;
         }
-        self.domain_op(name, "undefine domain", |d| {
+        if let Err(e) = self.domain_op(name, "undefine domain", |d| {
             d.undefine_flags(libvirt::UNDEFINE_MANAGED_SAVE)
-        })?;
+        }) {
+            // Gone anyway (a retry after the first call went through) is what was asked.
+            let gone = matches!(&e, VmdError::Hv(h) if h.is_no_domain());
+            if !gone {
+                return Err(e);
+            }
+        }
         self.vms.remove(name);
         let dir = self.dir(name);
         match std::fs::remove_dir_all(&dir) {
