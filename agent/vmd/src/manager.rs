@@ -218,6 +218,10 @@ impl Manager {
             &dirs,
             now,
         );
+        for name in &r.stale_probes {
+            tracing::info!(vm = %name, "destroying a probe guest left by an earlier run");
+            let _ = self.domain_op(name, "destroy stale probe guest", |d| d.destroy());
+        }
         for name in r.vanished.iter().chain(&r.orphan_dirs) {
             tracing::info!(vm = %name, "removing files of a VM libvirt no longer has");
             let _ = std::fs::remove_dir_all(self.dir(name));

@@ -87,7 +87,9 @@ fn probe_one(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let r = (|| {
-        let spec = domain_spec(&t, kind, &name, &dir, cfg, now_s).map_err(|e| e.to_string())?;
+        let mut spec = domain_spec(&t, kind, &name, &dir, cfg, now_s).map_err(|e| e.to_string())?;
+        // Marked as ours but as a probe: a restarted daemon destroys it instead of adopting it.
+        spec.mark.template = crate::registry::PROBE_TEMPLATE.to_owned();
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)
                 .map_err(|e| e.to_string())?;

@@ -62,7 +62,13 @@ pub struct Reconciled {
     pub vanished: Vec<String>,
     /// State directories with no domain (a create interrupted between overlay and define): remove.
     pub orphan_dirs: Vec<String>,
+    /// Our capability-probe guests still running (the daemon died mid-probe): destroy (they are
+    /// transient, so that removes them). Never adopted as VMs.
+    pub stale_probes: Vec<String>,
 }
+
+/// The template name in a probe guest's mark: template names cannot start with `-`.
+pub const PROBE_TEMPLATE: &str = "--probe";
 
 /// Rebuilds the registry from what libvirt shows. `prior` is what we knew (empty at start),
 /// `stopped_files` the idle clocks persisted next to each VM's overlay, `dirs` the names of the
@@ -78,6 +84,9 @@ pub fn reconcile(
     let mut out = Reconciled::default();
     for o in observed {
         match &o.mark {
+            Some(m) if m.owner == owner && m.template == PROBE_TEMPLATE => {
+                out.stale_probes.push(o.name.clone());
+            }
             Some(m) if m.owner == owner => {
                 let stopped_s = match o.state {
                     VmState::Running | VmState::Paused | VmState::Other => None,
@@ -112,7 +121,7 @@ pub fn reconcile(
     out.orphan_dirs = dirs
         .iter()
         .filter(|d| !out.vms.contains_key(*d) && !out.vanished.contains(d))
-        .filter(|d| !out.foreign.contains(*d))
+        .filter(|d| !out.foreign.contains(*d) && !out.stale_probes.contains(d))
         .cloned()
         .collect();
     out
@@ -260,6 +269,33 @@ mod tests {
         assert_eq!(r.vanished, ["gone"]);
         // "gone" is cleaned as vanished, "alien" belongs to a foreign domain of that name.
         assert_eq!(r.orphan_dirs, ["half-created"]);
+    }
+
+    #[test]
+    fn leftover_probe_guests_are_destroyed_not_adopted() {
+        let mut probe = obs("gw-probe-qemu-7", Some("me"), VmState::Running);
+        if let Some(m) = probe.mark.as_mut() {
+            m.template = PROBE_TEMPLATE.into();
+        }
+        let mut others = probe.clone();
+        others.name = "x-probe-qemu-9".into();
+        if let Some(m) = others.mark.as_mut() {
+            m.owner = "other".into();
+        }
+        let r = reconcile(
+            "me",
+            &BTreeMap::new(),
+            &[probe, others],
+            &BTreeMap::new(),
+            &[],
+            1,
+        );
+        assert!(r.vms.is_empty());
+        assert_eq!(r.stale_probes, ["gw-probe-qemu-7"]);
+        assert!(
+            r.foreign.contains("x-probe-qemu-9"),
+            "another daemon's probe is its business"
+        );
     }
 
     #[test]
