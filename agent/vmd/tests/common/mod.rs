@@ -186,6 +186,14 @@ impl Libvirtd {
             assert!(setup.success(), "tests/libvirt/setup.sh failed");
             if !virsh_version_ok(Duration::from_secs(3)) {
                 st.started = Some(start_libvirtd());
+            } else if let Some(pid) = std::fs::read_to_string(PIDFILE)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .filter(|p| pid_alive(*p))
+            {
+                // Left by an earlier test run that was killed before its guard dropped: our
+                // pid file, so ours to stop (and to kill in the failure tests).
+                st.started = Some(pid);
             }
         }
         st.users += 1;
