@@ -190,6 +190,11 @@ impl Libvirtd {
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .filter(|p| pid_alive(*p))
+                .filter(|p| {
+                    // A stale pid file whose pid now belongs to something else is not ours.
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "libvirtd")
+                })
             {
                 // Left by an earlier test run that was killed before its guard dropped: our
                 // pid file, so ours to stop (and to kill in the failure tests).
