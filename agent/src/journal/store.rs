@@ -338,6 +338,11 @@ impl Journal {
             Some(s) => *s = rec.seq + 1,
             None => {
                 self.next_seq.insert(rec.thing.clone(), rec.seq + 1);
+                // A new thing is made durable before its first seq can be published: otherwise a
+                // power cut before the first sync would leave no trace of it, the unclean-open skip
+                // (below, in open) would not know to skip it, and its seqs would start again at 0
+                // under readings consumers already have. Once per thing: bounded SD writes.
+                self.persist_state()?;
             }
         }
 
