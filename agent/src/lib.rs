@@ -3,6 +3,7 @@
 
 pub mod actuators;
 pub mod agent;
+pub mod cloud;
 pub mod commands;
 pub mod config;
 pub mod discovery;

@@ -223,8 +223,11 @@ impl CloudError {
     }
     /// The cloud's quota refused the VM: the allocator treats it as full.
     pub fn is_quota(&self) -> bool {
+        // Nova answers 403 "Quota exceeded ..."; OpenNebula AUTHORIZATION or ALLOCATE "... quota ...".
         match self {
-            CloudError::Forbidden { message, .. } => message.to_lowercase().contains("quota"),
+            CloudError::Forbidden { message, .. } | CloudError::Server { message, .. } => {
+                message.to_lowercase().contains("quota")
+            }
             _ => false,
         }
     }
@@ -494,7 +497,10 @@ pub async fn sweep<C: Cloud>(
         let id = match entry.id {
             Some(id) => id,
             None => match cloud.find_by_name(&entry.name).await? {
-                Some(id) => id,
+                Some(id) => {
+                    registry.created(cloud.name(), &entry.name, &id, now);
+                    id
+                }
                 None => {
                     // The create never arrived: nothing to clean.
                     registry.forget_by_name(cloud.name(), &entry.name);
