@@ -34,6 +34,9 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[instance]`: membership of a local cloud (absent: this gateway works alone).
     pub instance: Option<InstanceConfig>,
+    /// `[[clouds]]`: remote clouds this gateway holds credentials for, tried in order.
+    #[serde(default)]
+    pub clouds: Vec<crate::cloud::config::CloudConfig>,
 }
 
 /// `[instance]`: the local cloud this gateway belongs to.
@@ -758,6 +761,14 @@ impl Config {
                 "device_class",
                 format!("Home Assistant discovery: {e}"),
             ));
+        }
+        if let Some((i, key, message)) = crate::cloud::config::problem(&self.clouds) {
+            return Err(ConfigError {
+                file: path.to_owned(),
+                line: key_line(text, "clouds", i, key),
+                field: format!("clouds[{i}].{key}"),
+                message,
+            });
         }
         Ok(())
     }

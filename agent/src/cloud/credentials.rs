@@ -225,4 +225,22 @@ mod tests {
             Err(CredentialsError::NotAFile { .. })
         ));
     }
+
+    #[test]
+    fn file_of_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, PW).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Only root can give a file away; as another user this case cannot be built.
+        if std::os::unix::fs::chown(&p, Some(65534), None).is_err() {
+            return;
+        }
+        let e = Credentials::load(&p).unwrap_err();
+        assert!(
+            matches!(e, CredentialsError::Owner { owner: 65534, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chown it"), "{e}");
+    }
 }

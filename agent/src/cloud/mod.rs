@@ -8,6 +8,7 @@
 //! Secrets live in [`Secret`], whose `Debug` and `Display` print `***`: credentials cannot reach a
 //! log line, an error or the health topic by accident.
 
+pub mod config;
 pub mod credentials;
 pub mod opennebula;
 pub mod openstack;
