@@ -437,3 +437,27 @@ fn socket_answers_requests_and_rejects_bad_frames() {
     let (_, r) = (0, c.call(&Request::Undefine { vm: v.name }).expect("reply"));
     assert!(matches!(r, Response::Undefined { .. }));
 }
+
+#[test]
+fn the_daemon_refuses_a_bad_config_with_file_line_and_field() {
+    let tmp = TempDir::new().expect("tmp");
+    let cfg = tmp.path().join("vmd.toml");
+    std::fs::write(&cfg, "uri = \"test:///default\"\narch = \"sparc\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_betaas-vmd"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2: field `arch`", cfg.display())) && err.contains("x86_64"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("s.sock").exists(),
+        "no socket for a daemon that did not start"
+    );
+}
