@@ -174,6 +174,11 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     ));
     tokio::spawn(publish(agent.clone(), acks_rx));
     tokio::spawn(housekeeping(agent.clone(), config.health.interval_secs.0));
+    crate::cloud::monitor::start(
+        &config.clouds,
+        &config.data_dir,
+        config.health.interval_secs.0,
+    );
     tokio::spawn(crate::resources::run(
         config.resources.clone(),
         config.data_dir.clone(),
@@ -319,6 +324,7 @@ impl Agent {
                 "lost_records": s.lost_records, "fsyncs": s.fsyncs, "bytes_written": s.bytes_written,
             })),
             "things": things,
+            "clouds": crate::cloud::monitor::health(),
             "instance": self.instance.as_ref().map(|rt| rt.health()),
         })
     }

@@ -971,3 +971,87 @@ async fn failed_build_is_deleted_and_lost_create_found_by_name() {
     );
     assert!(m.lock().unwrap().servers.is_empty() && reg.vms.is_empty());
 }
+
+/// The agent's monitor, from a `[[clouds]]` config: credentials loaded from a 0600 file, the
+/// cloud checked, a stopped VM idle past its time destroyed, reachability and VM counts in the
+/// health member.
+#[tokio::test]
+async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
+    use std::os::unix::fs::PermissionsExt;
+    let (logs, _guard) = capture_logs();
+    let (fx, m) = fixture(Model::new()).await;
+    let password = m.lock().unwrap().password.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("campus.toml");
+    std::fs::write(
+        &creds,
+        format!("auth = \"password\"\nusername = \"betaas\"\npassword = \"{password}\"\nproject = \"iot\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "gateway_id = \"gw-1\"\ndata_dir = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\n\n[[clouds]]\nname = \"campus\"\nprovider = \"openstack\"\nendpoint = \"{}/v3\"\nvm_limit = 3\nidle_destroy_secs = 60\ncredentials = \"{}\"\n",
+        dir.path().display(),
+        fx.url(),
+        creds.display()
+    );
+    let config =
+        betaas_agent::config::Config::parse(std::path::Path::new("agent.toml"), &text).unwrap();
+    // A VM stopped long ago, left by a previous run.
+    m.lock().unwrap().servers.insert(
+        "srv-old".into(),
+        Server {
+            name: "old".into(),
+            status: "SHUTOFF".into(),
+            pending: None,
+        },
+    );
+    let store = Store::open(dir.path()).unwrap();
+    let mut reg = Registry::default();
+    reg.begin_create("campus", "compute-node", "old", 0);
+    reg.created("campus", "old", "srv-old", 0);
+    reg.set_state("campus", "srv-old", RemoteState::Stopped, 0);
+    store.save(&reg).unwrap();
+
+    betaas_agent::cloud::monitor::start(
+        &config.clouds,
+        &config.data_dir,
+        Duration::from_millis(100),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let h = betaas_agent::cloud::monitor::health().expect("a cloud is configured");
+        if h[0]["reachable"] == json!(true) && h[0]["vms_stopped"] == json!(0) {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never showed the check: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health[0]["name"], "campus");
+    assert_eq!(health[0]["provider"], "openstack");
+    assert_eq!(health[0]["vm_limit"], 3);
+    assert_eq!(health[0]["vms"], json!([]));
+    assert_eq!(health[0]["error"], json!(null));
+    assert!(
+        m.lock().unwrap().servers.is_empty(),
+        "the idle stopped VM was not destroyed"
+    );
+    assert!(fx
+        .lines()
+        .contains(&format!("DELETE {COMPUTE}/servers/srv-old")));
+    let token = m.lock().unwrap().tokens[0].clone();
+    let all = format!("{health} {}", logs.text());
+    assert!(
+        !all.contains(&password) && !all.contains(&token),
+        "secret leaked:\n{all}"
+    );
+    // A credentials file others can read is refused; the cloud shows the error, not the secret.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = betaas_agent::cloud::monitor::AnyCloud::from_config(&config.clouds[0], fast_timeouts())
+        .unwrap_err();
+    assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+    assert!(!e.contains(&password));
+}

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod monitor;
 pub mod opennebula;
 pub mod openstack;
 pub mod policy;
