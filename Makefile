@@ -49,7 +49,8 @@ test-e2e: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
-	@echo "==> end-to-end tests (QEMU + mosquitto)"
+	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
+	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
 
 # Built from Debian packages only; the paper's templates (templates/*/build.sh) need internet.

@@ -1,0 +1,219 @@
+//! The whole placement path with the real parts: a VM request on one gateway, the allocator over
+//! the instance's shared view, a signed deploy request to another gateway, which re-checks, has its
+//! `betaas-vmd` create and start the VM through libvirt, and answers. libvirt here is its `test:///`
+//! driver inside the daemon (domains are defined and "run" without booting anything); the lifecycle
+//! under real QEMU is `agent/vmd/tests/lifecycle_qemu.rs`. Then the VM manager dies: the next
+//! deployment is refused, the reservation given back, and the request cancelled with the reason.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use betaas_e2e::{repo, wait_until, KillOnDrop, Mosquitto};
+use betaas_proto::blocking::Client;
+use betaas_proto::{Request, Response, VmState};
+use serde_json::Value;
+
+fn bin(name: &str) -> PathBuf {
+    let p = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(repo().join("target"), PathBuf::from)
+        .join("debug")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: `cargo build --workspace` (make test does)",
+        p.display()
+    );
+    p
+}
+
+fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A template for libvirt's test driver: a real qcow2 base (overlays are made from it),
+/// placeholder kernel and initrd (nothing boots), checksums computed.
+fn template(root: &Path, name: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.join("disk.qcow2"))
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    std::fs::write(dir.join("vmlinuz"), "kernel").expect("kernel");
+    std::fs::write(dir.join("initrd.img"), "initrd").expect("initrd");
+    let text = format!(
+        "name = \"{name}\"\nrole = \"app-light\"\n[resources]\nvcpus = 1\nmemory_mb = 64\ndisk_gb = 1\n\
+         [virtualization]\nkinds = [\"kvm\", \"qemu\"]\narch = [\"x86_64\"]\n\
+         [image]\nname = \"{name}\"\nfile = \"disk.qcow2\"\nformat = \"qcow2\"\nsha256 = \"{}\"\nmin_vcpus = 1\nmin_memory_mb = 64\nmin_disk_gb = 1\n\
+         [boot]\nmethod = \"kernel\"\nkernel = \"vmlinuz\"\nkernel_sha256 = \"{}\"\ninitrd = \"initrd.img\"\ninitrd_sha256 = \"{}\"\ncmdline = \"panic=-1\"\n\
+         [console]\nbooted = \"BOOTED\"\n",
+        sha256(&dir.join("disk.qcow2")),
+        sha256(&dir.join("vmlinuz")),
+        sha256(&dir.join("initrd.img")),
+    );
+    std::fs::write(dir.join("template.toml"), text).expect("template.toml");
+}
+
+fn agent_config(
+    id: &str,
+    dir: &Path,
+    port: u16,
+    cap: (u32, u64, u64),
+    vmd: Option<&Path>,
+) -> String {
+    format!(
+        "gateway_id = \"{id}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n[health]\ninterval_secs = 1\n\
+         [instance]\nname = \"vmlab\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\ndeploy_timeout_ms = 20000\n\
+         virt = \"qemu\"\ncapacity = {{ cpus = {}, mem_mb = {}, disk_gb = {} }}\n{}\
+         [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 64\ndisk_gb = 1\nrole = \"app-light\"\n",
+        cap.0,
+        cap.1,
+        cap.2,
+        vmd.map_or(String::new(), |s| format!("vmd_socket = \"{}\"\n", s.display())),
+        d = dir.display(),
+    )
+}
+
+fn vms(socket: &Path) -> Vec<betaas_proto::VmInfo> {
+    let s = UnixStream::connect(socket).expect("vmd socket");
+    match Client::new(s).call(&Request::List).expect("list") {
+        Response::Vms(v) => v,
+        other => panic!("list answered {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "runs betaas-agent and betaas-vmd binaries: `make test` builds them first"]
+fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let tag = format!("e2e{}", fastrand::u32(..));
+    template(&r.join("templates"), "app");
+    let socket = r.join("vmd.sock");
+    std::fs::write(
+        r.join("vmd.toml"),
+        format!(
+            "socket = \"{}\"\nuri = \"test:///default\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\nstate_dir = \"{}\"\n\
+             templates = [\"{}\"]\narch = \"x86_64\"\nidle_destroy_s = 600\nlibvirt_retry_s = 1\n[probe]\nassume = \"qemu\"\n",
+            socket.display(),
+            r.join("vms").display(),
+            r.join("templates").display()
+        ),
+    )
+    .expect("vmd.toml");
+    let mut vmd = Some(KillOnDrop(
+        Command::new(bin("betaas-vmd"))
+            .arg("--config")
+            .arg(r.join("vmd.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vmd"),
+    ));
+    wait_until("the vmd socket", Duration::from_secs(20), || {
+        UnixStream::connect(&socket).ok()
+    });
+
+    let agent = bin("betaas-agent");
+    let keys = r.join("instance");
+    let run = |args: &[&str]| {
+        assert!(
+            Command::new(&agent)
+                .args(args)
+                .status()
+                .expect("agent")
+                .success(),
+            "{args:?}"
+        )
+    };
+    run(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let mut agents = Vec::new();
+    for (id, cap, vmd_socket) in [
+        ("gw1", (0, 0, 0), None),
+        ("gw2", (2, 512, 8), Some(socket.as_path())),
+    ] {
+        let dir = r.join(id);
+        run(&[
+            "instance",
+            "admit",
+            "--instance-key",
+            keys.join("instance.key").to_str().expect("utf8"),
+            "--gateway",
+            id,
+            "--out",
+            dir.join("keys").to_str().expect("utf8"),
+        ]);
+        std::fs::write(
+            dir.join("agent.toml"),
+            agent_config(id, &dir, broker.port, cap, vmd_socket),
+        )
+        .expect("agent.toml");
+        agents.push(KillOnDrop(
+            Command::new(&agent)
+                .arg("--config")
+                .arg(dir.join("agent.toml"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent"),
+        ));
+    }
+    sub.wait_for("gw1 to see gw2 up", Duration::from_secs(20), |t, p| {
+        (t == "betaas/gw1/health")
+            .then(|| serde_json::from_str::<Value>(p).ok())
+            .flatten()
+            .filter(|h| h["instance"]["members"]["gw2"]["state"] == "up")
+    });
+
+    let result = |sub: &mut betaas_e2e::Subscriber, id: &str| -> Value {
+        sub.wait_for(&format!("result {id}"), Duration::from_secs(60), |t, p| {
+            (t == "betaas/gw1/vm/result")
+                .then(|| serde_json::from_str::<Value>(p).expect("json"))
+                .filter(|v| v["id"] == id)
+        })
+    };
+    broker.publish("betaas/gw1/vm/request", r#"{"id":"r1","template":"app"}"#);
+    let r1 = result(&mut sub, "r1");
+    assert_eq!(
+        (r1["decision"].as_str(), r1["target"].as_str()),
+        (Some("local"), Some("gw2")),
+        "{r1}"
+    );
+    let running = vms(&socket);
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(
+        (running[0].template.as_str(), running[0].state),
+        ("app", VmState::Running),
+        "{running:?}"
+    );
+
+    // The VM manager dies: gw2 cannot start the next VM, refuses, gives the reservation back, and
+    // gw1 has nowhere else to go.
+    drop(vmd.take());
+    broker.publish("betaas/gw1/vm/request", r#"{"id":"r2","template":"app"}"#);
+    let r2 = result(&mut sub, "r2");
+    assert_eq!(r2["decision"], "cancel", "{r2}");
+    sub.wait_for(
+        "gw2's reservation given back",
+        Duration::from_secs(10),
+        |t, p| {
+            (t == "betaas/gw2/health")
+                .then(|| serde_json::from_str::<Value>(p).ok())
+                .flatten()
+                .filter(|h| h["instance"]["vms"] == 1)
+        },
+    );
+}
