@@ -107,6 +107,8 @@ struct Local {
 
 struct State {
     inst: Instance,
+    /// What this gateway can run: the VM manager's probe when there is one, else the config.
+    virt: betaas_core::allocator::Virt,
     local: Local,
     counter: Counter,
     /// Requests waiting for an answer from another gateway.
@@ -163,6 +165,7 @@ impl Runtime {
             gateway: gateway.to_owned(),
             state: Mutex::new(State {
                 inst: Instance::new(gateway, keys.instance, settings),
+                virt: cfg.virt,
                 local: Local {
                     capacity,
                     used: Res::default(),
@@ -201,7 +204,7 @@ impl Runtime {
             capacity: st.local.capacity,
             used: st.local.used,
             forecast_free: None,
-            virt: self.cfg.virt,
+            virt: st.virt,
             battery: None,
             vms: st.local.vms,
             powerful: self.cfg.powerful,
@@ -254,6 +257,19 @@ impl Runtime {
 
     /// Announce, heartbeats, timeouts and trust reports, forever.
     pub async fn run_timers(self: Arc<Self>) {
+        // The capability the instance sees comes from a real probe by the VM manager (libvirt's
+        // own capabilities would claim KVM where it does not work).
+        if let Some(socket) = self.cfg.vmd_socket.clone() {
+            let vmd = crate::vm::Vmd::new(&socket);
+            match tokio::task::spawn_blocking(move || vmd.capability()).await {
+                Ok(Ok(virt)) => {
+                    info!(?virt, "virtualization capability from betaas-vmd's probe");
+                    self.state().virt = virt;
+                }
+                Ok(Err(e)) => warn!("keeping the configured virtualization: {e}"),
+                Err(e) => warn!("keeping the configured virtualization: {e}"),
+            }
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
         let mut n: u64 = 0;
         loop {

@@ -36,6 +36,21 @@ impl Vmd {
             .map_err(|e| format!("betaas-vmd: {e}"))
     }
 
+    /// What the daemon's real probe found (a guest actually started): the kind for the allocator.
+    pub fn capability(&self) -> Result<betaas_core::allocator::Virt, String> {
+        use betaas_core::allocator::Virt;
+        match self.call(&Request::Probe { refresh: false })? {
+            Response::Capability(c) => Ok(match c.best {
+                Some(betaas_proto::VirtKind::Kvm) => Virt::Kvm,
+                Some(betaas_proto::VirtKind::Qemu) => Virt::Qemu,
+                Some(betaas_proto::VirtKind::Lxc) => Virt::Lxc,
+                None => Virt::None,
+            }),
+            Response::Error(e) => Err(format!("betaas-vmd probe: {:?}: {}", e.kind, e.message)),
+            other => Err(format!("betaas-vmd answered {other:?} to probe")),
+        }
+    }
+
     /// Resumes a stopped VM of `template`, or creates and starts one. Blocking: call it off the
     /// async runtime.
     pub fn acquire(&self, template: &str) -> Result<VmInfo, String> {

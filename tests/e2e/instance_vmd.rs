@@ -77,13 +77,16 @@ fn agent_config(
     format!(
         "gateway_id = \"{id}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n[health]\ninterval_secs = 1\n\
          [instance]\nname = \"vmlab\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\ndeploy_timeout_ms = 20000\n\
-         virt = \"qemu\"\ncapacity = {{ cpus = {}, mem_mb = {}, disk_gb = {} }}\n{}\
+         virt = \"{virt}\"\ncapacity = {{ cpus = {}, mem_mb = {}, disk_gb = {} }}\n{}\
          [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 64\ndisk_gb = 1\nrole = \"app-light\"\n",
         cap.0,
         cap.1,
         cap.2,
         vmd.map_or(String::new(), |s| format!("vmd_socket = \"{}\"\n", s.display())),
         d = dir.display(),
+        // With a VM manager the capability comes from its probe, whatever the config says: "none"
+        // here would keep gw2 out of every placement if the probe were not used.
+        virt = if vmd.is_some() { "none" } else { "qemu" },
     )
 }
 
