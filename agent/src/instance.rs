@@ -258,17 +258,22 @@ impl Runtime {
     /// Announce, heartbeats, timeouts and trust reports, forever.
     pub async fn run_timers(self: Arc<Self>) {
         // The capability the instance sees comes from a real probe by the VM manager (libvirt's
-        // own capabilities would claim KVM where it does not work).
+        // own capabilities would claim KVM where it does not work). A probe boots a guest and a
+        // wedged daemon never answers: it runs beside the heartbeats, never before them.
         if let Some(socket) = self.cfg.vmd_socket.clone() {
-            let vmd = crate::vm::Vmd::new(&socket);
-            match tokio::task::spawn_blocking(move || vmd.capability()).await {
-                Ok(Ok(virt)) => {
-                    info!(?virt, "virtualization capability from betaas-vmd's probe");
-                    self.state().virt = virt;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let vmd = crate::vm::Vmd::new(&socket);
+                match tokio::task::spawn_blocking(move || vmd.capability()).await {
+                    Ok(Ok(virt)) => {
+                        info!(?virt, "virtualization capability from betaas-vmd's probe");
+                        me.state().virt = virt;
+                        me.announce();
+                    }
+                    Ok(Err(e)) => warn!("keeping the configured virtualization: {e}"),
+                    Err(e) => warn!("keeping the configured virtualization: {e}"),
                 }
-                Ok(Err(e)) => warn!("keeping the configured virtualization: {e}"),
-                Err(e) => warn!("keeping the configured virtualization: {e}"),
-            }
+            });
         }
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
         let mut n: u64 = 0;
@@ -515,7 +520,8 @@ impl Runtime {
                     membership::State::Down => "down",
                     membership::State::Dismissed { .. } => "dismissed",
                 };
-                (id, json!({"state": state, "trust": st.inst.trust(id), "vms": m.report.as_ref().map(|r| r.vms)}))
+                (id, json!({"state": state, "trust": st.inst.trust(id), "vms": m.report.as_ref().map(|r| r.vms),
+                        "virt": m.report.as_ref().map(|r| r.virt)}))
             })
             .collect();
         json!({

@@ -659,3 +659,121 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
         healed.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
+    let _serial = serial();
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    // gw2's VM manager hangs: it accepts connections and never answers (a wedged daemon), so every
+    // deployment sent to gw2 times out at the requester.
+    let hung = root.path().join("hung-vmd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&hung).expect("bind");
+    let held = std::thread::spawn(move || {
+        listener
+            .incoming()
+            .map_while(Result::ok)
+            .take(8)
+            .collect::<Vec<_>>()
+    });
+    let mut procs = Vec::new();
+    for (id, cap) in [("gw1", Res::new(0, 0, 0)), ("gw2", Res::new(4, 4096, 64))] {
+        let dir = root.path().join(id);
+        cli(&[
+            "instance",
+            "admit",
+            "--instance-key",
+            keys.join("instance.key").to_str().expect("utf8"),
+            "--gateway",
+            id,
+            "--out",
+            dir.join("keys").to_str().expect("utf8"),
+        ]);
+        let gw = Gw {
+            id: id.into(),
+            cap,
+            dir,
+        };
+        let mut toml = config(&gw, broker.port, &gw.dir.join("keys"))
+            .replace("deploy_timeout_ms = 3000", "deploy_timeout_ms = 1500")
+            .replace(
+                "[instance]\n",
+                "[instance]\ndismiss_threshold = 0.45\ndismiss_after_secs = 2\n",
+            );
+        if id == "gw2" {
+            toml = toml.replace(
+                "[instance]\n",
+                &format!("[instance]\nvmd_socket = \"{}\"\n", hung.display()),
+            );
+        }
+        std::fs::write(gw.dir.join("agent.toml"), toml).expect("agent.toml");
+        procs.push(
+            Command::new(AGENT)
+                .arg("--config")
+                .arg(gw.dir.join("agent.toml"))
+                .stderr(
+                    std::fs::File::create(gw.dir.join("agent.log"))
+                        .map_or(Stdio::null(), Stdio::from),
+                )
+                .spawn()
+                .map(KillOnDrop)
+                .expect("agent"),
+        );
+    }
+    health_until(
+        &mut sub,
+        &["gw1"],
+        "gw2 up",
+        Duration::from_secs(20),
+        |_, h| member_states(h).get("gw2").is_some_and(|s| s == "up"),
+    );
+    // Failures cut trust (0.8 → 0.56 → 0.39): below 0.5 gw2 gets no more requests; below the
+    // dismissal threshold for 2 s it is dismissed.
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        let r = request(&broker, &mut sub, "gw1", &format!("f{i}"), "app");
+        outcomes.push((
+            r["decision"].as_str().unwrap_or("").to_owned(),
+            r["attempts"].as_u64().unwrap_or(0),
+        ));
+    }
+    assert!(outcomes.iter().all(|(d, _)| d == "cancel"), "{outcomes:?}");
+    // The first two tried gw2 (and then gave up on it); the third did not try it at all.
+    assert_eq!(
+        outcomes.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+        [2, 2, 1],
+        "{outcomes:?}"
+    );
+    let h = health_until(
+        &mut sub,
+        &["gw1"],
+        "gw2 dismissed",
+        Duration::from_secs(15),
+        |_, h| {
+            member_states(h)
+                .get("gw2")
+                .is_some_and(|s| s == "dismissed")
+        },
+    );
+    assert!(
+        h["gw1"]["instance"]["members"]["gw2"]["trust"]
+            .as_f64()
+            .unwrap_or(1.0)
+            < 0.45,
+        "{}",
+        h["gw1"]
+    );
+    // Its messages are ignored from now on, and counted.
+    health_until(
+        &mut sub,
+        &["gw1"],
+        "gw2's messages ignored",
+        Duration::from_secs(10),
+        |_, h| h["instance"]["rejected"]["dismissed"].as_u64().unwrap_or(0) > 0,
+    );
+    drop(procs);
+    drop(held);
+}

@@ -174,12 +174,20 @@ fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
                 .expect("agent"),
         ));
     }
-    sub.wait_for("gw1 to see gw2 up", Duration::from_secs(20), |t, p| {
-        (t == "betaas/gw1/health")
-            .then(|| serde_json::from_str::<Value>(p).ok())
-            .flatten()
-            .filter(|h| h["instance"]["members"]["gw2"]["state"] == "up")
-    });
+    sub.wait_for(
+        "gw1 to see gw2 up with its probed capability",
+        Duration::from_secs(20),
+        |t, p| {
+            (t == "betaas/gw1/health")
+                .then(|| serde_json::from_str::<Value>(p).ok())
+                .flatten()
+                .filter(|h| {
+                    // Up, and offering what its VM manager's probe found.
+                    let m = &h["instance"]["members"]["gw2"];
+                    m["state"] == "up" && m["virt"] == "qemu"
+                })
+        },
+    );
 
     let result = |sub: &mut betaas_e2e::Subscriber, id: &str| -> Value {
         sub.wait_for(&format!("result {id}"), Duration::from_secs(60), |t, p| {
