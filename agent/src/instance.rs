@@ -520,8 +520,14 @@ impl Runtime {
                     membership::State::Down => "down",
                     membership::State::Dismissed { .. } => "dismissed",
                 };
-                (id, json!({"state": state, "trust": st.inst.trust(id), "vms": m.report.as_ref().map(|r| r.vms),
-                        "virt": m.report.as_ref().map(|r| r.virt)}))
+                let report = m.report.as_ref();
+                let member = json!({
+                    "state": state,
+                    "trust": st.inst.trust(id),
+                    "vms": report.map(|r| r.vms),
+                    "virt": report.map(|r| r.virt),
+                });
+                (id, member)
             })
             .collect();
         json!({
