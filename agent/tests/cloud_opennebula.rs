@@ -3,6 +3,7 @@
 //! `one.vmpool.info`, `one.system.version`) and answer shape `[success, result|message, code]`
 //! with OpenNebula's error codes. Each test asserts the exact calls received and the client's
 //! behaviour.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 
 mod cloud_support;
 
@@ -419,7 +420,7 @@ async fn full_lifecycle_instantiate_poweroff_resume_and_idle_terminate() {
     assert!(fx.take().is_empty());
     assert_eq!(
         sweep(&one, &mut reg, &store, 120, 3_120).await.unwrap(),
-        [id.clone()]
+        [id.as_str()]
     );
     let reqs = fx.take();
     assert_eq!(reqs.len(), 1);

@@ -3,6 +3,7 @@
 //! `token.catalog`) and Compute v2.1 (`/servers`, `/servers/{id}/action` with `os-start`/`os-stop`,
 //! `/flavors/detail`, `/limits`, Nova's `{"<kind>": {"message", "code"}}` errors).
 //! Each test asserts the exact requests the fixture received and what the client did.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 
 mod cloud_support;
 
@@ -491,7 +492,7 @@ async fn full_lifecycle_create_stop_resume_and_idle_destroy() {
     assert!(fx.take().is_empty());
     assert_eq!(
         sweep(&os, &mut reg, &store, 600, 3_600).await.unwrap(),
-        [d.id.clone()]
+        [d.id.as_str()]
     );
     let reqs = fx.take();
     assert_eq!(

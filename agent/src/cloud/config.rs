@@ -75,7 +75,7 @@ pub fn problem(clouds: &[CloudConfig]) -> Option<(usize, &'static str, String)> 
         let rest = e
             .strip_prefix("https://")
             .or_else(|| e.strip_prefix("http://"));
-        if rest.map_or(true, |r| r.is_empty() || r.starts_with('/')) {
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
             return Some((
                 i,
                 "endpoint",
@@ -108,6 +108,7 @@ pub fn problem(clouds: &[CloudConfig]) -> Option<(usize, &'static str, String)> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use crate::config::Config;
     use std::path::Path;

@@ -138,6 +138,7 @@ impl Credentials {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -306,6 +306,13 @@ pub async fn wait_for<C: Cloud>(
         if s == want {
             return Ok(());
         }
+        if s == VmStatus::Deleted {
+            // Gone under us (deleted by someone else): no use waiting for it.
+            return Err(CloudError::NotFound {
+                cloud: cloud.name().into(),
+                what: format!("VM {id}"),
+            });
+        }
         if s == VmStatus::Error {
             return Err(CloudError::VmFailed {
                 cloud: cloud.name().into(),

@@ -21,7 +21,7 @@ use super::{sweep, Capacity, Cloud, CloudError, Credentials, Timeouts, VmSpec, V
 /// Either provider, so the agent can hold a list of clouds.
 #[derive(Debug)]
 pub enum AnyCloud {
-    OpenStack(OpenStack),
+    OpenStack(Box<OpenStack>),
     OpenNebula(OpenNebula),
 }
 
@@ -38,7 +38,7 @@ impl AnyCloud {
                 c.region.as_deref(),
                 t,
             )
-            .map(AnyCloud::OpenStack),
+            .map(|c| AnyCloud::OpenStack(Box::new(c))),
             Provider::Opennebula => {
                 OpenNebula::new(&name, &c.endpoint, &creds, t).map(AnyCloud::OpenNebula)
             }

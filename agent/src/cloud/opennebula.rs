@@ -282,7 +282,7 @@ fn capacity_from(user: &UserXml) -> Capacity {
     let def = user.defaults.vm_quota.vm.clone().unwrap_or_default();
     let num = |s: &Option<String>| s.as_deref().and_then(|s| s.trim().parse::<f64>().ok());
     let limit = |own: &Option<String>, def: &Option<String>| match num(own) {
-        Some(v) if v == -1.0 => num(def).filter(|d| *d >= 0.0),
+        Some(-1.0) => num(def).filter(|d| *d >= 0.0),
         Some(v) if v >= 0.0 => Some(v),
         _ => None,
     };
@@ -575,6 +575,7 @@ impl Cloud for OpenNebula {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

@@ -260,7 +260,7 @@ impl OpenStack {
             .flat_map(|s| &s.endpoints)
             .find(|e| {
                 e.interface == self.interface
-                    && self.region.as_ref().map_or(true, |r| {
+                    && self.region.as_ref().is_none_or(|r| {
                         e.region.as_ref() == Some(r) || e.region_id.as_ref() == Some(r)
                     })
             })
@@ -549,6 +549,7 @@ impl Cloud for OpenStack {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

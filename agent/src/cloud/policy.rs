@@ -348,6 +348,7 @@ pub fn allocator_view(reg: &Registry, clouds: &[CloudView]) -> Vec<Remote> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 
