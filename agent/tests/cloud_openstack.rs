@@ -1056,3 +1056,56 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
     assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
     assert!(!e.contains(&password));
 }
+
+/// Polling is bounded: a VM stuck in BUILD ends in PollTimeout, one deleted under the poll in
+/// NotFound at once, one in ERROR in VmFailed.
+#[tokio::test]
+async fn polling_is_bounded() {
+    use betaas_agent::cloud::wait_for;
+    let (fx, m) = fixture(Model::new()).await;
+    let os = client(&fx, password_creds(&m.lock().unwrap()));
+    let mut t = fast_timeouts();
+    t.poll = Duration::from_millis(300);
+    for (id, status) in [("stuck", "BUILD"), ("gone", "DELETED"), ("broken", "ERROR")] {
+        m.lock().unwrap().servers.insert(
+            id.into(),
+            Server {
+                name: id.into(),
+                status: status.into(),
+                pending: None,
+            },
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let e = wait_for(&os, "stuck", VmStatus::Active, &t)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CloudError::PollTimeout {
+                last: VmStatus::Busy,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let polls = fx
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("/servers/stuck"))
+        .count();
+    assert!(
+        (5..=16).contains(&polls),
+        "{polls} polls in 300 ms at 20 ms"
+    );
+    let e = wait_for(&os, "gone", VmStatus::Active, &t)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+    let e = wait_for(&os, "broken", VmStatus::Active, &t)
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "cloud os: VM broken went to ERROR");
+}
