@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "auth", rename_all = "snake_case")]
+#[serde(tag = "auth", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Credentials {
     Password {
         username: String,
@@ -193,6 +193,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("missing field `password`"), "{e}");
+        // A misspelt key is named rather than silently ignored.
+        let e = Credentials::parse(
+            Path::new("c.toml"),
+            &format!("{PW}user_domain_name = \"d\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `user_domain_name`"), "{e}");
         let e = Credentials::parse(Path::new("c.toml"), "auth = \"token\"\n")
             .unwrap_err()
             .to_string();
