@@ -23,7 +23,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { heartbeat_timeout_ms: 6_000, dismiss_threshold: 0.3, dismiss_after_ms: 10_000, readmit_after_ms: 60_000 }
+        Settings {
+            heartbeat_timeout_ms: 6_000,
+            dismiss_threshold: 0.3,
+            dismiss_after_ms: 10_000,
+            readmit_after_ms: 60_000,
+        }
     }
 }
 
@@ -52,8 +57,18 @@ pub enum Event {
     Left(String),
     Down(String),
     Dismissed(String),
-    DeployRequest { from: String, request: u64, template: String, res: crate::allocator::Res },
-    DeployAnswer { from: String, request: u64, accepted: bool, reason: String },
+    DeployRequest {
+        from: String,
+        request: u64,
+        template: String,
+        res: crate::allocator::Res,
+    },
+    DeployAnswer {
+        from: String,
+        request: u64,
+        accepted: bool,
+        reason: String,
+    },
 }
 
 pub struct Instance {
@@ -67,7 +82,13 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(me: &str, instance_key: VerifyingKey, settings: Settings) -> Instance {
-        Instance { me: me.to_owned(), instance_key, settings, members: BTreeMap::new(), rejected: BTreeMap::new() }
+        Instance {
+            me: me.to_owned(),
+            instance_key,
+            settings,
+            members: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+        }
     }
 
     pub fn members(&self) -> &BTreeMap<String, Member> {
@@ -93,7 +114,10 @@ impl Instance {
         let key = match (&env.body, self.members.get(&env.from)) {
             (Body::Announce { credential, .. }, _) => {
                 if credential.gateway != env.from {
-                    return Err(MsgError::Impersonation { from: env.from, credential: credential.gateway.clone() });
+                    return Err(MsgError::Impersonation {
+                        from: env.from,
+                        credential: credential.gateway.clone(),
+                    });
                 }
                 credential.verify(&self.instance_key)?
             }
@@ -111,14 +135,25 @@ impl Instance {
                         return Err(MsgError::Dismissed(env.from));
                     }
                     // Re-admission through the join procedure: a fresh start, with a fresh key.
-                    *m = Member { key, state: State::Up, last_counter: env.counter, last_seen_ms: now_ms, report: None, trust: Trust::default() };
+                    *m = Member {
+                        key,
+                        state: State::Up,
+                        last_counter: env.counter,
+                        last_seen_ms: now_ms,
+                        report: None,
+                        trust: Trust::default(),
+                    };
                     events.push(Event::Joined(env.from.clone()));
                 } else {
                     if env.counter == m.last_counter {
                         return Ok(Vec::new()); // the same message again (retained re-delivery)
                     }
                     if env.counter < m.last_counter {
-                        return Err(MsgError::Replay { from: env.from, counter: env.counter, last: m.last_counter });
+                        return Err(MsgError::Replay {
+                            from: env.from,
+                            counter: env.counter,
+                            last: m.last_counter,
+                        });
                     }
                     m.key = key;
                     m.last_counter = env.counter;
@@ -135,7 +170,14 @@ impl Instance {
                 };
                 self.members.insert(
                     env.from.clone(),
-                    Member { key, state: State::Up, last_counter: env.counter, last_seen_ms: now_ms, report: None, trust: Trust::default() },
+                    Member {
+                        key,
+                        state: State::Up,
+                        last_counter: env.counter,
+                        last_seen_ms: now_ms,
+                        report: None,
+                        trust: Trust::default(),
+                    },
                 );
                 events.push(Event::Joined(env.from.clone()));
             }
@@ -154,11 +196,29 @@ impl Instance {
                 events.push(Event::Left(from));
             }
             Body::Heartbeat => {}
-            Body::DeployRequest { request, template, res } if for_me => {
-                events.push(Event::DeployRequest { from, request, template, res });
+            Body::DeployRequest {
+                request,
+                template,
+                res,
+            } if for_me => {
+                events.push(Event::DeployRequest {
+                    from,
+                    request,
+                    template,
+                    res,
+                });
             }
-            Body::DeployAnswer { request, accepted, reason } if for_me => {
-                events.push(Event::DeployAnswer { from, request, accepted, reason });
+            Body::DeployAnswer {
+                request,
+                accepted,
+                reason,
+            } if for_me => {
+                events.push(Event::DeployAnswer {
+                    from,
+                    request,
+                    accepted,
+                    reason,
+                });
             }
             Body::DeployRequest { .. } | Body::DeployAnswer { .. } => {}
             Body::Trust { scores } => {
@@ -183,9 +243,14 @@ impl Instance {
 
     /// The combined trust of a member (0 for strangers).
     pub fn trust(&self, gateway: &str) -> f64 {
-        let credible = |r: &str| self.members.get(r).is_some_and(|m| matches!(m.state, State::Up | State::Down));
+        let credible = |r: &str| {
+            self.members
+                .get(r)
+                .is_some_and(|m| matches!(m.state, State::Up | State::Down))
+        };
         self.members.get(gateway).map_or(0.0, |m| {
-            m.trust.score(m.report.as_ref().and_then(|r| r.battery), credible)
+            m.trust
+                .score(m.report.as_ref().and_then(|r| r.battery), credible)
         })
     }
 
@@ -196,14 +261,19 @@ impl Instance {
         for id in ids {
             let score = self.trust(&id);
             let s = self.settings;
-            let Some(m) = self.members.get_mut(&id) else { continue };
-            if m.state == State::Up && now_ms.saturating_sub(m.last_seen_ms) > s.heartbeat_timeout_ms {
+            let Some(m) = self.members.get_mut(&id) else {
+                continue;
+            };
+            if m.state == State::Up
+                && now_ms.saturating_sub(m.last_seen_ms) > s.heartbeat_timeout_ms
+            {
                 m.state = State::Down;
                 m.trust.observe(Observation::HeartbeatMissed);
                 events.push(Event::Down(id.clone()));
             }
             if !matches!(m.state, State::Dismissed { .. })
-                && m.trust.below_for(score, s.dismiss_threshold, now_ms, s.dismiss_after_ms)
+                && m.trust
+                    .below_for(score, s.dismiss_threshold, now_ms, s.dismiss_after_ms)
             {
                 m.state = State::Dismissed { at_ms: now_ms };
                 m.report = None;
@@ -215,7 +285,12 @@ impl Instance {
 
     /// What the allocator decides on: this gateway (from its own live report) and every member
     /// that is up and has reported, with its trust.
-    pub fn view(&self, me: &ResourceReport, templates: &[Template], remotes: &[Remote]) -> InstanceView {
+    pub fn view(
+        &self,
+        me: &ResourceReport,
+        templates: &[Template],
+        remotes: &[Remote],
+    ) -> InstanceView {
         let gw = |id: &str, r: &ResourceReport, trust: f64| Gateway {
             id: id.to_owned(),
             capacity: r.capacity,
@@ -234,18 +309,30 @@ impl Instance {
             }
         }
         gateways.sort_by(|a, b| a.id.cmp(&b.id));
-        InstanceView { gateways, templates: templates.to_vec(), remotes: remotes.to_vec() }
+        InstanceView {
+            gateways,
+            templates: templates.to_vec(),
+            remotes: remotes.to_vec(),
+        }
     }
 
     /// Our scores of the others, for a `Trust` broadcast (reputation).
     pub fn scores(&self) -> Vec<(String, f64)> {
-        self.members.iter().map(|(id, m)| (id.clone(), m.trust.direct())).collect()
+        self.members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.trust.direct()))
+            .collect()
     }
 }
 
 /// Builds a message envelope.
 pub fn envelope(from: &str, counter: u64, to: Option<&str>, body: Body) -> Envelope {
-    Envelope { from: from.to_owned(), counter, to: to.map(str::to_owned), body }
+    Envelope {
+        from: from.to_owned(),
+        counter,
+        to: to.map(str::to_owned),
+        body,
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +354,12 @@ mod tests {
         fn new(instance: &SigningKey, id: &str, seed: u8) -> Gw {
             let key = SigningKey::from_bytes(&[seed; 32]);
             let cred = Credential::issue(instance, id, &key.verifying_key());
-            Gw { id: id.into(), key, cred, counter: 0 }
+            Gw {
+                id: id.into(),
+                key,
+                cred,
+                counter: 0,
+            }
         }
         fn send(&mut self, to: Option<&str>, body: Body) -> Vec<u8> {
             self.counter += 1;
@@ -301,13 +393,22 @@ mod tests {
     fn join_share_and_view() {
         let (ik, mut me) = setup();
         let mut a = Gw::new(&ik, "a", 1);
-        assert_eq!(me.receive(&a.announce(Some(report(1024))), 0).unwrap(), vec![Event::Joined("a".into())]);
+        assert_eq!(
+            me.receive(&a.announce(Some(report(1024))), 0).unwrap(),
+            vec![Event::Joined("a".into())]
+        );
         let v = me.view(&report(2048), &[], &[]);
-        assert_eq!(v.gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["a", "me"]);
+        assert_eq!(
+            v.gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["a", "me"]
+        );
         assert_eq!(v.gateways[0].capacity.mem_mb, 1024);
         // A later report replaces the earlier one.
         me.receive(&a.announce(Some(report(512))), 10).unwrap();
-        assert_eq!(me.view(&report(2048), &[], &[]).gateways[0].capacity.mem_mb, 512);
+        assert_eq!(
+            me.view(&report(2048), &[], &[]).gateways[0].capacity.mem_mb,
+            512
+        );
     }
 
     #[test]
@@ -316,18 +417,30 @@ mod tests {
         // No instance credential: a key signed by another "instance".
         let rogue_instance = SigningKey::from_bytes(&[7; 32]);
         let mut rogue = Gw::new(&rogue_instance, "rogue", 2);
-        assert_eq!(me.receive(&rogue.announce(None), 0), Err(MsgError::BadCredential));
+        assert_eq!(
+            me.receive(&rogue.announce(None), 0),
+            Err(MsgError::BadCredential)
+        );
         // Someone else's credential under another name.
         let mut a = Gw::new(&ik, "a", 1);
         let mut thief = Gw::new(&ik, "thief", 3);
         thief.cred = a.cred.clone();
-        assert!(matches!(me.receive(&thief.announce(None), 0), Err(MsgError::Impersonation { .. })));
+        assert!(matches!(
+            me.receive(&thief.announce(None), 0),
+            Err(MsgError::Impersonation { .. })
+        ));
         // A stolen credential with the thief's own key: the signature does not verify.
         let mut b_thief = Gw::new(&ik, "a", 4);
         b_thief.cred = a.cred.clone();
-        assert_eq!(me.receive(&b_thief.announce(None), 0), Err(MsgError::BadSignature));
+        assert_eq!(
+            me.receive(&b_thief.announce(None), 0),
+            Err(MsgError::BadSignature)
+        );
         // Messages before joining.
-        assert!(matches!(me.receive(&a.send(None, Body::Heartbeat), 0), Err(MsgError::UnknownSender(_))));
+        assert!(matches!(
+            me.receive(&a.send(None, Body::Heartbeat), 0),
+            Err(MsgError::UnknownSender(_))
+        ));
         me.receive(&a.announce(None), 0).unwrap();
         // Tampered: flip a byte in the body.
         let mut t = a.send(None, Body::Heartbeat);
@@ -354,8 +467,15 @@ mod tests {
         me.receive(&a.announce(Some(report(1024))), 0).unwrap();
         assert_eq!(me.tick(6_000), vec![]);
         assert_eq!(me.tick(6_001), vec![Event::Down("a".into())]);
-        assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 1, "a down gateway's resources are withdrawn");
-        assert_eq!(me.receive(&a.send(None, Body::Heartbeat), 7_000).unwrap(), vec![Event::Back("a".into())]);
+        assert_eq!(
+            me.view(&report(1), &[], &[]).gateways.len(),
+            1,
+            "a down gateway's resources are withdrawn"
+        );
+        assert_eq!(
+            me.receive(&a.send(None, Body::Heartbeat), 7_000).unwrap(),
+            vec![Event::Back("a".into())]
+        );
         assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 2);
     }
 
@@ -371,10 +491,19 @@ mod tests {
         assert_eq!(me.tick(1_000), vec![]);
         me.receive(&a.send(None, Body::Heartbeat), 5_000).unwrap();
         assert_eq!(me.tick(11_000), vec![Event::Dismissed("a".into())]);
-        assert_eq!(me.receive(&a.send(None, Body::Heartbeat), 11_500), Err(MsgError::Dismissed("a".into())));
-        assert_eq!(me.receive(&a.announce(None), 12_000), Err(MsgError::Dismissed("a".into())));
+        assert_eq!(
+            me.receive(&a.send(None, Body::Heartbeat), 11_500),
+            Err(MsgError::Dismissed("a".into()))
+        );
+        assert_eq!(
+            me.receive(&a.announce(None), 12_000),
+            Err(MsgError::Dismissed("a".into()))
+        );
         assert_eq!(me.view(&report(1), &[], &[]).gateways.len(), 1);
-        assert_eq!(me.receive(&a.announce(Some(report(1024))), 71_000).unwrap(), vec![Event::Joined("a".into())]);
+        assert_eq!(
+            me.receive(&a.announce(Some(report(1024))), 71_000).unwrap(),
+            vec![Event::Joined("a".into())]
+        );
         assert!((me.trust("a") - crate::instance::trust::INITIAL).abs() < 1e-9);
     }
 
@@ -383,11 +512,23 @@ mod tests {
         let (ik, mut me) = setup();
         let mut a = Gw::new(&ik, "a", 1);
         me.receive(&a.announce(None), 0).unwrap();
-        let body = Body::DeployRequest { request: 5, template: "app".into(), res: Res::new(1, 256, 1) };
-        assert_eq!(me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(), vec![]);
+        let body = Body::DeployRequest {
+            request: 5,
+            template: "app".into(),
+            res: Res::new(1, 256, 1),
+        };
+        assert_eq!(
+            me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(),
+            vec![]
+        );
         assert_eq!(
             me.receive(&a.send(Some("me"), body), 0).unwrap(),
-            vec![Event::DeployRequest { from: "a".into(), request: 5, template: "app".into(), res: Res::new(1, 256, 1) }]
+            vec![Event::DeployRequest {
+                from: "a".into(),
+                request: 5,
+                template: "app".into(),
+                res: Res::new(1, 256, 1)
+            }]
         );
     }
 
@@ -399,7 +540,16 @@ mod tests {
         me.receive(&a.announce(None), 0).unwrap();
         me.receive(&b.announce(None), 0).unwrap();
         let before = me.trust("b");
-        me.receive(&a.send(None, Body::Trust { scores: vec![("b".into(), 0.0), ("a".into(), 1.0)] }), 0).unwrap();
+        me.receive(
+            &a.send(
+                None,
+                Body::Trust {
+                    scores: vec![("b".into(), 0.0), ("a".into(), 1.0)],
+                },
+            ),
+            0,
+        )
+        .unwrap();
         assert!(me.trust("b") < before);
         // Nobody vouches for themselves.
         assert!((me.trust("a") - 0.8).abs() < 1e-9);

@@ -43,8 +43,15 @@ impl Credential {
     /// Admits `gateway` with public key `key` into the instance whose secret key is `instance`.
     pub fn issue(instance: &SigningKey, gateway: &str, key: &VerifyingKey) -> Credential {
         let k = key.to_bytes();
-        let signature = instance.sign(&Self::signed_bytes(gateway, &k)).to_bytes().to_vec();
-        Credential { gateway: gateway.to_owned(), key: k, signature }
+        let signature = instance
+            .sign(&Self::signed_bytes(gateway, &k))
+            .to_bytes()
+            .to_vec();
+        Credential {
+            gateway: gateway.to_owned(),
+            key: k,
+            signature,
+        }
     }
 
     /// The gateway's key if the instance key signed this credential.
@@ -75,14 +82,27 @@ pub struct ResourceReport {
 pub enum Body {
     /// Join, and every later resource report: published retained, so a newcomer learns each
     /// member's key and resources from one message.
-    Announce { credential: Credential, report: Option<ResourceReport> },
+    Announce {
+        credential: Credential,
+        report: Option<ResourceReport>,
+    },
     Leave,
     Heartbeat,
     /// "Run this template": the receiver re-checks against its live state.
-    DeployRequest { request: u64, template: String, res: Res },
-    DeployAnswer { request: u64, accepted: bool, reason: String },
+    DeployRequest {
+        request: u64,
+        template: String,
+        res: Res,
+    },
+    DeployAnswer {
+        request: u64,
+        accepted: bool,
+        reason: String,
+    },
     /// What the sender observed of the others (reputation input), 0..=1 each.
-    Trust { scores: Vec<(String, f64)> },
+    Trust {
+        scores: Vec<(String, f64)>,
+    },
 }
 
 impl Body {
@@ -134,7 +154,11 @@ pub enum MsgError {
     #[error("sender {0} was dismissed")]
     Dismissed(String),
     #[error("replayed or reordered: counter {counter} not above {last} from {from}")]
-    Replay { from: String, counter: u64, last: u64 },
+    Replay {
+        from: String,
+        counter: u64,
+        last: u64,
+    },
     #[error("credential is for {credential}, message claims {from}")]
     Impersonation { from: String, credential: String },
 }
@@ -168,7 +192,13 @@ pub fn encode(key: &SigningKey, envelope: Envelope) -> Vec<u8> {
     let to_sign = signed_bytes(&envelope).unwrap_or_default();
     let signature = key.sign(&to_sign).to_bytes().to_vec();
     let mut out = vec![VERSION];
-    out.extend(postcard::to_allocvec(&Signed { envelope, signature }).unwrap_or_default());
+    out.extend(
+        postcard::to_allocvec(&Signed {
+            envelope,
+            signature,
+        })
+        .unwrap_or_default(),
+    );
     out
 }
 
@@ -188,7 +218,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Envelope, Signature), MsgError> {
 }
 
 pub fn verify(envelope: &Envelope, sig: &Signature, key: &VerifyingKey) -> Result<(), MsgError> {
-    key.verify(&signed_bytes(envelope)?, sig).map_err(|_| MsgError::BadSignature)
+    key.verify(&signed_bytes(envelope)?, sig)
+        .map_err(|_| MsgError::BadSignature)
 }
 
 /// A sender's message counter that never goes back across reboots: it is persisted as a reserved
@@ -205,7 +236,10 @@ impl Counter {
 
     /// From the persisted bound (0 on first start).
     pub fn resume(reserved: u64) -> Counter {
-        Counter { next: reserved, reserved }
+        Counter {
+            next: reserved,
+            reserved,
+        }
     }
 
     /// The next counter value, and a new bound to persist *before* sending, when one is due.
@@ -231,7 +265,12 @@ mod tests {
     }
 
     fn hb(from: &str, counter: u64) -> Envelope {
-        Envelope { from: from.into(), counter, to: None, body: Body::Heartbeat }
+        Envelope {
+            from: from.into(),
+            counter,
+            to: None,
+            body: Body::Heartbeat,
+        }
     }
 
     #[test]
@@ -242,12 +281,18 @@ mod tests {
         assert_eq!(env, hb("gw1", 7));
         verify(&env, &sig, &k.verifying_key()).unwrap();
         // Another key, or any flipped bit, fails.
-        assert_eq!(verify(&env, &sig, &key(2).verifying_key()), Err(MsgError::BadSignature));
+        assert_eq!(
+            verify(&env, &sig, &key(2).verifying_key()),
+            Err(MsgError::BadSignature)
+        );
         for i in 1..bytes.len() {
             let mut t = bytes.clone();
             t[i] ^= 0x01;
             if let Ok((e, s)) = decode(&t) {
-                assert!(verify(&e, &s, &k.verifying_key()).is_err(), "flip at {i} verified");
+                assert!(
+                    verify(&e, &s, &k.verifying_key()).is_err(),
+                    "flip at {i} verified"
+                );
             }
         }
     }
@@ -257,20 +302,35 @@ mod tests {
         let instance = key(9);
         let gw = key(3);
         let c = Credential::issue(&instance, "gw3", &gw.verifying_key());
-        assert_eq!(c.verify(&instance.verifying_key()).unwrap(), gw.verifying_key());
+        assert_eq!(
+            c.verify(&instance.verifying_key()).unwrap(),
+            gw.verifying_key()
+        );
         let forged = Credential::issue(&key(8), "gw3", &gw.verifying_key());
-        assert_eq!(forged.verify(&instance.verifying_key()), Err(MsgError::BadCredential));
+        assert_eq!(
+            forged.verify(&instance.verifying_key()),
+            Err(MsgError::BadCredential)
+        );
         let mut renamed = c.clone();
         renamed.gateway = "gw4".into();
-        assert_eq!(renamed.verify(&instance.verifying_key()), Err(MsgError::BadCredential));
+        assert_eq!(
+            renamed.verify(&instance.verifying_key()),
+            Err(MsgError::BadCredential)
+        );
     }
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
         assert_eq!(decode(&[]), Err(MsgError::Empty));
         assert_eq!(decode(&[9, 1, 2]), Err(MsgError::Version(9)));
-        assert!(matches!(decode(&[VERSION, 0xff, 0xff]), Err(MsgError::Decode(_))));
-        assert!(matches!(decode(&vec![VERSION; MAX_MESSAGE + 1]), Err(MsgError::TooLarge(_))));
+        assert!(matches!(
+            decode(&[VERSION, 0xff, 0xff]),
+            Err(MsgError::Decode(_))
+        ));
+        assert!(matches!(
+            decode(&vec![VERSION; MAX_MESSAGE + 1]),
+            Err(MsgError::TooLarge(_))
+        ));
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
         for _ in 0..2000 {
             let n = rng.usize(0..300);

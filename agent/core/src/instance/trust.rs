@@ -35,14 +35,20 @@ pub struct Trust {
 
 impl Default for Trust {
     fn default() -> Self {
-        Trust { direct: INITIAL, reports: BTreeMap::new(), low_since_ms: None }
+        Trust {
+            direct: INITIAL,
+            reports: BTreeMap::new(),
+            low_since_ms: None,
+        }
     }
 }
 
 impl Trust {
     pub fn observe(&mut self, o: Observation) {
         self.direct = match o {
-            Observation::DeploySucceeded | Observation::HeartbeatOnTime => self.direct + 0.1 * (1.0 - self.direct),
+            Observation::DeploySucceeded | Observation::HeartbeatOnTime => {
+                self.direct + 0.1 * (1.0 - self.direct)
+            }
             Observation::DeployRefused => self.direct * 0.9,
             Observation::DeployFailed => self.direct * 0.7,
             Observation::HeartbeatMissed => self.direct * 0.8,
@@ -63,7 +69,12 @@ impl Trust {
 
     /// The combined score; `credible(reporter)` says whether a reporter's word counts.
     pub fn score(&self, battery: Option<f64>, credible: impl Fn(&str) -> bool) -> f64 {
-        let counted: Vec<f64> = self.reports.iter().filter(|(r, _)| credible(r)).map(|(_, s)| *s).collect();
+        let counted: Vec<f64> = self
+            .reports
+            .iter()
+            .filter(|(r, _)| credible(r))
+            .map(|(_, s)| *s)
+            .collect();
         let base = if counted.is_empty() {
             self.direct
         } else {
