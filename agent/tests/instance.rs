@@ -83,18 +83,39 @@ fn config(gw: &Gw, port: u16, instance_keys: &Path) -> String {
     )
 }
 
-fn start(gw: &Gw, port: u16, keys: &Path) -> KillOnDrop {
-    std::fs::write(gw.dir.join("agent.toml"), config(gw, port, keys)).expect("agent.toml");
+/// Makes gateway `id`'s key and credential under `dir/keys`, admitted by the instance key in
+/// `instance` (as `betaas-agent instance admit` does at flash time).
+fn admit(instance: &Path, id: &str, dir: &Path) {
+    let key = instance.join("instance.key");
+    let out = dir.join("keys");
+    let (key, out) = (key.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    cli(&[
+        "instance",
+        "admit",
+        "--instance-key",
+        key,
+        "--gateway",
+        id,
+        "--out",
+        out,
+    ]);
+}
+
+/// Runs `cmd` (the agent, possibly wrapped) on `gw`'s agent.toml, its log in `gw`'s directory.
+fn spawn(mut cmd: Command, gw: &Gw) -> KillOnDrop {
+    let log = std::fs::File::create(gw.dir.join("agent.log")).map_or(Stdio::null(), Stdio::from);
     KillOnDrop(
-        Command::new(AGENT)
-            .arg("--config")
+        cmd.arg("--config")
             .arg(gw.dir.join("agent.toml"))
-            .stderr(
-                std::fs::File::create(gw.dir.join("agent.log")).map_or(Stdio::null(), Stdio::from),
-            )
+            .stderr(log)
             .spawn()
             .expect("agent"),
     )
+}
+
+fn start(gw: &Gw, port: u16, keys: &Path) -> KillOnDrop {
+    std::fs::write(gw.dir.join("agent.toml"), config(gw, port, keys)).expect("agent.toml");
+    spawn(Command::new(AGENT), gw)
 }
 
 /// The latest health of each gateway, read from the bus until `until` holds for all of `ids`.
@@ -189,16 +210,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
         } else {
             Res::new(rng.u32(1..=4), 256 * rng.u64(2..=8), rng.u64(4..=32))
         };
-        cli(&[
-            "instance",
-            "admit",
-            "--instance-key",
-            keys.join("instance.key").to_str().expect("utf8"),
-            "--gateway",
-            &id,
-            "--out",
-            dir.join("keys").to_str().expect("utf8"),
-        ]);
+        admit(&keys, &id, &dir);
         gws.push(Gw { id, cap, dir });
     }
     let mut procs: Vec<Option<KillOnDrop>> = gws
@@ -324,16 +336,7 @@ fn strangers_forgeries_and_replays_are_rejected() {
     let mut gws = Vec::new();
     for (id, ik) in [("gw1", &keys), ("gw2", &keys), ("rogue", &other)] {
         let dir = root.path().join(id);
-        cli(&[
-            "instance",
-            "admit",
-            "--instance-key",
-            ik.join("instance.key").to_str().expect("utf8"),
-            "--gateway",
-            id,
-            "--out",
-            dir.join("keys").to_str().expect("utf8"),
-        ]);
+        admit(&ik, id, &dir);
         gws.push(Gw {
             id: id.into(),
             cap: Res::new(2, 1024, 8),
@@ -442,16 +445,7 @@ fn two_requests_race_for_the_last_slot() {
     let mut gws = Vec::new();
     for (id, cap) in caps {
         let dir = root.path().join(id);
-        cli(&[
-            "instance",
-            "admit",
-            "--instance-key",
-            keys.join("instance.key").to_str().expect("utf8"),
-            "--gateway",
-            id,
-            "--out",
-            dir.join("keys").to_str().expect("utf8"),
-        ]);
+        admit(&keys, id, &dir);
         gws.push(Gw {
             id: id.into(),
             cap,
@@ -573,16 +567,7 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
     let mut procs = Vec::new();
     for id in ["gw1", "gw2", "gw3"] {
         let dir = root.path().join(id);
-        cli(&[
-            "instance",
-            "admit",
-            "--instance-key",
-            keys.join("instance.key").to_str().expect("utf8"),
-            "--gateway",
-            id,
-            "--out",
-            dir.join("keys").to_str().expect("utf8"),
-        ]);
+        admit(&keys, id, &dir);
         let gw = Gw {
             id: id.into(),
             cap: Res::new(2, 1024, 8),
@@ -596,22 +581,14 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
             );
         }
         std::fs::write(gw.dir.join("agent.toml"), toml).expect("agent.toml");
-        let mut cmd = if id == "gw3" {
+        let cmd = if id == "gw3" {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &ns.name, AGENT]);
             c
         } else {
             Command::new(AGENT)
         };
-        let child = cmd
-            .arg("--config")
-            .arg(gw.dir.join("agent.toml"))
-            .stderr(
-                std::fs::File::create(gw.dir.join("agent.log")).map_or(Stdio::null(), Stdio::from),
-            )
-            .spawn()
-            .expect("agent");
-        procs.push(KillOnDrop(child));
+        procs.push(spawn(cmd, &gw));
     }
     let all = ["gw1", "gw2", "gw3"];
     health_until(
@@ -682,16 +659,7 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     let mut procs = Vec::new();
     for (id, cap) in [("gw1", Res::new(0, 0, 0)), ("gw2", Res::new(4, 4096, 64))] {
         let dir = root.path().join(id);
-        cli(&[
-            "instance",
-            "admit",
-            "--instance-key",
-            keys.join("instance.key").to_str().expect("utf8"),
-            "--gateway",
-            id,
-            "--out",
-            dir.join("keys").to_str().expect("utf8"),
-        ]);
+        admit(&keys, id, &dir);
         let gw = Gw {
             id: id.into(),
             cap,
@@ -710,18 +678,7 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
             );
         }
         std::fs::write(gw.dir.join("agent.toml"), toml).expect("agent.toml");
-        procs.push(
-            Command::new(AGENT)
-                .arg("--config")
-                .arg(gw.dir.join("agent.toml"))
-                .stderr(
-                    std::fs::File::create(gw.dir.join("agent.log"))
-                        .map_or(Stdio::null(), Stdio::from),
-                )
-                .spawn()
-                .map(KillOnDrop)
-                .expect("agent"),
-        );
+        procs.push(spawn(Command::new(AGENT), &gw));
     }
     health_until(
         &mut sub,
