@@ -114,6 +114,8 @@ struct State {
     /// Requests waiting for an answer from another gateway.
     waiting: BTreeMap<u64, oneshot::Sender<(bool, String)>>,
     next_request: u64,
+    /// The VM manager's latest per-VM figures, for the health topic.
+    vm_stats: Vec<betaas_proto::VmStats>,
 }
 
 pub struct Runtime {
@@ -126,6 +128,8 @@ pub struct Runtime {
     counter_path: std::path::PathBuf,
     state: Mutex<State>,
     templates: Vec<Template>,
+    /// A VM stats request is in flight: a wedged daemon gets one waiting request, not a pile.
+    sampling: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -174,12 +178,14 @@ impl Runtime {
                 counter: Counter::resume(reserved),
                 waiting: BTreeMap::new(),
                 next_request: 0,
+                vm_stats: Vec::new(),
             }),
             keys,
             client,
             counter_path,
             templates,
             cfg,
+            sampling: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -287,12 +293,35 @@ impl Runtime {
                 let scores = self.state().inst.scores();
                 self.send(&self.msg_topic(), false, None, Body::Trust { scores });
             }
+            if n % 10 == 5 {
+                self.clone().sample_vms();
+            }
             n += 1;
             let events = self.state().inst.tick(unix_millis());
             for e in events {
                 log_event(&e);
             }
         }
+    }
+
+    /// Fetches the VM manager's per-VM stats off the runtime (a wedged daemon delays only this).
+    fn sample_vms(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let Some(socket) = self.cfg.vmd_socket.clone() else {
+            return;
+        };
+        if self.sampling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(async move {
+            let vmd = crate::vm::Vmd::new(&socket);
+            match tokio::task::spawn_blocking(move || vmd.stats()).await {
+                Ok(Ok(stats)) => self.state().vm_stats = stats,
+                Ok(Err(e)) => warn!("VM stats: {e}"),
+                Err(e) => warn!("VM stats: {e}"),
+            }
+            self.sampling.store(false, Ordering::SeqCst);
+        });
     }
 
     /// One message on an instance topic or a VM request.
@@ -536,6 +565,13 @@ impl Runtime {
             "rejected": st.inst.rejected,
             "used": {"cpus": st.local.used.cpus, "mem_mb": st.local.used.mem_mb, "disk_gb": st.local.used.disk_gb},
             "vms": st.local.vms,
+            "vm_stats": st.vm_stats.iter().map(|v| json!({
+                "name": v.name,
+                "state": format!("{:?}", v.state).to_lowercase(),
+                "cpu_time_ns": v.cpu_time_ns,
+                "memory_kib": v.memory_kib,
+                "disk_allocation_bytes": v.disk_allocation_bytes,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -66,3 +66,29 @@ impl Vmd {
         }
     }
 }
+
+impl Vmd {
+    /// Every VM the daemon manages, with its CPU time, memory and disk: the per-VM figures the
+    /// gateway shares in its health. Blocking.
+    pub fn stats(&self) -> Result<Vec<betaas_proto::VmStats>, String> {
+        let vms = match self.call(&Request::List)? {
+            Response::Vms(v) => v,
+            Response::Error(e) => {
+                return Err(format!("betaas-vmd list: {:?}: {}", e.kind, e.message))
+            }
+            other => return Err(format!("betaas-vmd answered {other:?} to list")),
+        };
+        let mut out = Vec::with_capacity(vms.len());
+        for vm in vms {
+            match self.call(&Request::Stats {
+                vm: vm.name.clone(),
+            })? {
+                Response::Stats(s) => out.push(s),
+                // A VM undefined between the two calls, or without stats: skip it this round.
+                Response::Error(_) => {}
+                other => return Err(format!("betaas-vmd answered {other:?} to stats")),
+            }
+        }
+        Ok(out)
+    }
+}

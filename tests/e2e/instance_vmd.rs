@@ -211,6 +211,19 @@ fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
         "{running:?}"
     );
 
+    // gw2 shares the VM manager's figures for it in its health.
+    sub.wait_for("gw2's VM stats", Duration::from_secs(15), |t, p| {
+        (t == "betaas/gw2/health")
+            .then(|| serde_json::from_str::<Value>(p).ok())
+            .flatten()
+            .filter(|h| {
+                let s = &h["instance"]["vm_stats"];
+                s.as_array().is_some_and(|a| a.len() == 1)
+                    && s[0]["name"] == running[0].name.as_str()
+                    && s[0]["state"] == "running"
+            })
+    });
+
     // The VM manager dies: gw2 cannot start the next VM, refuses, gives the reservation back, and
     // gw1 has nowhere else to go.
     drop(vmd.take());
