@@ -658,30 +658,7 @@ fn default_interval() -> Millis {
 }
 
 /// A config error with its place in the file.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the error is not about a place in the file (e.g. it cannot be read).
-    pub line: usize,
-    /// Dotted path of the field, e.g. `things[1].address`; empty when unknown.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}", self.line)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": field `{}`", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub type ConfigError = betaas_tomlplace::PlacedError;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -774,69 +751,11 @@ impl Config {
     }
 }
 
-/// Line (1-based) and dotted field path of byte offset `at`, found by scanning table headers
-/// and `key =` lines above it. toml's errors carry the span but not the field name.
-fn locate(text: &str, at: usize) -> (usize, String) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let mut table = String::new();
-    let mut counts: std::collections::HashMap<String, usize> = Default::default();
-    // Headers up to and including the error's line: a missing field points at its table's header.
-    let line_end = text[before.len()..]
-        .find('\n')
-        .map_or(text.len(), |i| before.len() + i);
-    for l in text[..line_end].lines() {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_owned();
-            let n = counts.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_owned();
-        }
-    }
-    let this_line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
-        .lines()
-        .next()
-        .unwrap_or("");
-    let key = match this_line.split_once('=') {
-        Some((k, _)) if !this_line.trim_start().starts_with('[') => k.trim().trim_matches('"'),
-        _ => "",
-    };
-    let field = match (table.is_empty(), key.is_empty()) {
-        (true, _) => key.to_owned(),
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    };
-    (line, field)
-}
+use betaas_tomlplace::locate;
 
-/// Line (1-based) of `key = …` inside the n-th `[[name]]` table, else of the table's header.
+/// Line of `key` in the n-th `[[name]]` table, else of its header.
 fn key_line(text: &str, name: &str, n: usize, key: &str) -> usize {
-    let header = format!("[[{name}]]");
-    let mut lines = text.lines().enumerate().skip_while({
-        let mut seen = 0;
-        move |(_, l)| {
-            if l.trim().replace(' ', "") == header {
-                seen += 1;
-            }
-            seen <= n
-        }
-    });
-    let Some((start, _)) = lines.next() else {
-        return 0;
-    };
-    for (i, l) in lines {
-        let l = l.trim();
-        if l.starts_with('[') {
-            break;
-        }
-        if l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
-            return i + 1;
-        }
-    }
-    start + 1
+    betaas_tomlplace::key_line(text, name, n, key)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 #   http://os.archlinuxarm.org/os/ArchLinuxARM-armv7-latest.tar.gz      the ARMv7 root filesystem (~500 MB)
 #   http://os.archlinuxarm.org/os/ArchLinuxARM-armv7-latest.tar.gz.md5  its checksum (the project publishes md5 only)
 #   pacman packages (linux-armv7 kernel + each recipe's list) from the Arch Linux ARM mirrors named in the
-#   rootfs's own /etc/pacman.d/mirrorlist (default http://mirror.archlinuxarm.org), signatures checked
+#   rootfs's own /etc/pacman.d/mirrorlist (whatever mirror the rootfs ships), signatures checked
 #   by pacman against the archlinuxarm keyring shipped in the rootfs.
 # Downloads are cached in dl/alarm/. The build host needs: curl, bsdtar (libarchive-tools), mke2fs
 # (e2fsprogs), qemu-img (qemu-utils), qemu-arm-static (qemu-user-static) registered with binfmt_misc

@@ -211,30 +211,7 @@ impl VirtKind {
 }
 
 /// A descriptor error with its place in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescriptorError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the error is not about a place in the file (e.g. it cannot be read).
-    pub line: usize,
-    /// Dotted path of the field, e.g. `image.sha256`; empty when unknown.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for DescriptorError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}", self.line)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": field `{}`", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for DescriptorError {}
+pub type DescriptorError = betaas_tomlplace::PlacedError;
 
 impl Template {
     /// Parses and validates a built template's descriptor: every file needs its sha256.
@@ -677,59 +654,11 @@ impl TryFrom<String> for RelPath {
     }
 }
 
-/// Line (1-based) and dotted field path of byte offset `at`, found by scanning table headers and
-/// `key =` lines above it (toml's errors carry the span but not the field name).
-fn locate(text: &str, at: usize) -> (usize, String) {
-    let at = at.min(text.len());
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-    let mut table = String::new();
-    for l in text[..line_end].lines() {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().trim_start_matches('[').to_owned();
-        }
-    }
-    let this_line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
-        .lines()
-        .next()
-        .unwrap_or("");
-    let key = match this_line.split_once('=') {
-        Some((k, _)) if !this_line.trim_start().starts_with('[') => k.trim().trim_matches('"'),
-        _ => "",
-    };
-    let field = match (table.is_empty(), key.is_empty()) {
-        (true, _) => key.to_owned(),
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    };
-    (line, field)
-}
+use betaas_tomlplace::locate;
 
-/// Line (1-based) of `key = …` in `[table]` (top level when `table` is empty), else of the
-/// table's header, else 0.
+/// Line of `key = …` in `[table]` (top level when empty), else of the header, else 0.
 fn key_line(text: &str, table: &str, key: &str) -> usize {
-    let mut current = String::new();
-    let mut header = 0;
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            current = name.trim().to_owned();
-            if current == table {
-                header = i + 1;
-            }
-            continue;
-        }
-        if current == table
-            && !key.is_empty()
-            && l.split_once('=')
-                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
-        {
-            return i + 1;
-        }
-    }
-    header
+    betaas_tomlplace::key_line(text, table, 0, key)
 }
 
 #[cfg(test)]
