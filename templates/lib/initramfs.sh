@@ -4,7 +4,8 @@
 #   ir_setup [EXTRA_DEB...]    resolves the kernel (linux-image-amd64 | linux-image-armmp) and
 #                              busybox-static (+ extras); sets DEB_ARCH KPKG PK KVER KMOD OUT ST IR
 #   ir_tree INIT MODULES APPLET...  the initramfs tree in $IR: busybox with these applet links,
-#                              INIT as /init, the modules (dependencies first) listed in /etc/modules
+#                              INIT as /init, /lib/betaas/power-button.sh (ACPI shutdown), the
+#                              modules (dependencies first) listed in /etc/modules
 #   (the caller adds its own files under $IR here)
 #   ir_pack                    $OUT/initrd.img (fixed mtimes, sorted: same inputs, same bytes)
 #   ir_finish SRC_DESCRIPTOR   the kernel, an empty 1 GiB qcow2 base disk, template.toml with the
@@ -50,6 +51,7 @@ ir_tree() { # INIT "MODULES" APPLET...
   for a in "$@"; do ln -s busybox "$IR/bin/$a"; done
   ln -s bin "$IR/sbin"
   install -m 0755 "$init" "$IR/init"
+  install -D -m 0644 templates/lib/power-button.sh "$IR/lib/betaas/power-button.sh"
   for f in $(ir_module_files $MODULES); do install -D -m 0644 "$KMOD/$f" "$IR/lib/modules/$KVER/$f"; done
   cp "$KMOD/modules.order" "$KMOD/modules.builtin" "$KMOD/modules.builtin.modinfo" "$IR/lib/modules/$KVER/"
   depmod -b "$IR" "$KVER"

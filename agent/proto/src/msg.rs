@@ -171,6 +171,9 @@ pub enum ErrorKind {
     NoCapability,
     Io,
     Internal,
+    /// A logical gateway needs an identity from the pool (`logical_dir`) and none is free or usable
+    /// (the message names the directory or the file).
+    NoIdentity,
 }
 
 impl ErrorReply {

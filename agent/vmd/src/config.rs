@@ -39,6 +39,9 @@ pub struct Config {
     pub libvirt_retry_s: u64,
     /// Check the sha256 of each template file once before its first use.
     pub verify_checksums: bool,
+    /// The pool of logical-gateway identities (one subdirectory each: agent.toml, instance.pub,
+    /// gateway.key, credential): every new VM of a `role = "gateway"` template gets a free one.
+    pub logical_dir: PathBuf,
     pub probe: ProbeConfig,
 }
 
@@ -104,6 +107,7 @@ struct Raw {
     stop_mode: Option<String>,
     libvirt_retry_s: Option<u64>,
     verify_checksums: Option<bool>,
+    logical_dir: Option<PathBuf>,
     probe: Option<RawProbe>,
 }
 
@@ -134,6 +138,7 @@ impl Default for Config {
             stop_mode: StopMode::ManagedSave,
             libvirt_retry_s: 15,
             verify_checksums: true,
+            logical_dir: "/etc/betaas/logical".into(),
             probe: ProbeConfig {
                 template: "tiny".into(),
                 kinds: VirtKind::ALL.to_vec(),
@@ -282,6 +287,7 @@ impl Config {
             stop_mode,
             libvirt_retry_s: raw.libvirt_retry_s.unwrap_or(d.libvirt_retry_s),
             verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
+            logical_dir: raw.logical_dir.map(abs).unwrap_or(d.logical_dir),
             probe,
         })
     }
@@ -301,7 +307,7 @@ mod tests {
     fn relative_paths_are_relative_to_the_file() {
         let c = Config::parse(
             Path::new("/tmp/x/vmd.toml"),
-            "templates = [\"t\", \"/abs\"]\nstate_dir = \"vms\"\n[probe]\nkinds = [\"qemu\"]\n",
+            "templates = [\"t\", \"/abs\"]\nstate_dir = \"vms\"\nlogical_dir = \"logical\"\n[probe]\nkinds = [\"qemu\"]\n",
         )
         .expect("ok");
         assert_eq!(
@@ -309,6 +315,7 @@ mod tests {
             [PathBuf::from("/tmp/x/t"), PathBuf::from("/abs")]
         );
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x/vms"));
+        assert_eq!(c.logical_dir, PathBuf::from("/tmp/x/logical"));
         assert_eq!(c.probe.kinds, [VirtKind::Qemu]);
     }
 

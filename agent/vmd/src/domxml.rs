@@ -56,6 +56,10 @@ pub struct DomainSpec {
     pub disk: Option<PathBuf>,
     /// Serial console output, appended (a resumed guest keeps writing after its earlier lines).
     pub serial_log: PathBuf,
+    /// A logical gateway's seed (its identity as a raw tar archive): attached read-only as `vdb`.
+    pub seed: Option<PathBuf>,
+    /// A virtio NIC on QEMU's user-mode network (guest 10.0.2.15, the host at 10.0.2.2).
+    pub user_net: bool,
 }
 
 #[derive(Debug, Error)]
@@ -86,6 +90,11 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
     }
     if !container && spec.disk.is_none() {
         return Err(err("a VM needs its overlay disk"));
+    }
+    if container && (spec.seed.is_some() || spec.user_net) {
+        return Err(err(
+            "a container takes neither a seed disk nor user-mode networking",
+        ));
     }
     let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
     let dom_type = spec.mark.kind.as_str();
@@ -202,6 +211,31 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                     BytesStart::new("target").with_attributes([("dev", "vda"), ("bus", "virtio")]),
                 ))?;
                 w.write_event(Event::End(BytesEnd::new("disk")))?;
+            }
+            if let Some(seed) = &spec.seed {
+                w.write_event(Event::Start(
+                    BytesStart::new("disk").with_attributes([("type", "file"), ("device", "disk")]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("driver").with_attributes([("name", "qemu"), ("type", "raw")]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("source").with_attributes([("file", path_str(seed).as_str())]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("target").with_attributes([("dev", "vdb"), ("bus", "virtio")]),
+                ))?;
+                w.write_event(Event::Empty(BytesStart::new("readonly")))?;
+                w.write_event(Event::End(BytesEnd::new("disk")))?;
+            }
+            if spec.user_net {
+                w.write_event(Event::Start(
+                    BytesStart::new("interface").with_attributes([("type", "user")]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("model").with_attributes([("type", "virtio")]),
+                ))?;
+                w.write_event(Event::End(BytesEnd::new("interface")))?;
             }
         }
     }
@@ -364,7 +398,44 @@ mod tests {
             },
             disk: Some("/var/lib/betaas/vms/betaas-tiny-1/disk.qcow2".into()),
             serial_log: "/var/lib/betaas/vms/betaas-tiny-1/serial.log".into(),
+            seed: None,
+            user_net: false,
         }
+    }
+
+    #[test]
+    fn a_logical_gateway_gets_its_seed_read_only_and_a_user_mode_virtio_nic() {
+        let plain = domain_xml(&spec(VirtKind::Qemu, Arch::X86_64)).expect("xml");
+        assert!(
+            !plain.contains("<interface") && !plain.contains("vdb"),
+            "{plain}"
+        );
+        let mut s = spec(VirtKind::Qemu, Arch::X86_64);
+        s.seed = Some("/v/betaas-lgw-1/seed.tar".into());
+        s.user_net = true;
+        let x = domain_xml(&s).expect("xml");
+        let compact: String = x.split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "<disk type=\"file\" device=\"disk\"> <driver name=\"qemu\" type=\"raw\"/> \
+             <source file=\"/v/betaas-lgw-1/seed.tar\"/> <target dev=\"vdb\" bus=\"virtio\"/> \
+             <readonly/> </disk>",
+            "<interface type=\"user\"> <model type=\"virtio\"/> </interface>",
+        ] {
+            assert!(compact.contains(want), "missing {want} in\n{x}");
+        }
+        // The overlay stays vda, writable.
+        assert!(
+            compact.contains("<target dev=\"vda\" bus=\"virtio\"/> </disk>"),
+            "{x}"
+        );
+        let mut c = spec(VirtKind::Lxc, Arch::X86_64);
+        c.boot = BootSpec::Container {
+            rootfs: "/r".into(),
+            init: "/sbin/init".into(),
+        };
+        c.disk = None;
+        c.user_net = true;
+        assert!(domain_xml(&c).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod config;
 pub mod domxml;
+pub mod identity;
 pub mod libvirt;
 pub mod manager;
 pub mod overlay;

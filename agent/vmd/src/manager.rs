@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use betaas_proto::{
     Capability, ErrorKind, ErrorReply, Request, Response, VirtKind, VmInfo, VmState, VmStats,
 };
-use betaas_templates::{Boot, Template};
+use betaas_templates::{Boot, Role, Template};
 use thiserror::Error;
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
@@ -19,6 +19,7 @@ use virt::error::ErrorNumber;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, StopMode};
 use crate::domxml::{self, BootSpec, DomainSpec, Mark, XmlError, NS};
+use crate::identity::{self, Identity, IdentityError};
 use crate::libvirt::{self, HvError, Libvirt};
 use crate::overlay::{self, OverlayError};
 use crate::probe;
@@ -54,6 +55,8 @@ pub enum VmdError {
     Overlay(#[from] OverlayError),
     #[error(transparent)]
     Xml(#[from] XmlError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,6 +78,8 @@ impl VmdError {
             VmdError::Hv(_) | VmdError::Overlay(_) => ErrorKind::Hypervisor,
             VmdError::Xml(_) => ErrorKind::Internal,
             VmdError::Io { .. } => ErrorKind::Io,
+            VmdError::Identity(IdentityError::Io { .. }) => ErrorKind::Io,
+            VmdError::Identity(_) => ErrorKind::NoIdentity,
         };
         ErrorReply::new(kind, self.to_string())
     }
@@ -370,19 +375,64 @@ impl Manager {
             );
         }
         let name = registry::next_name(&self.cfg.name_prefix, &t.name, &taken);
+        // A logical gateway (paper §V) joins another instance as its own member: it needs an
+        // identity of its own, chosen before anything is made.
+        let ident = match t.role {
+            Role::Gateway if kind == VirtKind::Lxc => {
+                return Err(VmdError::NoCapability {
+                    template: t.name.clone(),
+                    needs: "a VM (kvm/qemu): a logical gateway's identity comes on a seed disk"
+                        .into(),
+                    have: "lxc".into(),
+                })
+            }
+            Role::Gateway => Some(self.free_identity()?),
+            _ => None,
+        };
         let dir = self.dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let r = self.define(&t, kind, &name, &dir);
+        let r = match &ident {
+            Some(id) => identity::record(&dir, &id.name)
+                .and_then(|()| identity::write_seed(&dir.join(identity::SEED), id))
+                .map_err(VmdError::from),
+            None => Ok(()),
+        }
+        .and_then(|()| self.define(&t, kind, &name, &dir));
         if r.is_err() {
             // Nothing half-made stays behind: the overlay goes with the failed define.
             let _ = std::fs::remove_dir_all(&dir);
         }
         let vm = r?;
         tracing::info!(vm = %name, template = %t.name, kind = %kind, "created");
+        if let Some(id) = &ident {
+            tracing::info!(vm = %name, identity = %id.name, gateway = %id.gateway_id, "logical gateway identity given");
+        }
         self.write_stopped(&name, vm.stopped_s.unwrap_or(0));
         let info = vm.info();
         self.vms.insert(name, vm);
         Ok(info)
+    }
+
+    /// Which VM holds which logical-gateway identity (the `identity` file in each VM's directory).
+    pub fn identities(&self) -> BTreeMap<String, String> {
+        self.vms
+            .keys()
+            .filter_map(|vm| identity::held_by(&self.dir(vm)).map(|id| (vm.clone(), id)))
+            .collect()
+    }
+
+    /// The first identity of the pool no VM of ours holds, read and checked.
+    fn free_identity(&self) -> Result<Identity, IdentityError> {
+        let dir = &self.cfg.logical_dir;
+        let pool = identity::pool(dir)?;
+        let held = self.identities();
+        match identity::pick(&pool, &held) {
+            Some(name) => identity::load(dir, name),
+            None => Err(IdentityError::Exhausted {
+                dir: dir.clone(),
+                detail: identity::exhausted_detail(&pool, &held),
+            }),
+        }
     }
 
     fn define(
@@ -671,5 +721,7 @@ pub fn domain_spec(
         boot,
         disk,
         serial_log: dir.join(SERIAL),
+        seed: (t.role == Role::Gateway && kind != VirtKind::Lxc).then(|| dir.join(identity::SEED)),
+        user_net: t.network.is_some() && kind != VirtKind::Lxc,
     })
 }

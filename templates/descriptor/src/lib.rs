@@ -37,6 +37,24 @@ pub struct Template {
     pub booted_marker: String,
     /// Present exactly when `kinds` contains `lxc`.
     pub lxc: Option<Lxc>,
+    /// The guest's network interface, when it needs one (`[network]`); none otherwise.
+    pub network: Option<Network>,
+}
+
+/// `[network]`: how the guest is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub mode: NetworkMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// QEMU's user-mode networking (libvirt `<interface type='user'>`, a virtio NIC): the guest is
+    /// 10.0.2.15/24, the host's loopback is reachable at 10.0.2.2, DNS at 10.0.2.3; nothing to
+    /// set up on the host and nothing reaches the guest from outside.
+    User,
 }
 
 /// vCPUs, memory and disk.
@@ -502,6 +520,13 @@ impl Template {
                 Boot::Disk
             }
         };
+        if raw.network.is_some() && wants_lxc {
+            return Err(err(
+                "network",
+                "mode",
+                "user-mode networking is QEMU's: not with lxc in virtualization.kinds".into(),
+            ));
+        }
         if raw.console.booted.trim().is_empty() {
             return Err(err(
                 "console",
@@ -522,6 +547,7 @@ impl Template {
             boot,
             booted_marker: raw.console.booted,
             lxc,
+            network: raw.network,
         })
     }
 }
@@ -561,6 +587,7 @@ struct Raw {
     boot: RawBoot,
     console: RawConsole,
     lxc: Option<RawLxc>,
+    network: Option<Network>,
 }
 
 #[derive(Deserialize)]

@@ -359,3 +359,35 @@ fn source_descriptors_may_omit_checksums_but_nothing_else() {
     let e = check_source(p, &g.replacen("memory_mb = 128", "memory_mb = 32", 1)).unwrap_err();
     assert_eq!(e.field, "resources.memory_mb");
 }
+
+#[test]
+fn network_is_optional_user_mode_only_and_not_for_containers() {
+    assert_eq!(parse(&good()).unwrap().network, None);
+    let with = format!("{}\n[network]\nmode = \"user\"\n", good());
+    assert_eq!(
+        parse(&with).unwrap().network,
+        Some(Network {
+            mode: NetworkMode::User
+        })
+    );
+    // Line 36 is `mode = …` in the appended table.
+    let e = err(&with.replacen("mode = \"user\"", "mode = \"bridge\"", 1));
+    assert_eq!((e.line, e.field.as_str()), (36, "network.mode"), "{e}");
+    assert!(e.message.contains("`user`"), "{e}");
+    let e = err(&format!("{}\n[network]\n", good()));
+    assert_eq!(e.field, "network", "{e}");
+    assert!(e.message.contains("mode"), "{e}");
+    let e = err(&format!(
+        "{}\n[network]\nmode = \"user\"\nmac = \"x\"\n",
+        good()
+    ));
+    assert_eq!(e.field, "network.mac", "{e}");
+    let lxc = format!(
+        "{}\n[lxc]\nrootfs = \"rootfs.tar.gz\"\nrootfs_sha256 = \"{SUM_B}\"\ninit = \"/sbin/init\"\n",
+        with
+    )
+    .replacen("kinds = [\"kvm\", \"qemu\"]", "kinds = [\"qemu\", \"lxc\"]", 1);
+    let e = err(&lxc);
+    assert_eq!((e.line, e.field.as_str()), (36, "network.mode"), "{e}");
+    assert!(e.message.contains("lxc"), "{e}");
+}
