@@ -461,3 +461,159 @@ fn the_daemon_refuses_a_bad_config_with_file_line_and_field() {
         "no socket for a daemon that did not start"
     );
 }
+
+/// One logical-gateway identity as an administrator provisions it (key 0600).
+fn provision_identity(pool: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = pool.join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::write(
+        d.join("agent.toml"),
+        format!("gateway_id = \"{name}\"\n[mqtt]\nhost = \"10.0.2.2\"\n[instance]\nname = \"b\"\nkeys = \"/etc/betaas/instance\"\n"),
+    )
+    .expect("agent.toml");
+    std::fs::write(d.join("instance.pub"), "PUB").expect("pub");
+    std::fs::write(d.join("credential"), "CRED").expect("cred");
+    std::fs::write(d.join("gateway.key"), "SECRET-KEY-MATERIAL").expect("key");
+    std::fs::set_permissions(
+        d.join("gateway.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    d
+}
+
+fn domain_xml_of(name: &str) -> String {
+    let c = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
+    c.lookup_domain_by_name(name)
+        .expect("domain")
+        .xml_desc(0)
+        .expect("xml")
+}
+
+#[test]
+fn logical_gateways_each_get_their_own_identity_kept_across_stop_and_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let _libvirtd = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
+    let s = setup("lgw");
+    let lgw = format!("{}g", s.tag);
+    let plain = format!("{}a", s.tag);
+    fake_template(&s.tmp.path().join("templates"), &lgw, |t| {
+        format!(
+            "{}\n[network]\nmode = \"user\"\n",
+            t.replace("role = \"app-light\"", "role = \"gateway\"")
+        )
+    });
+    let pool = s.tmp.path().join("logical");
+    let cfg_path = s.tmp.path().join("vmd.toml");
+    let extra = format!("logical_dir = \"{}\"", pool.display());
+    let mut m = Manager::new(Config::parse(&cfg_path, &config_text(&s.tag, &extra)).expect("cfg"));
+    let acquire = |m: &mut Manager, t: &str| m.handle(Request::Acquire { template: t.into() });
+
+    // No pool at all: the error names the directory.
+    let (kind, msg) = err_kind(acquire(&mut m, &lgw));
+    assert_eq!(kind, ErrorKind::NoIdentity, "{msg}");
+    assert!(
+        msg.contains(&pool.display().to_string()) && msg.contains("does not exist"),
+        "{msg}"
+    );
+
+    let id_dir = provision_identity(&pool, "lgw-1");
+    let g1 = vm(acquire(&mut m, &lgw));
+    assert_eq!(g1.state, VmState::Running);
+    let vm_dir = s.tmp.path().join("vms").join(&g1.name);
+    assert_eq!(
+        std::fs::read_to_string(vm_dir.join("identity")).expect("identity"),
+        "lgw-1\n"
+    );
+    let seed = vm_dir.join("seed.tar");
+    assert_eq!(
+        std::fs::metadata(&seed).expect("seed").permissions().mode() & 0o777,
+        0o600
+    );
+    let xml = domain_xml_of(&g1.name);
+    for want in [
+        seed.display().to_string(),
+        "dev='vdb'".into(),
+        "<readonly/>".into(),
+        "<interface type='user'>".into(),
+        "<model type='virtio'/>".into(),
+    ] {
+        assert!(xml.contains(&want), "missing {want} in\n{xml}");
+    }
+    // Other roles get neither.
+    let a = vm(acquire(&mut m, &plain));
+    let xml = domain_xml_of(&a.name);
+    assert!(!xml.contains("vdb") && !xml.contains("<interface"), "{xml}");
+    assert!(!s
+        .tmp
+        .path()
+        .join("vms")
+        .join(&a.name)
+        .join("seed.tar")
+        .exists());
+
+    // The only identity is held: a second logical gateway is refused, naming the pool and holder.
+    let (kind, msg) = err_kind(acquire(&mut m, &lgw));
+    assert_eq!(kind, ErrorKind::NoIdentity, "{msg}");
+    assert!(
+        msg.contains(&pool.display().to_string())
+            && msg.contains(&format!("lgw-1 by VM {}", g1.name)),
+        "{msg}"
+    );
+    let before: Vec<_> = match m.handle(Request::List) {
+        Response::Vms(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        before.len(),
+        2,
+        "the refused acquire left nothing behind: {before:?}"
+    );
+
+    // Stopped and acquired again: the same VM, the same identity.
+    vm(m.handle(Request::Stop {
+        vm: g1.name.clone(),
+    }));
+    let again = vm(acquire(&mut m, &lgw));
+    assert_eq!(again.name, g1.name);
+    assert_eq!(
+        m.identities().get(&g1.name).map(String::as_str),
+        Some("lgw-1")
+    );
+
+    // The daemon restarts: the new one knows who holds it.
+    drop(m);
+    let mut m = Manager::new(Config::parse(&cfg_path, &config_text(&s.tag, &extra)).expect("cfg"));
+    m.handle(Request::List);
+    assert_eq!(
+        m.identities().get(&g1.name).map(String::as_str),
+        Some("lgw-1")
+    );
+    assert_eq!(err_kind(acquire(&mut m, &lgw)).0, ErrorKind::NoIdentity);
+
+    // Undefined: freed, and the next logical gateway gets it.
+    m.handle(Request::Undefine {
+        vm: g1.name.clone(),
+    });
+    assert!(m.identities().is_empty());
+    // ...unless its key is readable by others: named, never shown.
+    let key = id_dir.join("gateway.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (kind, msg) = err_kind(acquire(&mut m, &lgw));
+    assert_eq!(kind, ErrorKind::NoIdentity, "{msg}");
+    assert!(
+        msg.contains(&key.display().to_string()) && msg.contains("0644"),
+        "{msg}"
+    );
+    assert!(!msg.contains("SECRET"), "{msg}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let g2 = vm(acquire(&mut m, &lgw));
+    assert_eq!(
+        m.identities().get(&g2.name).map(String::as_str),
+        Some("lgw-1")
+    );
+    for v in [g2.name, a.name] {
+        m.handle(Request::Undefine { vm: v });
+    }
+}
