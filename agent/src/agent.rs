@@ -175,6 +175,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     tokio::spawn(publish(agent.clone(), acks_rx));
     tokio::spawn(housekeeping(agent.clone(), config.health.interval_secs.0));
     crate::cloud::monitor::start(
+        &config.gateway_id.to_string(),
         &config.clouds,
         &config.data_dir,
         config.health.interval_secs.0,

@@ -56,6 +56,10 @@ pub struct InstanceConfig {
     pub timeout_ms: u64,
     #[serde(default = "default_deploy_timeout_ms")]
     pub deploy_timeout_ms: u64,
+    /// How long another gateway may take to deploy on a remote cloud it holds credentials for
+    /// (the cloud's own deploy timeout plus margin).
+    #[serde(default = "default_remote_timeout_ms")]
+    pub remote_timeout_ms: u64,
     #[serde(default = "default_dismiss_threshold")]
     pub dismiss_threshold: f64,
     #[serde(default = "default_dismiss_after")]
@@ -117,6 +121,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_deploy_timeout_ms() -> u64 {
     3000
+}
+fn default_remote_timeout_ms() -> u64 {
+    330_000
 }
 fn default_dismiss_threshold() -> f64 {
     0.3

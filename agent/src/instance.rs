@@ -9,11 +9,16 @@
 //!
 //! VM requests come in on `<prefix>/<gateway>/vm/request` as `{"id":"r1","template":"app"}` and
 //! every outcome is published on `<prefix>/<gateway>/vm/result`:
-//! `{"id","decision":"local|remote|cancel","target","reason","attempts"}`.
+//! `{"id","decision":"local|remote|cancel","target","host","vm","resumed","reason","attempts"}`
+//! (`target`: the gateway or cloud; `host`: the gateway that runs the VM or holds the cloud's
+//! credentials; `vm`: the VM's name or remote id). `{"id":"r2","release":"<vm>","target":"<cloud>"}`
+//! on the gateway holding the cloud stops a remote VM (kept for a later request of its template).
 //!
-//! What "deploy" does here: the chosen gateway re-checks the request against its own live
-//! capacity and reserves it (its report changes at once). Starting the VM through `betaas-vmd`
-//! comes with the VM manager's integration.
+//! What "deploy" does: the chosen gateway re-checks the request against its own live capacity and
+//! reserves it (its report changes at once), then has `betaas-vmd` resume or start the VM. A Remote
+//! decision is carried out by the gateway holding the cloud's credentials (this one, or another
+//! asked on the bus) through [`crate::cloud::monitor::deploy`]; a cloud that fails is left out and
+//! the decision taken again, so it falls back to local or cancels.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -98,6 +103,14 @@ pub fn random_key() -> std::io::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&b))
 }
 
+/// Where an accepted deployment runs: the VM's name (local, empty without a VM manager) or its
+/// id on the remote cloud.
+#[derive(Debug, Clone, Default)]
+struct Placed {
+    vm: String,
+    resumed: bool,
+}
+
 /// This gateway's own side: capacity for VMs and what is reserved on it.
 struct Local {
     capacity: Res,
@@ -112,7 +125,7 @@ struct State {
     local: Local,
     counter: Counter,
     /// Requests waiting for an answer from another gateway.
-    waiting: BTreeMap<u64, oneshot::Sender<(bool, String)>>,
+    waiting: BTreeMap<u64, oneshot::Sender<Result<Placed, String>>>,
     next_request: u64,
     /// The VM manager's latest per-VM figures, for the health topic.
     vm_stats: Vec<betaas_proto::VmStats>,
@@ -214,6 +227,7 @@ impl Runtime {
             battery: None,
             vms: st.local.vms,
             powerful: self.cfg.powerful,
+            remotes: crate::cloud::monitor::allocator_view(),
         }
     }
 
@@ -348,15 +362,33 @@ impl Runtime {
                     request,
                     template,
                     res,
+                    cloud,
                 } => {
-                    // Starting a VM takes seconds: answer from a task of its own.
+                    // Starting a VM takes seconds (minutes on a remote cloud): answer from a task
+                    // of its own.
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let (accepted, reason) = me.deploy(res, &template).await;
-                        let answer = Body::DeployAnswer {
-                            request,
-                            accepted,
-                            reason,
+                        let done = match &cloud {
+                            Some(c) => me.deploy_remote(c, &template, res).await,
+                            None => me.deploy(res, &template).await,
+                        };
+                        let answer = match done {
+                            Ok(p) => Body::DeployAnswer {
+                                request,
+                                accepted: true,
+                                reason: if p.resumed {
+                                    "resumed".into()
+                                } else {
+                                    String::new()
+                                },
+                                vm: p.vm,
+                            },
+                            Err(reason) => Body::DeployAnswer {
+                                request,
+                                accepted: false,
+                                reason,
+                                vm: String::new(),
+                            },
                         };
                         me.send(&me.msg_topic(), false, Some(&from), answer);
                     });
@@ -365,10 +397,19 @@ impl Runtime {
                     request,
                     accepted,
                     reason,
+                    vm,
                     ..
                 } => {
                     if let Some(tx) = self.state().waiting.remove(&request) {
-                        let _ = tx.send((accepted, reason));
+                        let answer = if accepted {
+                            Ok(Placed {
+                                resumed: reason == "resumed",
+                                vm,
+                            })
+                        } else {
+                            Err(reason)
+                        };
+                        let _ = tx.send(answer);
                     }
                 }
                 _ => {}
@@ -379,10 +420,10 @@ impl Runtime {
     /// Re-checks a request against this gateway's live capacity, reserves it, and (with a
     /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
     /// gives the reservation back and refuses, so the requester decides again.
-    async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> (bool, String) {
-        let (ok, why) = self.reserve(res, template);
-        let (true, Some(socket)) = (ok, self.cfg.vmd_socket.clone()) else {
-            return (ok, why);
+    async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> Result<Placed, String> {
+        self.reserve(res, template)?;
+        let Some(socket) = self.cfg.vmd_socket.clone() else {
+            return Ok(Placed::default());
         };
         let vmd = crate::vm::Vmd::new(&socket);
         let t = template.to_owned();
@@ -392,7 +433,10 @@ impl Runtime {
         match started {
             Ok(vm) => {
                 info!(template, vm = %vm.name, state = ?vm.state, "VM running");
-                (true, String::new())
+                Ok(Placed {
+                    vm: vm.name,
+                    resumed: false,
+                })
             }
             Err(e) => {
                 warn!(template, "VM manager failed: {e}");
@@ -402,13 +446,32 @@ impl Runtime {
                     st.local.vms = st.local.vms.saturating_sub(1);
                 }
                 self.announce();
-                (false, e)
+                Err(e)
             }
         }
     }
 
+    /// A Remote decision on a cloud this gateway holds the credentials for.
+    async fn deploy_remote(
+        self: &Arc<Self>,
+        cloud: &str,
+        template: &str,
+        res: Res,
+    ) -> Result<Placed, String> {
+        let r = crate::cloud::monitor::deploy(cloud, template, res).await;
+        // The cloud's VM count changed (or it proved unreachable): tell the instance.
+        self.announce();
+        match r {
+            Ok(d) => Ok(Placed {
+                vm: d.id,
+                resumed: d.resumed,
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Re-checks a request against this gateway's live capacity and reserves it.
-    fn reserve(&self, res: Res, template: &str) -> (bool, String) {
+    fn reserve(&self, res: Res, template: &str) -> Result<(), String> {
         let accepted = {
             let mut st = self.state();
             let free = st.local.capacity.saturating_sub(&st.local.used);
@@ -420,92 +483,106 @@ impl Runtime {
                 Err(format!("{res} does not fit in the {free} free here"))
             }
         };
-        match accepted {
-            Ok(()) => {
-                info!(template, "deployment accepted and reserved");
-                self.announce();
-                (true, String::new())
-            }
-            Err(reason) => (false, reason),
+        if accepted.is_ok() {
+            info!(template, "deployment accepted and reserved");
+            self.announce();
         }
+        accepted
     }
 
-    /// A VM request: decide over the shared view; a chosen gateway that refuses or does not answer
-    /// is left out and the decision taken again.
+    /// A VM request: decide over the shared view; a chosen gateway or cloud that refuses or does
+    /// not answer is left out and the decision taken again.
     async fn request(self: Arc<Self>, payload: &[u8]) {
-        let parsed: Result<serde_json::Value, _> = serde_json::from_slice(payload);
-        let (id, name) = match &parsed {
-            Ok(v) => (
-                v["id"].as_str().unwrap_or("").to_owned(),
-                v["template"].as_str().unwrap_or("").to_owned(),
-            ),
-            Err(_) => (String::new(), String::new()),
-        };
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let id = v["id"].as_str().unwrap_or("").to_owned();
+        if let Some(vm) = v.get("release") {
+            return self.release(&id, vm, &v["target"]).await;
+        }
+        let name = v["template"].as_str().unwrap_or("");
         let Some(template) = self.templates.iter().find(|t| t.name == name).cloned() else {
             let known: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
-            return self.result(
-                &id,
-                "cancel",
-                "",
-                &format!("unknown template {name:?}; registered: {known:?}"),
-                0,
-            );
+            let why = format!("unknown template {name:?}; registered: {known:?}");
+            return self.result(&id, "cancel", "", "", None, &why, 0);
         };
         let mut excluded: Vec<String> = Vec::new();
+        let mut failed_clouds: Vec<String> = Vec::new();
         for attempt in 1..=8u32 {
-            let (decision, request) = {
+            let (decision, request, owner) = {
                 let mut st = self.state();
                 st.next_request += 1;
                 let request = unix_millis() * 1000 + st.next_request % 1000;
                 let me = self.report(&st);
-                let mut view = st.inst.view(&me, &self.templates, &[]);
+                let mut view = st.inst.view(&me, &self.templates, &me.remotes);
                 view.gateways.retain(|g| !excluded.contains(&g.id));
+                view.remotes.retain(|r| !failed_clouds.contains(&r.name));
                 let req = Request {
                     id: request,
                     template: template.clone(),
                 };
-                (allocator::decide(&req, &view, &Policy::default()), request)
+                let d = allocator::decide(&req, &view, &Policy::default());
+                let owner = match &d.outcome {
+                    Outcome::Remote(c) => view.remotes.iter().find(|r| &r.name == c),
+                    _ => None,
+                }
+                .map(|r| r.owner.clone());
+                (d, request, owner.unwrap_or_default())
             };
             let reason = decision.explanation();
             match decision.outcome {
                 Outcome::Cancel(why) => {
-                    return self.result(&id, "cancel", "", &format!("{why}; {reason}"), attempt)
+                    let why = format!("{why}; {reason}");
+                    return self.result(&id, "cancel", "", "", None, &why, attempt);
                 }
                 Outcome::Remote(cloud) => {
-                    return self.result(&id, "remote", &cloud, &reason, attempt)
+                    let placed = if owner == self.gateway {
+                        self.deploy_remote(&cloud, &template.name, template.res())
+                            .await
+                    } else {
+                        let wait = self.cfg.remote_timeout_ms;
+                        self.ask(&owner, request, &template, Some(&cloud), wait)
+                            .await
+                            .map_err(|e| e.unwrap_or_else(|| format!("no answer within {wait} ms")))
+                    };
+                    match placed {
+                        Ok(p) => {
+                            return self.result(
+                                &id,
+                                "remote",
+                                &cloud,
+                                &owner,
+                                Some(&p),
+                                &reason,
+                                attempt,
+                            )
+                        }
+                        Err(why) => {
+                            warn!(request = %id, cloud = %cloud, holder = %owner, "remote deployment failed: {why}")
+                        }
+                    }
+                    failed_clouds.push(cloud);
                 }
                 Outcome::Local(gw) if gw == self.gateway => {
-                    let (ok, why) = self.deploy(template.res(), &template.name).await;
-                    if ok {
-                        return self.result(&id, "local", &gw, &reason, attempt);
+                    match self.deploy(template.res(), &template.name).await {
+                        Ok(p) => {
+                            return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
+                        }
+                        Err(why) => warn!(request = %id, "own live state refuses: {why}"),
                     }
-                    warn!(request = %id, "own live state refuses: {why}");
                     excluded.push(gw);
                 }
                 Outcome::Local(gw) => {
-                    let (tx, rx) = oneshot::channel();
-                    self.state().waiting.insert(request, tx);
-                    let body = Body::DeployRequest {
-                        request,
-                        template: template.name.clone(),
-                        res: template.res(),
-                    };
-                    self.send(&self.msg_topic(), false, Some(&gw), body);
-                    let answer =
-                        tokio::time::timeout(Duration::from_millis(self.cfg.deploy_timeout_ms), rx)
-                            .await;
-                    self.state().waiting.remove(&request);
-                    match answer {
-                        Ok(Ok((true, _))) => {
+                    let wait = self.cfg.deploy_timeout_ms;
+                    match self.ask(&gw, request, &template, None, wait).await {
+                        Ok(p) => {
                             self.state().inst.observe(&gw, Observation::DeploySucceeded);
-                            return self.result(&id, "local", &gw, &reason, attempt);
+                            return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt);
                         }
-                        Ok(Ok((false, why))) => {
+                        Err(Some(why)) => {
                             warn!(request = %id, gateway = %gw, "refused: {why}");
                             self.state().inst.observe(&gw, Observation::DeployRefused);
                         }
-                        _ => {
-                            warn!(request = %id, gateway = %gw, "no answer within {} ms", self.cfg.deploy_timeout_ms);
+                        Err(None) => {
+                            warn!(request = %id, gateway = %gw, "no answer within {wait} ms");
                             self.state().inst.observe(&gw, Observation::DeployFailed);
                         }
                     }
@@ -513,21 +590,91 @@ impl Runtime {
                 }
             }
         }
-        self.result(
-            &id,
-            "cancel",
-            "",
-            "every chosen gateway refused or did not answer",
-            8,
-        );
+        let why = "every chosen gateway or cloud refused or did not answer";
+        self.result(&id, "cancel", "", "", None, why, 8);
     }
 
-    fn result(&self, id: &str, decision: &str, target: &str, reason: &str, attempts: u32) {
+    /// Asks gateway `gw` to deploy (on itself, or on `cloud` whose credentials it holds) and waits
+    /// for its answer: `Err(None)` when none came in time.
+    async fn ask(
+        &self,
+        gw: &str,
+        request: u64,
+        template: &Template,
+        cloud: Option<&str>,
+        wait_ms: u64,
+    ) -> Result<Placed, Option<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.state().waiting.insert(request, tx);
+        let body = Body::DeployRequest {
+            request,
+            template: template.name.clone(),
+            res: template.res(),
+            cloud: cloud.map(str::to_owned),
+        };
+        self.send(&self.msg_topic(), false, Some(gw), body);
+        let answer = tokio::time::timeout(Duration::from_millis(wait_ms), rx).await;
+        self.state().waiting.remove(&request);
+        match answer {
+            Ok(Ok(r)) => r.map_err(Some),
+            _ => Err(None),
+        }
+    }
+
+    /// `{"id","release":"<vm>","target":"<cloud>"}`: stops a remote VM this gateway created.
+    async fn release(&self, id: &str, vm: &serde_json::Value, target: &serde_json::Value) {
+        let (Some(vm), Some(cloud)) = (vm.as_str(), target.as_str()) else {
+            let why = "a release needs \"release\": the VM id and \"target\": its cloud (strings)";
+            return self.result(id, "error", "", "", None, why, 0);
+        };
+        let placed = Placed {
+            vm: vm.to_owned(),
+            resumed: false,
+        };
+        match crate::cloud::monitor::release(cloud, vm).await {
+            Ok(()) => {
+                self.announce();
+                let me = self.gateway.clone();
+                self.result(
+                    id,
+                    "released",
+                    cloud,
+                    &me,
+                    Some(&placed),
+                    "stopped, kept for reuse",
+                    0,
+                )
+            }
+            Err(e) => self.result(id, "error", cloud, "", Some(&placed), &e.to_string(), 0),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one flat JSON object, field for field
+    fn result(
+        &self,
+        id: &str,
+        decision: &str,
+        target: &str,
+        host: &str,
+        placed: Option<&Placed>,
+        reason: &str,
+        attempts: u32,
+    ) {
+        let vm = placed.map(|p| p.vm.as_str()).filter(|v| !v.is_empty());
         info!(
             request = id,
-            decision, target, "VM request decided: {reason}"
+            decision, target, vm, "VM request decided: {reason}"
         );
-        let payload = json!({"id": id, "decision": decision, "target": target, "reason": reason, "attempts": attempts});
+        let payload = json!({
+            "id": id,
+            "decision": decision,
+            "target": target,
+            "host": host,
+            "vm": vm,
+            "resumed": placed.is_some_and(|p| p.resumed),
+            "reason": reason,
+            "attempts": attempts,
+        });
         let _ = self.client.try_publish(
             format!("{}/vm/result", self.my_base),
             QoS::AtLeastOnce,
@@ -559,9 +706,20 @@ impl Runtime {
                 (id, member)
             })
             .collect();
+        // The remote clouds the instance offers (this gateway's and the members'), as the
+        // allocator sees them.
+        let me = self.report(&st);
+        let clouds: Vec<serde_json::Value> = st
+            .inst
+            .view(&me, &[], &me.remotes)
+            .remotes
+            .iter()
+            .map(|r| json!({"name": r.name, "holder": r.owner, "reachable": r.reachable, "in_use": r.in_use, "max_vms": r.max_vms}))
+            .collect();
         json!({
             "name": self.cfg.name.to_string(),
             "members": members,
+            "clouds": clouds,
             "rejected": st.inst.rejected,
             "used": {"cpus": st.local.used.cpus, "mem_mb": st.local.used.mem_mb, "disk_gb": st.local.used.disk_gb},
             "vms": st.local.vms,

@@ -166,7 +166,7 @@ pub enum Provider {
     Opennebula,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Remote {
     pub name: String,
     pub provider: Provider,

@@ -11,6 +11,8 @@
 //! cost_per_vm = 0.05                  # optional, default 0
 //! cost_limit = 0.15                   # optional: total for this gateway's VMs on it
 //! idle_destroy_secs = 3600            # a stopped VM idle this long is destroyed
+//! deploy_timeout_secs = 300           # a VM not ACTIVE after this long is given up (and deleted)
+//! poll_interval_ms = 3000             # how often its status is asked meanwhile
 //! credentials = "/etc/betaas/credentials/campus.toml"   # default: /etc/betaas/credentials/<name>.toml
 //! images = { compute-node = "7f1b...", storage-node = "a3c4..." }   # template → image / template id
 //! ```
@@ -38,6 +40,10 @@ pub struct CloudConfig {
     pub cost_limit: Option<f64>,
     #[serde(default = "default_idle_destroy")]
     pub idle_destroy_secs: u64,
+    #[serde(default = "default_deploy_timeout")]
+    pub deploy_timeout_secs: u64,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_ms: u64,
     /// Default `/etc/betaas/credentials/<name>.toml`.
     pub credentials: Option<PathBuf>,
     /// OpenStack: catalog interface (default `public`) and region of the compute endpoint.
@@ -52,7 +58,24 @@ fn default_idle_destroy() -> u64 {
     3600
 }
 
+fn default_deploy_timeout() -> u64 {
+    300
+}
+
+fn default_poll_interval() -> u64 {
+    3000
+}
+
 impl CloudConfig {
+    /// The default timeouts with this cloud's deployment bounds.
+    pub fn timeouts(&self) -> super::Timeouts {
+        super::Timeouts {
+            poll: std::time::Duration::from_secs(self.deploy_timeout_secs),
+            poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
+            ..super::Timeouts::default()
+        }
+    }
+
     pub fn credentials_path(&self) -> PathBuf {
         self.credentials
             .clone()
@@ -96,6 +119,13 @@ pub fn problem(clouds: &[CloudConfig]) -> Option<(usize, &'static str, String)> 
         if c.cost_limit.is_some_and(|l| !(l.is_finite() && l >= 0.0)) {
             return Some((i, "cost_limit", "must be a finite number >= 0".into()));
         }
+        if c.poll_interval_ms == 0 || c.poll_interval_ms > c.deploy_timeout_secs * 1000 {
+            return Some((
+                i,
+                "poll_interval_ms",
+                "must be at least 1 and within deploy_timeout_secs".into(),
+            ));
+        }
         if c.idle_destroy_secs == 0 {
             return Some((
                 i,
@@ -129,6 +159,11 @@ mod tests {
         assert_eq!(c.clouds.len(), 1);
         let cl = &c.clouds[0];
         assert_eq!(cl.idle_destroy_secs, 3600);
+        assert_eq!(cl.timeouts().poll, std::time::Duration::from_secs(300));
+        assert_eq!(
+            cl.timeouts().poll_interval,
+            std::time::Duration::from_secs(3)
+        );
         assert_eq!(cl.cost_limit, None);
         assert_eq!(
             cl.credentials_path(),
@@ -154,6 +189,11 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (10, "clouds[0].cost_limit"));
         let e = parse(&CLOUD.replace("vm_limit = 2\n", "")).unwrap_err();
         assert!(e.message.contains("vm_limit"), "{e}");
+        let e = parse(&format!("{CLOUD}poll_interval_ms = 0\n")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (10, "clouds[0].poll_interval_ms")
+        );
         let e = parse(&format!("{CLOUD}password = \"x\"\n")).unwrap_err();
         assert_eq!(e.field, "clouds[0].password");
     }

@@ -1,22 +1,31 @@
-//! The agent's side of the configured remote clouds while no request flow uses them yet: every
-//! health interval each cloud gets a reachability check, its quota is read, the stopped VMs idle
-//! past their time (and VMs recorded for cleanup) are destroyed, and the result is kept for the
-//! health topic. Credentials are loaded (and their file checked) once at start.
+//! The agent's side of the remote clouds it holds credentials for. Every health interval each
+//! cloud gets a reachability check, its quota is read, the stopped VMs idle past their time (and
+//! VMs recorded for cleanup) are destroyed; the result feeds the allocator's view of the clouds
+//! ([`allocator_view`]) and the health topic. The instance manager carries out the allocator's
+//! Remote decisions with [`deploy`] and gives VMs back with [`release`]. Credentials are loaded
+//! (and their file checked) once at start.
+//!
+//! One remote operation at a time holds the registry (deployments are rare and a plan must see
+//! the VMs the previous one created, or two could exceed the VM limit); health and the allocator
+//! read the copy saved last, so they never wait on a cloud.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use betaas_core::allocator::Provider;
+use betaas_core::allocator::{Provider, Remote, Res};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::config::CloudConfig;
 use super::opennebula::OpenNebula;
 use super::openstack::OpenStack;
-use super::policy::{Registry, RemoteState};
+use super::policy::{self, CloudView, Registry, RemoteState};
 use super::store::Store;
-use super::{sweep, Capacity, Cloud, CloudError, Credentials, Timeouts, VmSpec, VmStatus};
+use super::{
+    sweep, Capacity, Cloud, CloudError, Credentials, DeployError, Deployed, Timeouts, VmSpec,
+    VmStatus,
+};
 
 /// Either provider, so the agent can hold a list of clouds.
 #[derive(Debug)]
@@ -96,9 +105,17 @@ struct Seen {
 }
 
 struct Monitor {
+    /// This gateway: the owner of every cloud configured here.
+    me: String,
     configs: Vec<CloudConfig>,
+    /// `None`: disabled at start (its error is in `seen`).
+    clouds: Vec<Option<AnyCloud>>,
     seen: Mutex<Vec<Seen>>,
-    registry: Mutex<Registry>,
+    /// The working registry, held across a whole remote operation.
+    registry: tokio::sync::Mutex<Registry>,
+    /// The registry as last saved.
+    saved: Mutex<Registry>,
+    store: Store,
 }
 
 static MONITOR: OnceLock<Arc<Monitor>> = OnceLock::new();
@@ -113,22 +130,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts watching the configured clouds (nothing when there are none). Call once, inside the
-/// tokio runtime.
-pub fn start(clouds: &[CloudConfig], data_dir: &Path, every: Duration) {
+/// Starts watching the clouds configured on gateway `me` (nothing when there are none). Call
+/// once, inside the tokio runtime.
+pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration) {
     if clouds.is_empty() || MONITOR.get().is_some() {
         return;
     }
-    let t = Timeouts::default();
     let mut seen = vec![Seen::default(); clouds.len()];
     let mut live = Vec::new();
     for (i, c) in clouds.iter().enumerate() {
-        match AnyCloud::from_config(c, t) {
-            Ok(cloud) => live.push((i, cloud)),
+        match AnyCloud::from_config(c, c.timeouts()) {
+            Ok(cloud) => live.push(Some(cloud)),
             Err(e) => {
                 // The error names the file and what is wrong with it, never its content.
                 warn!(cloud = %c.name, "remote cloud disabled: {e}");
                 seen[i].error = Some(e);
+                live.push(None);
             }
         }
     }
@@ -145,24 +162,29 @@ pub fn start(clouds: &[CloudConfig], data_dir: &Path, every: Duration) {
     });
     registry.after_restart(unix_secs());
     let m = Arc::new(Monitor {
+        me: me.to_owned(),
         configs: clouds.to_vec(),
+        clouds: live,
         seen: Mutex::new(seen),
-        registry: Mutex::new(registry),
+        saved: Mutex::new(registry.clone()),
+        registry: tokio::sync::Mutex::new(registry),
+        store,
     });
     if MONITOR.set(m.clone()).is_err() {
         return;
     }
     tokio::spawn(async move {
         loop {
-            for (i, cloud) in &live {
-                check(&m, *i, cloud, &store).await;
+            for i in 0..m.clouds.len() {
+                check(&m, i).await;
             }
             tokio::time::sleep(every).await;
         }
     });
 }
 
-async fn check(m: &Monitor, i: usize, cloud: &AnyCloud, store: &Store) {
+async fn check(m: &Monitor, i: usize) {
+    let Some(cloud) = &m.clouds[i] else { return };
     let reach = cloud.reachable().await;
     let mut s = Seen {
         reachable: Some(reach.is_ok()),
@@ -176,17 +198,16 @@ async fn check(m: &Monitor, i: usize, cloud: &AnyCloud, store: &Store) {
                 Ok(c) => s.capacity = Some(c),
                 Err(e) => s.error = Some(e.to_string()),
             }
-            // The registry is copied out and back: the sweep awaits, the lock must not.
-            let mut reg = lock(&m.registry).clone();
+            let mut reg = m.registry.lock().await;
             let idle = m.configs[i].idle_destroy_secs;
-            match sweep(cloud, &mut reg, store, idle, unix_secs()).await {
+            match sweep(cloud, &mut reg, &m.store, idle, unix_secs()).await {
                 Ok(gone) if !gone.is_empty() => {
                     info!(cloud = %cloud.name(), destroyed = gone.len(), "idle remote VMs destroyed")
                 }
                 Ok(_) => {}
                 Err(e) => warn!(cloud = %cloud.name(), "cleanup: {e}"),
             }
-            *lock(&m.registry) = reg;
+            *lock(&m.saved) = reg.clone();
         }
     }
     if let Some(slot) = lock(&m.seen).get_mut(i) {
@@ -194,11 +215,132 @@ async fn check(m: &Monitor, i: usize, cloud: &AnyCloud, store: &Store) {
     }
 }
 
+/// The policy's picture of cloud `i` now.
+fn cloud_view(m: &Monitor, i: usize, res: Option<Res>) -> CloudView {
+    let c = &m.configs[i];
+    let s = lock(&m.seen)[i].clone();
+    CloudView {
+        name: c.name.to_string(),
+        provider: c.provider,
+        owner: m.me.clone(),
+        vm_limit: c.vm_limit,
+        cost_per_vm: c.cost_per_vm,
+        cost_limit: c.cost_limit,
+        reachable: m.clouds[i].is_some() && s.reachable == Some(true),
+        quota_room: s.capacity.map(|q| match res {
+            Some(r) => q.room_for(r.cpus, r.mem_mb),
+            None => q
+                .max_instances
+                .map_or(u32::MAX, |n| n.saturating_sub(q.used_instances)),
+        }),
+    }
+}
+
+/// The clouds held here as the allocator sees them (empty when none is configured); a cloud
+/// without room shows as full, an unreachable or disabled one as unreachable.
+pub fn allocator_view() -> Vec<Remote> {
+    let Some(m) = MONITOR.get() else {
+        return Vec::new();
+    };
+    let views: Vec<CloudView> = (0..m.configs.len())
+        .map(|i| cloud_view(m, i, None))
+        .collect();
+    policy::allocator_view(&lock(&m.saved), &views)
+}
+
+fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, usize, &'static AnyCloud), DeployError> {
+    let not_here = || {
+        DeployError::Cloud(CloudError::Client(format!(
+            "cloud {cloud} is not configured (or disabled) on this gateway"
+        )))
+    };
+    let m = MONITOR.get().ok_or_else(not_here)?;
+    let i = m
+        .configs
+        .iter()
+        .position(|c| c.name.to_string() == cloud)
+        .ok_or_else(not_here)?;
+    let c = m.clouds[i].as_ref().ok_or_else(not_here)?;
+    Ok((m, i, c))
+}
+
+/// Carries out the allocator's Remote decision for `template` on `cloud`: resumes a stopped VM of
+/// the template or creates one (see [`super::deploy`]). An error tells the allocator to decide
+/// again without this cloud; an unreachable cloud is shown so until its next check.
+pub async fn deploy(cloud: &str, template: &str, res: Res) -> Result<Deployed, DeployError> {
+    let (m, i, c) = find(cloud)?;
+    let conf = &m.configs[i];
+    let image = conf.images.get(template).cloned().ok_or_else(|| {
+        DeployError::Cloud(CloudError::Client(format!(
+            "cloud {cloud}: no image configured for template {template} (images = {{ {template} = \"...\" }})"
+        )))
+    })?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let spec = VmSpec {
+        // Unique per deployment: a VM whose create answer was lost is found by it.
+        name: format!("betaas-{}-{template}-{now_ms}", m.me),
+        template: template.to_owned(),
+        image,
+        vcpus: res.cpus,
+        mem_mb: res.mem_mb,
+        disk_gb: res.disk_gb,
+    };
+    let mut reg = m.registry.lock().await;
+    let view = cloud_view(m, i, Some(res));
+    let plan = policy::plan(&reg, &[view], template, &[m.me.as_str()]);
+    let result = super::deploy(
+        c,
+        &plan,
+        &mut reg,
+        &m.store,
+        &spec,
+        unix_secs(),
+        &conf.timeouts(),
+    )
+    .await;
+    *lock(&m.saved) = reg.clone();
+    if let Err(e) = &result {
+        if e.unreachable() {
+            if let Some(s) = lock(&m.seen).get_mut(i) {
+                s.reachable = Some(false);
+                s.error = Some(e.to_string());
+            }
+        }
+    }
+    result
+}
+
+/// Stops a remote VM that is no longer needed (kept stopped for a later request of its template
+/// until its idle time is up).
+pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
+    let (m, i, c) = find(cloud)?;
+    let mut reg = m.registry.lock().await;
+    if !reg.on_cloud(cloud).any(|v| v.id.as_deref() == Some(id)) {
+        return Err(DeployError::Cloud(CloudError::NotFound {
+            cloud: cloud.into(),
+            what: format!("VM {id} (not one this gateway created)"),
+        }));
+    }
+    let r = super::release(
+        c,
+        &mut reg,
+        &m.store,
+        id,
+        unix_secs(),
+        &m.configs[i].timeouts(),
+    )
+    .await;
+    *lock(&m.saved) = reg.clone();
+    r
+}
+
 /// The `clouds` member of the health message; `None` when no cloud is configured.
 pub fn health() -> Option<Value> {
     let m = MONITOR.get()?;
     let seen = lock(&m.seen).clone();
-    let reg = lock(&m.registry).clone();
+    let reg = lock(&m.saved).clone();
     let list: Vec<Value> = m
         .configs
         .iter()

@@ -3,6 +3,8 @@
 //! capture to search the logs for secrets.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod openstack;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;

@@ -62,12 +62,14 @@ pub enum Event {
         request: u64,
         template: String,
         res: crate::allocator::Res,
+        cloud: Option<String>,
     },
     DeployAnswer {
         from: String,
         request: u64,
         accepted: bool,
         reason: String,
+        vm: String,
     },
 }
 
@@ -200,24 +202,28 @@ impl Instance {
                 request,
                 template,
                 res,
+                cloud,
             } if for_me => {
                 events.push(Event::DeployRequest {
                     from,
                     request,
                     template,
                     res,
+                    cloud,
                 });
             }
             Body::DeployAnswer {
                 request,
                 accepted,
                 reason,
+                vm,
             } if for_me => {
                 events.push(Event::DeployAnswer {
                     from,
                     request,
                     accepted,
                     reason,
+                    vm,
                 });
             }
             Body::DeployRequest { .. } | Body::DeployAnswer { .. } => {}
@@ -303,16 +309,22 @@ impl Instance {
             powerful: r.powerful,
         };
         let mut gateways = vec![gw(&self.me, me, 1.0)];
+        let mut clouds = remotes.to_vec();
         for (id, m) in &self.members {
             if let (State::Up, Some(r)) = (m.state, &m.report) {
                 gateways.push(gw(id, r, self.trust(id)));
+                // A member offers only clouds it holds credentials for: it is their owner.
+                clouds.extend(r.remotes.iter().map(|c| Remote {
+                    owner: id.clone(),
+                    ..c.clone()
+                }));
             }
         }
         gateways.sort_by(|a, b| a.id.cmp(&b.id));
         InstanceView {
             gateways,
             templates: templates.to_vec(),
-            remotes: remotes.to_vec(),
+            remotes: clouds,
         }
     }
 
@@ -380,6 +392,7 @@ mod tests {
             battery: None,
             vms: 0,
             powerful: true,
+            remotes: Vec::new(),
         }
     }
 
@@ -409,6 +422,31 @@ mod tests {
             me.view(&report(2048), &[], &[]).gateways[0].capacity.mem_mb,
             512
         );
+    }
+
+    #[test]
+    fn members_offer_their_own_clouds_while_up() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        let cloud = |name: &str, owner: &str| Remote {
+            name: name.into(),
+            provider: crate::allocator::Provider::Openstack,
+            max_vms: 3,
+            in_use: 1,
+            reachable: true,
+            owner: owner.into(),
+            cost_per_vm: 0.5,
+        };
+        let mut r = report(1024);
+        // A report naming another owner cannot offer that gateway's cloud.
+        r.remotes = vec![cloud("campus", "someone-else")];
+        me.receive(&a.announce(Some(r)), 0).unwrap();
+        let mine = [cloud("home", "me")];
+        let v = me.view(&report(1), &[], &mine);
+        assert_eq!(v.remotes, vec![cloud("home", "me"), cloud("campus", "a")]);
+        // A member down: its clouds are withdrawn with its resources.
+        me.tick(6_001);
+        assert_eq!(me.view(&report(1), &[], &mine).remotes, mine.to_vec());
     }
 
     #[test]
@@ -516,6 +554,7 @@ mod tests {
             request: 5,
             template: "app".into(),
             res: Res::new(1, 256, 1),
+            cloud: None,
         };
         assert_eq!(
             me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(),
@@ -527,7 +566,8 @@ mod tests {
                 from: "a".into(),
                 request: 5,
                 template: "app".into(),
-                res: Res::new(1, 256, 1)
+                res: Res::new(1, 256, 1),
+                cloud: None,
             }]
         );
     }

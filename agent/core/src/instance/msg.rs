@@ -16,10 +16,10 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::allocator::{Res, Virt};
+use crate::allocator::{Remote, Res, Virt};
 
 /// Bumped on incompatible changes; a receiver rejects other versions (counted).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest message accepted: resource reports of a few VMs are well under this.
 pub const MAX_MESSAGE: usize = 16 * 1024;
 
@@ -76,6 +76,9 @@ pub struct ResourceReport {
     pub battery: Option<f64>,
     pub vms: u32,
     pub powerful: bool,
+    /// The remote clouds this gateway holds credentials for, as the allocator should see them
+    /// (a receiver takes the sender as their owner, whatever the report says).
+    pub remotes: Vec<Remote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,16 +91,20 @@ pub enum Body {
     },
     Leave,
     Heartbeat,
-    /// "Run this template": the receiver re-checks against its live state.
+    /// "Run this template": the receiver re-checks against its live state. With `cloud`, on
+    /// that remote cloud, whose credentials the receiver holds.
     DeployRequest {
         request: u64,
         template: String,
         res: Res,
+        cloud: Option<String>,
     },
+    /// `vm`: the VM's name or remote id when accepted.
     DeployAnswer {
         request: u64,
         accepted: bool,
         reason: String,
+        vm: String,
     },
     /// What the sender observed of the others (reputation input), 0..=1 each.
     Trust {
