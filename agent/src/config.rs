@@ -201,6 +201,18 @@ pub struct Resources {
     /// `beta` are then only the starting values.
     #[serde(default)]
     pub fit: bool,
+    /// Where the samplers read (another layout, or a fake tree in tests).
+    #[serde(default = "default_proc_dir")]
+    pub proc_dir: PathBuf,
+    #[serde(default = "default_power_supply_dir")]
+    pub power_supply_dir: PathBuf,
+}
+
+fn default_proc_dir() -> PathBuf {
+    PathBuf::from("/proc")
+}
+fn default_power_supply_dir() -> PathBuf {
+    PathBuf::from("/sys/class/power_supply")
 }
 
 impl Default for Resources {
@@ -212,6 +224,8 @@ impl Default for Resources {
             alpha: default_alpha(),
             beta: default_beta(),
             fit: false,
+            proc_dir: default_proc_dir(),
+            power_supply_dir: default_power_supply_dir(),
         }
     }
 }

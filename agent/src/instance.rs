@@ -219,12 +219,13 @@ impl Runtime {
     }
 
     fn report(&self, st: &State) -> ResourceReport {
+        let latest = crate::resources::latest();
         ResourceReport {
             capacity: st.local.capacity,
             used: st.local.used,
-            forecast_free: None,
+            forecast_free: latest.and_then(|l| crate::resources::forecast_res(&l.forecast)),
             virt: st.virt,
-            battery: None,
+            battery: latest.and_then(|l| l.battery),
             vms: st.local.vms,
             powerful: self.cfg.powerful,
             remotes: crate::cloud::monitor::allocator_view(),
@@ -702,6 +703,8 @@ impl Runtime {
                     "trust": st.inst.trust(id),
                     "vms": report.map(|r| r.vms),
                     "virt": report.map(|r| r.virt),
+                    "battery": report.and_then(|r| r.battery),
+                    "forecast_free": report.and_then(|r| r.forecast_free).map(|f| json!({"mem_mb": f.mem_mb, "disk_gb": f.disk_gb})),
                 });
                 (id, member)
             })

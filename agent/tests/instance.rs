@@ -561,3 +561,112 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     drop(procs);
     drop(held);
 }
+
+/// Writes a fake `/proc` (meminfo with `avail_mb` available) and power-supply tree (a battery at
+/// `battery_pct` with mains offline) for one gateway's resource monitor.
+fn fake_host(dir: &Path, avail_mb: u64, battery_pct: u32) {
+    let proc_dir = dir.join("proc");
+    std::fs::create_dir_all(&proc_dir).expect("proc");
+    std::fs::write(proc_dir.join("stat"), "cpu  100 0 100 800 0 0 0 0 0 0\n").expect("stat");
+    std::fs::write(
+        proc_dir.join("meminfo"),
+        format!(
+            "MemTotal: {} kB\nMemAvailable: {} kB\n",
+            8 * 1024 * 1024,
+            avail_mb * 1024
+        ),
+    )
+    .expect("meminfo");
+    let bat = dir.join("power").join("battery");
+    std::fs::create_dir_all(&bat).expect("power");
+    for (f, v) in [
+        ("type", "Battery".to_owned()),
+        ("present", "1".into()),
+        ("capacity", battery_pct.to_string()),
+    ] {
+        std::fs::write(bat.join(f), format!("{v}\n")).expect("battery");
+    }
+    let ac = dir.join("power").join("ac");
+    std::fs::create_dir_all(&ac).expect("ac");
+    std::fs::write(ac.join("type"), "Mains\n").expect("ac");
+    std::fs::write(ac.join("online"), "0\n").expect("ac");
+}
+
+#[test]
+fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
+    let _serial = serial();
+    let mut rng = fastrand::Rng::new();
+    let low = rng.u32(2..=15);
+    let short_mb = rng.u64(20..200); // under the 256 MB of "app"
+    println!("gw1 battery {low}%, gw2 memory available {short_mb} MB");
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let mut procs = Vec::new();
+    let mut gws = Vec::new();
+    for (id, cap, avail, pct) in [
+        ("gw0", Res::new(0, 0, 0), 4096, 100),
+        ("gw1", Res::new(4, 4096, 64), 4096, low),
+        ("gw2", Res::new(4, 4096, 64), short_mb, 100),
+    ] {
+        let dir = root.path().join(id);
+        admit(&keys, id, &dir);
+        fake_host(&dir, avail, pct);
+        let gw = Gw {
+            id: id.into(),
+            cap,
+            dir,
+        };
+        let toml = format!(
+            "{}[resources]\nsample_interval_secs = 1\nproc_dir = \"{d}/proc\"\npower_supply_dir = \"{d}/power\"\n",
+            config(&gw, broker.port, &gw.dir.join("keys")),
+            d = gw.dir.display()
+        );
+        std::fs::write(gw.dir.join("agent.toml"), toml).expect("agent.toml");
+        procs.push(spawn(Command::new(AGENT), &gw));
+        gws.push(gw);
+    }
+    // gw0 sees gw1's battery and gw2's forecast in their reports.
+    let h = health_until(
+        &mut sub,
+        &["gw0"],
+        "gw0 to see gw1's battery and gw2's memory forecast",
+        Duration::from_secs(25),
+        |_, h| {
+            let m = &h["instance"]["members"];
+            m["gw1"]["battery"].as_f64().is_some() && m["gw2"]["forecast_free"]["mem_mb"].is_u64()
+        },
+    );
+    let m = &h["gw0"]["instance"]["members"];
+    assert!(
+        (m["gw1"]["battery"].as_f64().expect("battery") - f64::from(low) / 100.0).abs() < 1e-9,
+        "{m}"
+    );
+    assert_eq!(m["gw2"]["forecast_free"]["mem_mb"], short_mb, "{m}");
+    // Neither may take "app": gw1 would be drained (a low battery halves its trust, below the
+    // allocator's threshold), gw2 has 4 GB free now but is forecast to be short of memory.
+    let r = request(&broker, &mut sub, "gw0", "r1", "app");
+    assert_eq!(r["decision"], "cancel", "{r}");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("gw1 (trust"), "{r}");
+    assert!(reason.contains("free for app"), "{r}");
+
+    // gw1 is plugged in: on mains its battery no longer counts, and it takes the request.
+    std::fs::write(gws[1].dir.join("power/ac/online"), "1\n").expect("online");
+    health_until(
+        &mut sub,
+        &["gw0"],
+        "gw1 on mains",
+        Duration::from_secs(20),
+        |_, h| h["instance"]["members"]["gw1"]["battery"].is_null(),
+    );
+    let r = request(&broker, &mut sub, "gw0", "r2", "app");
+    assert_eq!(
+        (r["decision"].as_str(), r["target"].as_str()),
+        (Some("local"), Some("gw1")),
+        "{r}"
+    );
+    drop(procs);
+}

@@ -10,7 +10,9 @@ pub mod power;
 pub mod proc;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use betaas_core::allocator::Res;
 use betaas_core::forecast::{fit, Holt};
 use tracing::{debug, info, warn};
 
@@ -94,6 +96,30 @@ pub fn forecast_free(h: &History, alpha: f64, beta: f64, horizon: u32) -> FreeFo
     }
 }
 
+/// What the instance manager shares of this gateway's own state: the latest battery reading and
+/// the forecast of free resources.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latest {
+    /// 0..=1 while running on battery; `None` on mains or without one.
+    pub battery: Option<f64>,
+    pub forecast: FreeForecast,
+}
+
+static LATEST: Mutex<Option<Latest>> = Mutex::new(None);
+
+/// The monitor's latest figures (`None` before its first sample).
+pub fn latest() -> Option<Latest> {
+    *LATEST.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The forecast as the allocator takes it: what the VMs may get of the host's free memory and
+/// storage at the horizon (`None` without history). CPU is time-shared, not reserved, so its
+/// forecast does not limit (the allocator takes the lower of this and what is free now).
+pub fn forecast_res(f: &FreeForecast) -> Option<Res> {
+    let (mem, disk) = (f.mem_available_mb?, f.disk_free_mb?);
+    Some(Res::new(u32::MAX, mem as u64, disk as u64 / 1024))
+}
+
 /// The monitor task: runs until the agent stops. Samples not yet written when it stops (fewer
 /// than `persist_every`) are lost: that bound is the price of sparing the SD card.
 pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
@@ -107,7 +133,11 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
         }
     };
     info!(samples = history.len(), path = %path.display(), "resource monitor");
-    let mut sampler = Sampler::system(&data_dir);
+    let mut sampler = Sampler::new(
+        cfg.proc_dir.clone(),
+        cfg.power_supply_dir.clone(),
+        data_dir.clone(),
+    );
     let mut ticker = tokio::time::interval(cfg.sample_interval_secs.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsaved = 0u32;
@@ -117,6 +147,11 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
         history.push(sampler.sample(crate::agent::unix_millis()));
         let f = forecast_free(&history, alpha, beta, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
+        let battery = history.last().and_then(|s| s.battery.filter(|_| !s.mains));
+        *LATEST.lock().unwrap_or_else(|p| p.into_inner()) = Some(Latest {
+            battery,
+            forecast: f,
+        });
         unsaved += 1;
         if unsaved >= cfg.persist_every.0 {
             unsaved = 0;
