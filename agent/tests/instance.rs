@@ -31,14 +31,12 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     let mut gws = Vec::new();
     for i in 0..4 {
         let id = format!("gw{i}");
-        let dir = root.path().join(&id);
         let cap = if i == 0 {
             Res::new(0, 0, 0)
         } else {
             Res::new(rng.u32(1..=4), 256 * rng.u64(2..=8), rng.u64(4..=32))
         };
-        admit(&keys, &id, &dir);
-        gws.push(Gw { id, cap, dir });
+        gws.push(member(&keys, root.path(), &id, cap));
     }
     let mut procs: Vec<Option<KillOnDrop>> = gws
         .iter()
@@ -271,13 +269,7 @@ fn two_requests_race_for_the_last_slot() {
     ];
     let mut gws = Vec::new();
     for (id, cap) in caps {
-        let dir = root.path().join(id);
-        admit(&keys, id, &dir);
-        gws.push(Gw {
-            id: id.into(),
-            cap,
-            dir,
-        });
+        gws.push(member(&keys, root.path(), id, cap));
     }
     let _p: Vec<KillOnDrop> = gws
         .iter()
@@ -393,13 +385,7 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
     let mut sub = broker.subscribe("betaas/#");
     let mut procs = Vec::new();
     for id in ["gw1", "gw2", "gw3"] {
-        let dir = root.path().join(id);
-        admit(&keys, id, &dir);
-        let gw = Gw {
-            id: id.into(),
-            cap: Res::new(2, 1024, 8),
-            dir,
-        };
+        let gw = member(&keys, root.path(), id, Res::new(2, 1024, 8));
         let mut toml = config(&gw, port, &gw.dir.join("keys"));
         if id == "gw3" {
             toml = toml.replace(
@@ -485,13 +471,7 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     });
     let mut procs = Vec::new();
     for (id, cap) in [("gw1", Res::new(0, 0, 0)), ("gw2", Res::new(4, 4096, 64))] {
-        let dir = root.path().join(id);
-        admit(&keys, id, &dir);
-        let gw = Gw {
-            id: id.into(),
-            cap,
-            dir,
-        };
+        let gw = member(&keys, root.path(), id, cap);
         let mut toml = config(&gw, broker.port, &gw.dir.join("keys"))
             .replace("deploy_timeout_ms = 3000", "deploy_timeout_ms = 1500")
             .replace(
@@ -611,14 +591,8 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
         ("gw1", Res::new(4, 4096, 64), 4096, low),
         ("gw2", Res::new(4, 4096, 64), short_mb, 100),
     ] {
-        let dir = root.path().join(id);
-        admit(&keys, id, &dir);
-        fake_host(&dir, avail, pct);
-        let gw = Gw {
-            id: id.into(),
-            cap,
-            dir,
-        };
+        let gw = member(&keys, root.path(), id, cap);
+        fake_host(&gw.dir, avail, pct);
         let toml = format!(
             "{}[resources]\nsample_interval_secs = 1\nproc_dir = \"{d}/proc\"\npower_supply_dir = \"{d}/power\"\n",
             config(&gw, broker.port, &gw.dir.join("keys")),

@@ -65,15 +65,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     let mut sub = broker.subscribe("betaas/#");
     let gws: Vec<Gw> = [("gw0", Res::new(0, 0, 0)), ("gw1", Res::new(1, 512, 2))]
         .into_iter()
-        .map(|(id, cap)| {
-            let dir = root.path().join(id);
-            admit(&keys, id, &dir);
-            Gw {
-                id: id.into(),
-                cap,
-                dir,
-            }
-        })
+        .map(|(id, cap)| member(&keys, root.path(), id, cap))
         .collect();
     let creds = gws[1].dir.join("campus.toml");
     std::fs::write(

@@ -99,6 +99,17 @@ pub fn admit(instance: &Path, id: &str, dir: &Path) {
     ]);
 }
 
+/// Gateway `id` admitted into the instance whose keys are in `instance`, its files under `root/<id>`.
+pub fn member(instance: &Path, root: &Path, id: &str, cap: Res) -> Gw {
+    let dir = root.join(id);
+    admit(instance, id, &dir);
+    Gw {
+        id: id.into(),
+        cap,
+        dir,
+    }
+}
+
 /// Runs `cmd` (the agent, possibly wrapped) on `gw`'s agent.toml, its log in `gw`'s directory.
 pub fn spawn(mut cmd: Command, gw: &Gw) -> KillOnDrop {
     let log = std::fs::File::create(gw.dir.join("agent.log")).map_or(Stdio::null(), Stdio::from);
