@@ -20,9 +20,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     let seed = fastrand::u64(..);
     println!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let root = tempfile::tempdir().expect("tempdir");
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let (root, keys) = new_instance();
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
 
@@ -256,9 +254,7 @@ fn strangers_forgeries_and_replays_are_rejected() {
 #[test]
 fn two_requests_race_for_the_last_slot() {
     let _serial = serial();
-    let root = tempfile::tempdir().expect("tempdir");
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let (root, keys) = new_instance();
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     // Only "big" has exactly one slot in the whole instance: on gw3.
@@ -375,9 +371,7 @@ impl Drop for NetNs {
 #[test]
 fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
     let _serial = serial();
-    let root = tempfile::tempdir().expect("tempdir");
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let (root, keys) = new_instance();
     let ns = NetNs::new();
     // One broker, reachable on loopback by gw1/gw2 and over the veth by gw3 in the namespace.
     let port = betaas_e2e::free_port();
@@ -453,9 +447,7 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
 #[test]
 fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     let _serial = serial();
-    let root = tempfile::tempdir().expect("tempdir");
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let (root, keys) = new_instance();
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     // gw2's VM manager hangs: it accepts connections and never answers (a wedged daemon), so every
@@ -579,9 +571,7 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
     let low = rng.u32(2..=15);
     let short_mb = rng.u64(20..200); // under the 256 MB of "app"
     println!("gw1 battery {low}%, gw2 memory available {short_mb} MB");
-    let root = tempfile::tempdir().expect("tempdir");
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let (root, keys) = new_instance();
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     let mut procs = Vec::new();

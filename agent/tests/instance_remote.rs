@@ -58,9 +58,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     let (mut fx, m) = rt.block_on(fixture(Model::new()));
     let password = m.lock().unwrap().password.clone();
 
-    let root = tempfile::tempdir().unwrap();
-    let keys = root.path().join("instance");
-    cli(&["instance", "keygen", "--out", keys.to_str().unwrap()]);
+    let (root, keys) = new_instance();
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     let gws: Vec<Gw> = [("gw0", Res::new(0, 0, 0)), ("gw1", Res::new(1, 512, 2))]

@@ -99,6 +99,15 @@ pub fn admit(instance: &Path, id: &str, dir: &Path) {
     ]);
 }
 
+/// A scratch directory with a fresh instance key pair in `<root>/instance` (as `betaas-agent
+/// instance keygen` makes it).
+pub fn new_instance() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = root.path().join("instance");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    (root, keys)
+}
+
 /// Gateway `id` admitted into the instance whose keys are in `instance`, its files under `root/<id>`.
 pub fn member(instance: &Path, root: &Path, id: &str, cap: Res) -> Gw {
     let dir = root.join(id);
