@@ -5,14 +5,18 @@
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
 #   make bench                benchmarks (figures with their baselines)
 #   make deps                 install host packages, QEMU 10 and the Rust ARM target
-#   make templates            out/templates/tiny-{x86_64,armhf} (the test VM template), booted under QEMU
+#   make templates            out/templates/tiny-{x86_64,armhf} (the test VM template), booted under QEMU,
+#                             and out/templates/lgw-<arch> (logical gateway; LGW_ARCH="x86_64 armhf" for both)
 
 BOARD ?= qemu-cubieboard
 ARM_TARGET := armv7-unknown-linux-gnueabihf
 AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
 STAMP := out/.deps-ok
+# Architectures of the logical-gateway template `make templates` builds (x86_64 boots fastest under TCG).
+LGW_ARCH ?= x86_64
+TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw
 
 all: agent-arm
 
@@ -49,6 +53,8 @@ test-e2e: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
+	$(MAKE) out/templates/tiny-x86_64/template.toml
+	$(MAKE) lgw LGW_ARCH=x86_64
 	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
 	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
@@ -60,6 +66,20 @@ templates: $(STAMP)
 	bash templates/tiny/build.sh armhf
 	@echo "==> booting it under QEMU: boot marker, ticks, ACPI shutdown"
 	cargo test --locked -p betaas-templates --test tiny_boot -- --ignored --test-threads=1 --nocapture
+	$(MAKE) lgw
+
+# Rebuilt only when its inputs change (make's dependencies).
+out/templates/tiny-%/template.toml: $(TINY_INPUTS) | $(STAMP)
+	@echo "==> building the tiny VM template ($*)"
+	bash templates/tiny/build.sh $*
+
+# The logical-gateway template: its recipe builds the static agent (cargo: a no-op when up to date)
+# and skips the rest when the agent and the recipe's files did not change.
+lgw: $(STAMP)
+	@for a in $(LGW_ARCH); do \
+	  echo "==> logical-gateway template ($$a)"; \
+	  bash templates/lgw/build.sh $$a || exit 1; \
+	done
 
 # The parsers that take outside input (journal records, MQTT payloads, commands), briefly.
 fuzz: $(STAMP)

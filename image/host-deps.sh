@@ -11,6 +11,7 @@ SUDO=$(need_root)
 
 APT_PKGS=(
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross   # linker and static glibc for the ARM agent
+  libc6-dev                                       # static glibc (libc.a) for the x86_64 agent of the lgw template
   mosquitto mosquitto-clients                     # the local broker and its CLI for demos/tests
   mtools dosfstools e2fsprogs fdisk               # sdcard.img: FAT boot partition, ext4 rootfs, partition table
   cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
