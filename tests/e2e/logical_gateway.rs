@@ -57,7 +57,7 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> KillOnDrop {
     )
 }
 
-fn health<'a>(topic: &str, want: &str, payload: &'a str) -> Option<Value> {
+fn health(topic: &str, want: &str, payload: &str) -> Option<Value> {
     (topic == want)
         .then(|| serde_json::from_str::<Value>(payload).ok())
         .flatten()
