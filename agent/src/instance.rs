@@ -169,6 +169,7 @@ impl Runtime {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         let settings = membership::Settings {
+            heartbeat_interval_ms: cfg.heartbeat_ms,
             heartbeat_timeout_ms: cfg.timeout_ms,
             dismiss_threshold: cfg.dismiss_threshold,
             dismiss_after_ms: cfg.dismiss_after_secs * 1000,
@@ -701,6 +702,7 @@ impl Runtime {
                 let member = json!({
                     "state": state,
                     "trust": st.inst.trust(id),
+                    "link": m.trust.link(),
                     "vms": report.map(|r| r.vms),
                     "virt": report.map(|r| r.virt),
                     "battery": report.and_then(|r| r.battery),

@@ -442,6 +442,47 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
         "partition healed: gw3 rejoined after {:.1} s (reconnect backoff included)",
         healed.elapsed().as_secs_f64()
     );
+
+    // A flaky link (down for a moment, again and again, never as long as the timeout): gw3's
+    // heartbeats arrive in bursts after gaps, and the others' link quality for it drops; it
+    // recovers once the link is steady.
+    let link_of = |h: &Value| h["instance"]["members"]["gw3"]["link"].as_f64();
+    let flaky = {
+        let host_if = ns.host_if.clone();
+        std::thread::spawn(move || {
+            for _ in 0..8 {
+                for (state, ms) in [("down", fastrand::u64(1000..1400)), ("up", 900)] {
+                    let _ = Command::new("ip")
+                        .args(["link", "set", &host_if, state])
+                        .status();
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+            }
+        })
+    };
+    let h = health_until(
+        &mut sub,
+        &["gw1", "gw2"],
+        "gw3's link quality lowered",
+        Duration::from_secs(25),
+        |_, h| link_of(h).is_some_and(|l| l < 0.92),
+    );
+    flaky.join().expect("flapping thread");
+    ns.link(true);
+    println!(
+        "flaky link: gw3's link quality as gw1 sees it {:.2}, trust {:.2}",
+        link_of(&h["gw1"]).unwrap_or(f64::NAN),
+        h["gw1"]["instance"]["members"]["gw3"]["trust"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    );
+    health_until(
+        &mut sub,
+        &["gw1", "gw2"],
+        "gw3's link quality recovered",
+        Duration::from_secs(30),
+        |_, h| link_of(h).is_some_and(|l| l > 0.95),
+    );
 }
 
 #[test]

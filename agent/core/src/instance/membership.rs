@@ -12,6 +12,8 @@ use crate::allocator::{Gateway, InstanceView, Remote, Template};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
+    /// How often members send heartbeats (the instance's members share one setting).
+    pub heartbeat_interval_ms: u64,
     /// A member not heard from for this long is down; its resources are not offered.
     pub heartbeat_timeout_ms: u64,
     /// Below this combined trust for `dismiss_after_ms`, a member is dismissed.
@@ -24,6 +26,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 6_000,
             dismiss_threshold: 0.3,
             dismiss_after_ms: 10_000,
@@ -47,7 +50,13 @@ pub struct Member {
     pub last_seen_ms: u64,
     pub report: Option<ResourceReport>,
     pub trust: Trust,
+    /// Heartbeats on time in a row since the last round was counted.
+    pub on_time: u32,
 }
+
+/// Heartbeats on time in a row that count as one good observation (a minute at the default
+/// interval: trust regained by being there is slow, lost by failing is fast).
+pub const ROUND: u32 = 60;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -144,6 +153,7 @@ impl Instance {
                         last_seen_ms: now_ms,
                         report: None,
                         trust: Trust::default(),
+                        on_time: 0,
                     };
                     events.push(Event::Joined(env.from.clone()));
                 } else {
@@ -159,10 +169,29 @@ impl Instance {
                     }
                     m.key = key;
                     m.last_counter = env.counter;
+                    let gap = now_ms.saturating_sub(m.last_seen_ms);
                     m.last_seen_ms = now_ms;
                     if m.state == State::Down {
                         m.state = State::Up;
+                        m.on_time = 0;
                         events.push(Event::Back(env.from.clone()));
+                    } else if matches!(env.body, Body::Heartbeat) {
+                        // Network quality, from the gaps between what the member sends: a gap
+                        // of n intervals stands for n - 1 heartbeats lost or held up.
+                        let interval = self.settings.heartbeat_interval_ms.max(1);
+                        if gap > 2 * interval {
+                            for _ in 1..(gap / interval).min(10) {
+                                m.trust.observe(Observation::HeartbeatLate);
+                            }
+                            m.on_time = 0;
+                        } else {
+                            m.trust.observe(Observation::HeartbeatOnTime);
+                            m.on_time += 1;
+                            if m.on_time >= ROUND {
+                                m.trust.observe(Observation::HeartbeatRound);
+                                m.on_time = 0;
+                            }
+                        }
                     }
                 }
             }
@@ -179,6 +208,7 @@ impl Instance {
                         last_seen_ms: now_ms,
                         report: None,
                         trust: Trust::default(),
+                        on_time: 0,
                     },
                 );
                 events.push(Event::Joined(env.from.clone()));
@@ -422,6 +452,33 @@ mod tests {
             me.view(&report(2048), &[], &[]).gateways[0].capacity.mem_mb,
             512
         );
+    }
+
+    #[test]
+    fn heartbeats_on_time_earn_trust_and_late_ones_cost_it() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        let mut b = Gw::new(&ik, "b", 2);
+        me.receive(&a.announce(None), 0).unwrap();
+        me.receive(&b.announce(None), 0).unwrap();
+        let start = me.trust("a");
+        // a: a round on time (jitter within two intervals); b: the same count, every one late.
+        let mut t = 0;
+        for i in 0..ROUND {
+            t += 1_000 + u64::from(i % 3) * 400;
+            me.receive(&a.send(None, Body::Heartbeat), t).unwrap();
+        }
+        assert!(me.trust("a") > start, "{} !> {start}", me.trust("a"));
+        let mut t = 0;
+        for _ in 0..ROUND {
+            t += 2_500;
+            me.receive(&b.send(None, Body::Heartbeat), t).unwrap();
+        }
+        // b's link is poor: out of the allocator's choice (below 0.5), yet not dismissed (0.3).
+        let b_trust = me.trust("b");
+        assert!((0.3..0.5).contains(&b_trust), "{b_trust}");
+        me.tick(t + 5_000);
+        assert_eq!(me.members()["b"].state, State::Up);
     }
 
     #[test]

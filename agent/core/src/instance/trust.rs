@@ -3,8 +3,11 @@
 //!
 //! The score is `0.7 * direct + 0.3 * reputation` (only direct when nobody reported):
 //! - direct starts at [`INITIAL`] and moves with what this gateway observes itself: every
-//!   successful deployment or timely heartbeat round pulls it up by 10 % of the distance to 1; a
-//!   failed deployment cuts it by 30 %, a refused one by 10 %, a missed heartbeat by 20 %;
+//!   successful deployment or round of heartbeats on time pulls it up by 10 % of the distance to
+//!   1; a failed deployment cuts it by 30 %, a refused one by 10 %, a heartbeat timeout by 20 %;
+//! - network quality: the share of recent heartbeats that came on time (a moving average, 1 at
+//!   first) scales the score by `0.5 + 0.5 * quality`, so a lossy link alone takes a gateway out
+//!   of the allocator's choice (below 0.5) without dismissing it;
 //! - reputation is the mean of the scores the other members report for it (each member's report
 //!   counts once, the latest; reports from members themselves below the dismissal threshold are
 //!   ignored, so a dismissed liar cannot drag others down);
@@ -21,12 +24,19 @@ pub enum Observation {
     DeployRefused,
     DeployFailed,
     HeartbeatMissed,
+    /// A heartbeat within two intervals of the previous message.
     HeartbeatOnTime,
+    /// Heard from only after more than two heartbeat intervals: a lossy or slow link.
+    HeartbeatLate,
+    /// A whole round of heartbeats on time in a row.
+    HeartbeatRound,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trust {
     direct: f64,
+    /// Moving average of heartbeats on time (1) and late (0).
+    link: f64,
     /// Reporter → score it gave.
     reports: BTreeMap<String, f64>,
     /// Since when the score has been below the dismissal threshold.
@@ -37,6 +47,7 @@ impl Default for Trust {
     fn default() -> Self {
         Trust {
             direct: INITIAL,
+            link: 1.0,
             reports: BTreeMap::new(),
             low_since_ms: None,
         }
@@ -45,15 +56,23 @@ impl Default for Trust {
 
 impl Trust {
     pub fn observe(&mut self, o: Observation) {
-        self.direct = match o {
-            Observation::DeploySucceeded | Observation::HeartbeatOnTime => {
-                self.direct + 0.1 * (1.0 - self.direct)
+        let d = self.direct;
+        match o {
+            Observation::DeploySucceeded | Observation::HeartbeatRound => {
+                self.direct = d + 0.1 * (1.0 - d)
             }
-            Observation::DeployRefused => self.direct * 0.9,
-            Observation::DeployFailed => self.direct * 0.7,
-            Observation::HeartbeatMissed => self.direct * 0.8,
+            Observation::DeployRefused => self.direct = d * 0.9,
+            Observation::DeployFailed => self.direct = d * 0.7,
+            Observation::HeartbeatMissed => self.direct = d * 0.8,
+            Observation::HeartbeatOnTime => self.link += 0.1 * (1.0 - self.link),
+            Observation::HeartbeatLate => self.link *= 0.9,
         }
-        .clamp(0.0, 1.0);
+        self.direct = self.direct.clamp(0.0, 1.0);
+    }
+
+    /// Network quality, 0..=1.
+    pub fn link(&self) -> f64 {
+        self.link
     }
 
     /// A reputation report from `reporter`; non-finite or out-of-range scores are ignored.
@@ -80,6 +99,7 @@ impl Trust {
         } else {
             0.7 * self.direct + 0.3 * counted.iter().sum::<f64>() / counted.len() as f64
         };
+        let base = base * (0.5 + 0.5 * self.link);
         match battery {
             Some(b) if b < LOW_BATTERY => base * 0.5,
             _ => base,
@@ -128,6 +148,24 @@ mod tests {
         assert!((only_b - (0.7 * 0.8 + 0.3 * 0.4)).abs() < 1e-9);
         assert!((t.score(Some(0.1), |_| false) - 0.4).abs() < 1e-9);
         assert!((t.score(Some(0.5), |_| false) - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_lossy_link_lowers_the_score_to_at_most_half_and_recovers() {
+        let mut t = Trust::default();
+        for _ in 0..200 {
+            t.observe(Observation::HeartbeatLate);
+        }
+        let s = t.score(None, |_| false);
+        assert!(s < 0.5 && s >= 0.4, "{s}");
+        assert!(
+            (t.direct() - INITIAL).abs() < 1e-9,
+            "quality is not the direct score"
+        );
+        for _ in 0..60 {
+            t.observe(Observation::HeartbeatOnTime);
+        }
+        assert!(t.score(None, |_| false) > 0.79);
     }
 
     #[test]
