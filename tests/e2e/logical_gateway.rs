@@ -34,15 +34,22 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// `out/templates/<name>-x86_64`, built by `make test-e2e` (`templates/<name>/build.sh x86_64`).
+/// The guest architecture: x86_64 (the fastest under TCG; what `make test-e2e` runs), or armhf with
+/// `BETAAS_LGW_ARCH=armhf` (QEMU `-M virt`, the static ARM agent).
+fn arch() -> String {
+    std::env::var("BETAAS_LGW_ARCH").unwrap_or_else(|_| "x86_64".into())
+}
+
+/// `out/templates/<name>-<arch>`, built by `make test-e2e` (`templates/<name>/build.sh <arch>`).
 fn built_template(name: &str) {
     let t = repo()
         .join("out/templates")
-        .join(format!("{name}-x86_64/template.toml"));
+        .join(format!("{name}-{}/template.toml", arch()));
     assert!(
         t.is_file(),
-        "{} missing: run `bash templates/{name}/build.sh x86_64` (make test-e2e does)",
-        t.display()
+        "{} missing: run `bash templates/{name}/build.sh {}` (make test-e2e does for x86_64)",
+        t.display(),
+        arch()
     );
 }
 
@@ -121,12 +128,13 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
         r.join("vmd.toml"),
         format!(
             "socket = \"{}\"\nuri = \"qemu:///system\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\nstate_dir = \"{}\"\n\
-             templates = [\"{}\"]\narch = \"x86_64\"\nlogical_dir = \"{}\"\nidle_destroy_s = 600\n\
+             templates = [\"{}\"]\narch = \"{arch}\"\nlogical_dir = \"{}\"\nidle_destroy_s = 600\n\
              [probe]\nkinds = [\"qemu\"]\ntimeout_s = 90\n",
             socket.display(),
             r.join("vms").display(),
             repo().join("out/templates").display(),
             pool.display(),
+            arch = arch(),
         ),
     )
     .expect("vmd.toml");
@@ -244,7 +252,9 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
     let t_marker = t0.elapsed();
     assert!(
         marker.contains("gateway=lgw-1") && marker.contains("net=10.0.2.15"),
-        "{marker}"
+        "{marker}\n--- serial.log\n{}\n--- domain\n{}",
+        std::fs::read_to_string(&serial).unwrap_or_default(),
+        betaas_e2e::libvirtd::virsh(&["dumpxml", &vm.name]).1
     );
 
     // Instance B sees it as its own member; its own health arrives from inside the VM.
@@ -276,8 +286,8 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
     );
     assert_eq!(own["instance"]["name"], "inst-b", "{own}");
     println!(
-        "logical gateway: request -> vmd started it {:.1?}; -> BETAAS-LGW-BOOTED {:.1?}; -> lgw-1 up in instance B {:.1?}",
-        t_result, t_marker, t_up
+        "logical gateway ({}): request -> vmd started it {:.1?}; -> BETAAS-LGW-BOOTED {:.1?}; -> lgw-1 up in instance B {:.1?}",
+        arch(), t_result, t_marker, t_up
     );
 
     // A second logical gateway: the only identity is held, vmd refuses, A cancels.

@@ -196,6 +196,18 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
             w.write_event(Event::End(BytesEnd::new("filesystem")))?;
         }
         _ => {
+            // The armhf guest (Debian's non-LPAE armmp kernel) cannot use QEMU virt's PCI host
+            // with its high memory window (libvirt has no highmem=off): its virtio devices go on
+            // virtio-mmio, which that kernel drives with the virtio_mmio module.
+            let mmio = spec.mark.arch == Arch::Armhf;
+            let address = |w: &mut Writer<Cursor<Vec<u8>>>| -> std::io::Result<()> {
+                if mmio {
+                    w.write_event(Event::Empty(
+                        BytesStart::new("address").with_attributes([("type", "virtio-mmio")]),
+                    ))?;
+                }
+                Ok(())
+            };
             if let Some(disk) = &spec.disk {
                 w.write_event(Event::Start(
                     BytesStart::new("disk").with_attributes([("type", "file"), ("device", "disk")]),
@@ -210,6 +222,7 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                 w.write_event(Event::Empty(
                     BytesStart::new("target").with_attributes([("dev", "vda"), ("bus", "virtio")]),
                 ))?;
+                address(&mut w)?;
                 w.write_event(Event::End(BytesEnd::new("disk")))?;
             }
             if let Some(seed) = &spec.seed {
@@ -226,6 +239,7 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                     BytesStart::new("target").with_attributes([("dev", "vdb"), ("bus", "virtio")]),
                 ))?;
                 w.write_event(Event::Empty(BytesStart::new("readonly")))?;
+                address(&mut w)?;
                 w.write_event(Event::End(BytesEnd::new("disk")))?;
             }
             if spec.user_net {
@@ -235,6 +249,7 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                 w.write_event(Event::Empty(
                     BytesStart::new("model").with_attributes([("type", "virtio")]),
                 ))?;
+                address(&mut w)?;
                 w.write_event(Event::End(BytesEnd::new("interface")))?;
             }
         }
@@ -479,10 +494,23 @@ mod tests {
             "<model>cortex-a15</model>",
             "<controller type=\"usb\" model=\"none\"/>",
             "<memballoon model=\"none\"/>",
+            // No PCI for the non-LPAE kernel: the disk is on virtio-mmio.
+            "<address type=\"virtio-mmio\"/>",
         ] {
             assert!(x.contains(want), "missing {want} in\n{x}");
         }
         assert!(!x.contains("<acpi/>"));
+        let mut lgw = spec(VirtKind::Qemu, Arch::Armhf);
+        lgw.seed = Some("/v/seed.tar".into());
+        lgw.user_net = true;
+        let x = domain_xml(&lgw).expect("xml");
+        assert_eq!(
+            x.matches("<address type=\"virtio-mmio\"/>").count(),
+            3,
+            "{x}"
+        );
+        let x86 = domain_xml(&spec(VirtKind::Qemu, Arch::X86_64)).expect("xml");
+        assert!(!x86.contains("virtio-mmio"), "{x86}");
     }
 
     #[test]
