@@ -40,6 +40,7 @@ fn every_source_descriptor_is_valid() {
             "bigdata-compute",
             "bigdata-storage",
             "gateway",
+            "lgw",
             "tiny"
         ]
     );
