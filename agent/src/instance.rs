@@ -508,6 +508,8 @@ impl Runtime {
         };
         let mut excluded: Vec<String> = Vec::new();
         let mut failed_clouds: Vec<String> = Vec::new();
+        // Why each left-out gateway or cloud refused: the cancel says it, not only the log.
+        let mut refusals: Vec<String> = Vec::new();
         for attempt in 1..=8u32 {
             let (decision, request, owner) = {
                 let mut st = self.state();
@@ -532,7 +534,10 @@ impl Runtime {
             let reason = decision.explanation();
             match decision.outcome {
                 Outcome::Cancel(why) => {
-                    let why = format!("{why}; {reason}");
+                    let mut why = format!("{why}; {reason}");
+                    if !refusals.is_empty() {
+                        why += &format!("; refused: {}", refusals.join("; "));
+                    }
                     return self.result(&id, "cancel", "", "", None, &why, attempt);
                 }
                 Outcome::Remote(cloud) => {
@@ -558,7 +563,8 @@ impl Runtime {
                             )
                         }
                         Err(why) => {
-                            warn!(request = %id, cloud = %cloud, holder = %owner, "remote deployment failed: {why}")
+                            warn!(request = %id, cloud = %cloud, holder = %owner, "remote deployment failed: {why}");
+                            refusals.push(format!("{cloud}: {why}"));
                         }
                     }
                     failed_clouds.push(cloud);
@@ -568,7 +574,10 @@ impl Runtime {
                         Ok(p) => {
                             return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
                         }
-                        Err(why) => warn!(request = %id, "own live state refuses: {why}"),
+                        Err(why) => {
+                            warn!(request = %id, "own live state refuses: {why}");
+                            refusals.push(format!("{gw}: {why}"));
+                        }
                     }
                     excluded.push(gw);
                 }
@@ -582,18 +591,23 @@ impl Runtime {
                         Err(Some(why)) => {
                             warn!(request = %id, gateway = %gw, "refused: {why}");
                             self.state().inst.observe(&gw, Observation::DeployRefused);
+                            refusals.push(format!("{gw}: {why}"));
                         }
                         Err(None) => {
                             warn!(request = %id, gateway = %gw, "no answer within {wait} ms");
                             self.state().inst.observe(&gw, Observation::DeployFailed);
+                            refusals.push(format!("{gw}: no answer within {wait} ms"));
                         }
                     }
                     excluded.push(gw);
                 }
             }
         }
-        let why = "every chosen gateway or cloud refused or did not answer";
-        self.result(&id, "cancel", "", "", None, why, 8);
+        let why = format!(
+            "every chosen gateway or cloud refused or did not answer; refused: {}",
+            refusals.join("; ")
+        );
+        self.result(&id, "cancel", "", "", None, &why, 8);
     }
 
     /// Asks gateway `gw` to deploy (on itself, or on `cloud` whose credentials it holds) and waits
