@@ -29,6 +29,9 @@ step() { echo "==> [$BOARD] $*"; }
 step "resolving Debian armhf packages"
 mkdir -p "$OUT"
 bash image/debs.sh linux-image-armmp u-boot-sunxi busybox-static > "$OUT/packages.txt"
+# mosquitto, for a gateway that runs its instance's broker (paper §II: the gateways of an instance
+# share one); off unless /boot/betaas/mosquitto.conf is provisioned.
+bash image/debs.sh --libs mosquitto >> "$OUT/packages.txt"
 PK=dl/pkgs
 KVER=$(ls "$PK/linux-image-armmp/usr/lib/modules")
 KMOD=$PK/linux-image-armmp/usr/lib/modules/$KVER
@@ -102,6 +105,29 @@ ${PARTITION}1  /boot            vfat   ro,noatime,nodev,nosuid,noexec,umask=077 
 ${PARTITION}3  /var/lib/betaas  ext4   rw,noatime,nodev,nosuid,commit=5         0      0
 FSTAB
 install -m 0755 "$AGENT" "$RF/usr/bin/betaas-agent"
+
+# A dynamically linked Debian program with exactly the shared objects it links (NEEDED, followed),
+# taken from the unpacked library packages; the loader goes where PT_INTERP says (/lib).
+install_dynamic() { # PKG PATH: installs dl/pkgs/PKG/PATH at PATH, and its libraries
+  install -D -m 0755 "$PK/$1/$2" "$RF/$2"
+  local todo=("$RF/$2") seen=" " f so src
+  while [ ${#todo[@]} -gt 0 ]; do
+    f=${todo[0]} todo=("${todo[@]:1}")
+    for so in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      case "$seen" in *" $so "*) continue ;; esac
+      seen="$seen$so "
+      src=$(find "$PK"/lib* "$PK"/zlib1g -path '*/arm-linux-gnueabihf/*' -name "$so" 2>/dev/null | head -1)
+      [ -n "$src" ] || { echo "image: $so (needed by $f) is in none of the library packages" >&2; exit 1; }
+      install -D -m 0755 "$(readlink -f "$src")" "$RF/lib/arm-linux-gnueabihf/$so"
+      todo+=("$RF/lib/arm-linux-gnueabihf/$so")
+    done
+  done
+  [ -e "$RF/lib/ld-linux-armhf.so.3" ] || ln -s arm-linux-gnueabihf/ld-linux-armhf.so.3 "$RF/lib/ld-linux-armhf.so.3"
+}
+step "mosquitto (started only when /boot/betaas/mosquitto.conf is provisioned)"
+install_dynamic mosquitto usr/sbin/mosquitto
+usage=$(qemu-arm-static -L "$RF" "$RF/usr/sbin/mosquitto" -h 2>&1 || true)   # -h exits 3
+case "$usage" in "mosquitto version"*) ;; *) echo "image: the installed mosquitto does not run: $usage" >&2; exit 1 ;; esac
 install -m 0644 "boards/$BOARD/agent.toml" "$RF/etc/betaas/agent.toml"
 step "checking the shipped agent config with the ARM agent itself"
 qemu-arm-static "$RF/usr/bin/betaas-agent" check-config --config "$RF/etc/betaas/agent.toml"
@@ -182,6 +208,8 @@ if [ "$OUTPUT" = qemu ]; then
 # AGENT_TOML=FILE provisions that agent config on the copy's boot partition (as betaas-flash does).
 # IMAGE_COPY=FILE puts the copy elsewhere (default: run.img beside this script);
 # KEEP_IMAGE=1 boots an existing copy again (a reboot after a power cut keeps its data partition).
+# PROVISION=DIR copies DIR's files (agent.toml, mosquitto.conf, instance/ keys...) to betaas/ there.
+# HOSTFWD=tcp:127.0.0.1:HOSTPORT-:GUESTPORT forwards a host port to the guest (user networking).
 set -e
 here="\$(cd "\$(dirname "\$0")" && pwd)"
 img="\${IMAGE_COPY:-\$here/run.img}"
@@ -190,9 +218,15 @@ if [ -n "\${AGENT_TOML:-}" ]; then
   mmd -D s -i "\$img@@1M" ::/betaas 2>/dev/null || true
   mcopy -o -i "\$img@@1M" "\$AGENT_TOML" ::/betaas/agent.toml
 fi
+if [ -n "\${PROVISION:-}" ]; then
+  mmd -D s -i "\$img@@1M" ::/betaas 2>/dev/null || true
+  mcopy -s -o -i "\$img@@1M" "\$PROVISION"/* ::/betaas/
+fi
+net="$QEMU_NET"
+[ -z "\${HOSTFWD:-}" ] || net=\$(echo "\$net" | sed "s|user|user,hostfwd=\$HOSTFWD|")
 cd "\$here"
 exec qemu-system-arm $QEMU_MACHINE -nographic -no-reboot \\
-  $(echo "$QEMU_DISK" | sed 's/sdcard\.img/"$img"/') $QEMU_NET $QEMU_DEVICES $boot_args "\$@"
+  $(echo "$QEMU_DISK" | sed 's/sdcard\.img/"$img"/') \$net $QEMU_DEVICES $boot_args "\$@"
 RUN
   chmod +x "$OUT/run-qemu.sh"
 fi
@@ -204,6 +238,7 @@ step "manifest"
   cat "$OUT/packages.txt"
   echo "kernel $KVER"
   echo "agent $(sha256sum "$AGENT" | cut -d' ' -f1) $(stat -c %s "$AGENT") bytes"
+  echo "mosquitto and its libraries: $(du -cb "$RF/usr/sbin/mosquitto" "$RF"/lib/arm-linux-gnueabihf/* | tail -1 | cut -f1) bytes"
   (cd "$OUT" && sha256sum sdcard.img zImage initrd.img ${DTB:+$DTB})
 } > "$OUT/manifest.txt"
 rm -f "$OUT/packages.txt"

@@ -2,6 +2,9 @@
 # Downloads Debian binary packages into dl/debs/ with a private apt state (the host's apt setup is
 # untouched) and unpacks them into dl/pkgs/<name>/. Versions are resolved by name at build time.
 # Usage: image/debs.sh PKG...      prints one "name version sha256 file" line per package on stdout.
+#        image/debs.sh --libs PKG... the same for PKG and, followed through its Depends, every library
+#                                    package it needs (lib*, zlib1g: no maintainer-script tools, the
+#                                    image has no dpkg); the image copies only the sonames it links.
 # Env: MIRROR (default: the host's Debian mirror), SUITE (default: stable), DL (default: dl),
 #      ARCH (default: armhf). Another ARCH keeps its own state: dl/apt-<arch>/, dl/pkgs-<arch>/<name>/.
 set -euo pipefail
@@ -34,6 +37,21 @@ resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-imag
   dep=$(apt-cache "${APT[@]}" depends "$name" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
   echo "${dep:-$name}"
 }
+
+if [ "${1:-}" = --libs ]; then
+  shift
+  todo=("$@") seen=" "
+  set --
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]} todo=("${todo[@]:1}")
+    case "$seen" in *" $p "*) continue ;; esac
+    seen="$seen$p " && set -- "$@" "$p"
+    for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "$p" 2>/dev/null \
+               | awk '/^ *(Pre)?Depends: [^<]/ {print $2}'); do
+      case "$d" in lib*|zlib1g) todo+=("${d%%:*}") ;; esac
+    done
+  done
+fi
 
 for want in "$@"; do
   name=$(resolve "$want")
