@@ -6,66 +6,14 @@
 //! deployment is refused, the reservation given back, and the request cancelled with the reason.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use betaas_e2e::{repo, wait_until, KillOnDrop, Mosquitto};
-use betaas_proto::blocking::Client;
-use betaas_proto::{Request, Response, VmState};
+use betaas_e2e::libvirtd::fake_template;
+use betaas_e2e::{bin, spawn_agent, vmd_list as vms, wait_until, KillOnDrop, Mosquitto};
+use betaas_proto::VmState;
 use serde_json::Value;
-
-fn bin(name: &str) -> PathBuf {
-    let p = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or(repo().join("target"), PathBuf::from)
-        .join("debug")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: `cargo build --workspace` (make test does)",
-        p.display()
-    );
-    p
-}
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A template for libvirt's test driver: a real qcow2 base (overlays are made from it),
-/// placeholder kernel and initrd (nothing boots), checksums computed.
-fn template(root: &Path, name: &str) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(dir.join("disk.qcow2"))
-        .arg("64M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    std::fs::write(dir.join("vmlinuz"), "kernel").expect("kernel");
-    std::fs::write(dir.join("initrd.img"), "initrd").expect("initrd");
-    let text = format!(
-        "name = \"{name}\"\nrole = \"app-light\"\n[resources]\nvcpus = 1\nmemory_mb = 64\ndisk_gb = 1\n\
-         [virtualization]\nkinds = [\"kvm\", \"qemu\"]\narch = [\"x86_64\"]\n\
-         [image]\nname = \"{name}\"\nfile = \"disk.qcow2\"\nformat = \"qcow2\"\nsha256 = \"{}\"\nmin_vcpus = 1\nmin_memory_mb = 64\nmin_disk_gb = 1\n\
-         [boot]\nmethod = \"kernel\"\nkernel = \"vmlinuz\"\nkernel_sha256 = \"{}\"\ninitrd = \"initrd.img\"\ninitrd_sha256 = \"{}\"\ncmdline = \"panic=-1\"\n\
-         [console]\nbooted = \"BOOTED\"\n",
-        sha256(&dir.join("disk.qcow2")),
-        sha256(&dir.join("vmlinuz")),
-        sha256(&dir.join("initrd.img")),
-    );
-    std::fs::write(dir.join("template.toml"), text).expect("template.toml");
-}
 
 fn agent_config(
     id: &str,
@@ -90,21 +38,13 @@ fn agent_config(
     )
 }
 
-fn vms(socket: &Path) -> Vec<betaas_proto::VmInfo> {
-    let s = UnixStream::connect(socket).expect("vmd socket");
-    match Client::new(s).call(&Request::List).expect("list") {
-        Response::Vms(v) => v,
-        other => panic!("list answered {other:?}"),
-    }
-}
-
 #[test]
 #[ignore = "runs betaas-agent and betaas-vmd binaries: `make test` builds them first"]
 fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
     let tag = format!("e2e{}", fastrand::u32(..));
-    template(&r.join("templates"), "app");
+    fake_template(&r.join("templates"), "app", |t| t);
     let socket = r.join("vmd.sock");
     std::fs::write(
         r.join("vmd.toml"),
@@ -160,18 +100,10 @@ fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
             "--out",
             dir.join("keys").to_str().expect("utf8"),
         ]);
-        std::fs::write(
-            dir.join("agent.toml"),
-            agent_config(id, &dir, broker.port, cap, vmd_socket),
-        )
-        .expect("agent.toml");
-        agents.push(KillOnDrop(
-            Command::new(&agent)
-                .arg("--config")
-                .arg(dir.join("agent.toml"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("agent"),
+        agents.push(spawn_agent(
+            &agent,
+            &dir,
+            &agent_config(id, &dir, broker.port, cap, vmd_socket),
         ));
     }
     sub.wait_for(

@@ -11,28 +11,15 @@
 //! is gone afterwards, pass or fail. Prints boot-to-marker and request-to-member-up times.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use betaas_e2e::libvirtd::{DomainsCleanup, Libvirtd};
-use betaas_e2e::{repo, wait_until, KillOnDrop, Mosquitto, Subscriber};
+use betaas_e2e::{bin, repo, vmd_list, wait_until, KillOnDrop, Mosquitto, Subscriber};
 use betaas_proto::blocking::Client;
 use betaas_proto::{Request, Response};
 use serde_json::Value;
-
-fn bin(name: &str) -> PathBuf {
-    let p = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or(repo().join("target"), PathBuf::from)
-        .join("debug")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: `cargo build --workspace --bins` (make test-e2e does)",
-        p.display()
-    );
-    p
-}
 
 /// The guest architecture: x86_64 (the fastest under TCG; what `make test-e2e` runs), or armhf with
 /// `BETAAS_LGW_ARCH=armhf` (QEMU `-M virt`, the static ARM agent).
@@ -220,13 +207,7 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
         (Some("local"), Some("gwa")),
         "{r1}"
     );
-    let vms = match Client::new(UnixStream::connect(&socket).expect("vmd"))
-        .call(&Request::List)
-        .expect("list")
-    {
-        Response::Vms(v) => v,
-        other => panic!("list answered {other:?}"),
-    };
+    let vms = vmd_list(&socket);
     assert_eq!(vms.len(), 1, "{vms:?}");
     let vm = &vms[0];
     assert_eq!(vm.template, "lgw", "{vms:?}");
@@ -305,13 +286,7 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
     );
     println!("second request: {r2}");
     // Nothing half-made: still one VM, still holding lgw-1.
-    let vms = match Client::new(UnixStream::connect(&socket).expect("vmd"))
-        .call(&Request::List)
-        .expect("list")
-    {
-        Response::Vms(v) => v,
-        other => panic!("list answered {other:?}"),
-    };
+    let vms = vmd_list(&socket);
     assert_eq!(vms.len(), 1, "{vms:?}");
 }
 

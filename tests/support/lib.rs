@@ -39,6 +39,60 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// A binary of this workspace, built by `cargo build --workspace --bins` into
+/// `$CARGO_TARGET_DIR/debug` (`target/debug` without it).
+pub fn bin(name: &str) -> PathBuf {
+    let p = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(repo().join("target"), PathBuf::from)
+        .join("debug")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: `cargo build --workspace --bins` (make test and make test-e2e do)",
+        p.display()
+    );
+    p
+}
+
+/// The sha256 of a file as `sha256sum` prints it (hex).
+pub fn sha256_hex(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Writes `toml` to `dir/agent.toml` and starts the agent binary `bin` on it (stderr to null);
+/// killed on drop.
+pub fn spawn_agent(bin: impl AsRef<std::ffi::OsStr>, dir: &Path, toml: &str) -> KillOnDrop {
+    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
+    KillOnDrop(
+        Command::new(bin)
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent"),
+    )
+}
+
+/// The VMs a `betaas-vmd` listening on `socket` manages (its answer to `List`).
+pub fn vmd_list(socket: &Path) -> Vec<betaas_proto::VmInfo> {
+    let s = UnixStream::connect(socket).expect("vmd socket");
+    match betaas_proto::blocking::Client::new(s)
+        .call(&betaas_proto::Request::List)
+        .expect("list")
+    {
+        betaas_proto::Response::Vms(v) => v,
+        other => panic!("list answered {other:?}"),
+    }
+}
+
 /// A real mosquitto on a loopback port (QEMU's user network reaches it as 10.0.2.2:port), or an
 /// external broker the caller names.
 pub struct Mosquitto {
