@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use betaas_agent::journal::{Body, Journal, Limits, Record};
-use betaas_e2e::{KillOnDrop, Mosquitto};
+use betaas_e2e::{spawn_agent, KillOnDrop, Mosquitto};
 
 const N: u64 = 20_000;
 
@@ -30,15 +30,7 @@ fn agent(dir: &Path, port: u16, things: usize) -> KillOnDrop {
             d = dir.display()
         );
     }
-    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent"),
-    )
+    spawn_agent(env!("CARGO_BIN_EXE_betaas-agent"), dir, &toml)
 }
 
 fn count(port: u16, filter: &str, n: u64) -> Child {

@@ -2,10 +2,10 @@
 //! the configs of things dropped from the configuration.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use betaas_e2e::{KillOnDrop, Mosquitto};
+use betaas_e2e::{spawn_agent, KillOnDrop, Mosquitto};
 use serde_json::Value;
 
 fn run(dir: &Path, gw: &str, port: u16, things: &str) -> KillOnDrop {
@@ -13,15 +13,7 @@ fn run(dir: &Path, gw: &str, port: u16, things: &str) -> KillOnDrop {
         "gateway_id = \"{gw}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{things}",
         d = dir.display()
     );
-    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent"),
-    )
+    spawn_agent(env!("CARGO_BIN_EXE_betaas-agent"), dir, &toml)
 }
 
 fn sysfs(id: &str, dir: &Path, extra: &str) -> String {
