@@ -306,13 +306,14 @@ impl Qemu {
 
     /// Boots with extra QEMU arguments (e.g. another `-device`).
     pub fn boot_with(board: &str, agent_toml: &str, extra: &[&str]) -> Qemu {
-        Qemu::start(
-            board,
-            agent_toml,
-            extra,
-            tempfile::tempdir().expect("tempdir"),
-            false,
-        )
+        let dir = tempfile::tempdir().expect("tempdir");
+        Qemu::start(board, agent_toml, extra, &[], dir, false)
+    }
+
+    /// Boots with `run-qemu.sh` settings in the environment (`PROVISION=DIR`, `HOSTFWD=...`).
+    pub fn boot_env(board: &str, agent_toml: &str, env: &[(&str, &str)]) -> Qemu {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Qemu::start(board, agent_toml, &[], env, dir, false)
     }
 
     /// Boots the same disk again after [`Qemu::kill`] (a power cut): the data partition is kept.
@@ -320,13 +321,14 @@ impl Qemu {
         self.kill();
         let board = self.board.clone();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        Qemu::start(&board, agent_toml, &[], dir, true)
+        Qemu::start(&board, agent_toml, &[], &[], dir, true)
     }
 
     fn start(
         board: &str,
         agent_toml: &str,
         extra: &[&str],
+        env: &[(&str, &str)],
         dir: tempfile::TempDir,
         keep: bool,
     ) -> Qemu {
@@ -344,6 +346,7 @@ impl Qemu {
             .env("AGENT_TOML", &toml)
             .env("IMAGE_COPY", dir.path().join("sdcard.img"))
             .env("KEEP_IMAGE", if keep { "1" } else { "0" })
+            .envs(env.iter().copied())
             .args(extra)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
