@@ -166,6 +166,28 @@ fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
         String::from_utf8_lossy(&resolv).contains("/run/resolv.conf"),
         "resolv.conf is not the /run link"
     );
+    // mosquitto (for a gateway that runs the instance's broker): Debian's binary and libssl as
+    // packaged, the loader where the binary's PT_INTERP points, the service in inittab.
+    assert!(
+        cat("/usr/sbin/mosquitto") == pkg("mosquitto/usr/sbin/mosquitto"),
+        "/usr/sbin/mosquitto is not Debian's"
+    );
+    assert!(
+        cat("/lib/arm-linux-gnueabihf/libssl.so.3")
+            == pkg("libssl3t64/usr/lib/arm-linux-gnueabihf/libssl.so.3"),
+        "libssl.so.3 is not Debian's"
+    );
+    let interp = run(Command::new("debugfs")
+        .args(["-R", "stat /lib/ld-linux-armhf.so.3"])
+        .arg(&rootfs));
+    assert!(
+        String::from_utf8_lossy(&interp).contains("arm-linux-gnueabihf/ld-linux-armhf.so.3"),
+        "the loader link is missing"
+    );
+    assert!(
+        inittab.contains("::respawn:/usr/libexec/betaas/broker-service"),
+        "{inittab}"
+    );
     // The Cubietruck's Ethernet (GMAC) driver is installed for modprobe.
     let dep = String::from_utf8(cat(&format!("/lib/modules/{kver}/modules.dep"))).expect("utf8");
     assert!(
