@@ -16,6 +16,7 @@ APT_PKGS=(
   mtools dosfstools e2fsprogs fdisk               # sdcard.img: FAT boot partition, ext4 rootfs, partition table
   cpio xz-utils zstd file ca-certificates curl    # initramfs, unpacking .deb members, checks
   kmod                                            # depmod for the image's module tree
+  binutils                                        # readelf: the shared objects the image's mosquitto links
   openssl                                         # test certificates for MQTT over TLS
   iproute2                                        # network namespaces for the partition test
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
