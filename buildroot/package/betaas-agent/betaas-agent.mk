@@ -16,6 +16,7 @@ BETAAS_AGENT_LICENSE = Apache-2.0
 # toolchain links the agent dynamically against the target C library.
 BETAAS_AGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 	--exclude /target --exclude /out --exclude /dl --exclude /.cargo \
+	--exclude /agent/fuzz/target --exclude /agent/fuzz/corpus \
 	--exclude /buildroot/output
 
 # The crate is a member of the workspace at the repository root.
