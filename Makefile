@@ -33,7 +33,8 @@ deps:
 agent-arm: $(STAMP)
 	@echo "==> building the static ARM agent"
 	cargo build --release --locked -p betaas-agent --target $(ARM_TARGET)
-	@file $(AGENT_ARM) | tee /dev/stderr | grep -q 'ARM, EABI5.*statically linked' \
+	@# (not `tee /dev/stderr`: reopening it truncates a log file that stdout and stderr share)
+	@f=$$(file $(AGENT_ARM)); echo "$$f"; echo "$$f" | grep -q 'ARM, EABI5.*statically linked' \
 	  || { echo "error: $(AGENT_ARM) is not a static ARM EABI5 binary" >&2; exit 1; }
 	@echo "==> $(AGENT_ARM): $$(stat -c %s $(AGENT_ARM)) bytes (stripped)"
 
