@@ -143,7 +143,24 @@ pub struct Runtime {
     templates: Vec<Template>,
     /// A VM stats request is in flight: a wedged daemon gets one waiting request, not a pile.
     sampling: std::sync::atomic::AtomicBool,
+    /// VM requests being decided or carried out (each may wait minutes on a remote cloud).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
+
+/// One request's place among the [`MAX_REQUESTS`], given back when its task ends (or panics).
+struct InFlight(Arc<Runtime>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// More VM requests than this at once are answered "busy" at once: a flood of requests must not
+/// pile up tasks and waits without bound.
+pub const MAX_REQUESTS: usize = 16;
 
 impl Runtime {
     pub fn new(
@@ -200,6 +217,7 @@ impl Runtime {
             templates,
             cfg,
             sampling: std::sync::atomic::AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -343,8 +361,19 @@ impl Runtime {
     /// One message on an instance topic or a VM request.
     pub async fn incoming(self: &Arc<Self>, topic: &str, payload: Vec<u8>) {
         if topic == format!("{}/vm/request", self.my_base) {
-            let me = self.clone();
-            tokio::spawn(async move { me.request(&payload).await });
+            use std::sync::atomic::Ordering;
+            if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+                let id = v["id"].as_str().unwrap_or("");
+                let why = format!("busy: {MAX_REQUESTS} VM requests in flight; try again later");
+                return self.result(id, "cancel", "", "", None, &why, 0);
+            }
+            let slot = InFlight(self.clone());
+            tokio::spawn(async move {
+                slot.0.clone().request(&payload).await;
+                drop(slot);
+            });
             return;
         }
         let result = self.state().inst.receive(&payload, unix_millis());

@@ -675,3 +675,53 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
     );
     drop(procs);
 }
+
+#[test]
+fn a_flood_of_vm_requests_is_bounded_and_the_excess_answered_busy() {
+    use betaas_agent::instance::MAX_REQUESTS;
+    let _serial = serial();
+    let (root, keys) = new_instance();
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    // A VM manager that never answers: every accepted request waits in it.
+    let hung = root.path().join("hung-vmd.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&hung).expect("bind");
+    let gw = member(&keys, root.path(), "gw1", Res::new(64, 65536, 1024));
+    let toml = config(&gw, broker.port, &gw.dir.join("keys")).replace(
+        "[instance]\n",
+        &format!("[instance]\nvmd_socket = \"{}\"\n", hung.display()),
+    );
+    std::fs::write(gw.dir.join("agent.toml"), toml).expect("agent.toml");
+    let _agent = spawn(Command::new(AGENT), &gw);
+    health_until(
+        &mut sub,
+        &["gw1"],
+        "gw1 up",
+        Duration::from_secs(20),
+        |_, h| h["instance"]["name"] == "lab",
+    );
+    let extra = fastrand::usize(1..=8);
+    for i in 0..MAX_REQUESTS + extra {
+        broker.publish(
+            "betaas/gw1/vm/request",
+            &format!(r#"{{"id":"f{i}","template":"app"}}"#),
+        );
+    }
+    // The first MAX_REQUESTS wait on the VM manager; each one over is cancelled at once as busy.
+    let mut busy = Vec::new();
+    let end = Instant::now() + Duration::from_secs(8);
+    while let Some((t, p)) = sub.next(end.saturating_duration_since(Instant::now())) {
+        if t == "betaas/gw1/vm/result" {
+            let r: Value = serde_json::from_str(&p).expect("json");
+            assert!(
+                r["reason"].as_str().unwrap_or("").starts_with("busy"),
+                "{r}"
+            );
+            busy.push(r["id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let expected: Vec<String> = (MAX_REQUESTS..MAX_REQUESTS + extra)
+        .map(|i| format!("f{i}"))
+        .collect();
+    assert_eq!(busy, expected);
+}
