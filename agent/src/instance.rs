@@ -319,7 +319,7 @@ impl Runtime {
         let mut n: u64 = 0;
         loop {
             tick.tick().await;
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 self.announce();
             }
             self.send(&self.msg_topic(), false, None, Body::Heartbeat);

@@ -159,7 +159,7 @@ fn strangers_forgeries_and_replays_are_rejected() {
     let mut gws = Vec::new();
     for (id, ik) in [("gw1", &keys), ("gw2", &keys), ("rogue", &other)] {
         let dir = root.path().join(id);
-        admit(&ik, id, &dir);
+        admit(ik, id, &dir);
         gws.push(Gw {
             id: id.into(),
             cap: Res::new(2, 1024, 8),

@@ -157,7 +157,7 @@ mod tests {
             t.observe(Observation::HeartbeatLate);
         }
         let s = t.score(None, |_| false);
-        assert!(s < 0.5 && s >= 0.4, "{s}");
+        assert!((0.4..0.5).contains(&s), "{s}");
         assert!(
             (t.direct() - INITIAL).abs() < 1e-9,
             "quality is not the direct score"
