@@ -12,17 +12,89 @@ mod instance_support;
 use std::time::Duration;
 
 use betaas_core::allocator::Res;
+use std::path::Path;
+
 use betaas_e2e::{Mosquitto, Subscriber};
 use cloud_support::openstack::{fixture, nova_error, Model, COMPUTE};
 use instance_support::*;
 use serde_json::{json, Value};
 
-fn cloud_section(url: &str, limit: u32, creds: &std::path::Path) -> String {
+fn cloud_section(
+    name: &str,
+    provider: &str,
+    endpoint: &str,
+    limit: u32,
+    image: &str,
+    creds: &Path,
+) -> String {
     format!(
-        "[[clouds]]\nname = \"campus\"\nprovider = \"openstack\"\nendpoint = \"{url}/v3\"\nvm_limit = {limit}\n\
-         deploy_timeout_secs = 10\npoll_interval_ms = 200\ncredentials = \"{}\"\nimages = {{ big = \"img-big\" }}\n",
+        "[[clouds]]\nname = \"{name}\"\nprovider = \"{provider}\"\nendpoint = \"{endpoint}\"\nvm_limit = {limit}\n\
+         deploy_timeout_secs = 10\npoll_interval_ms = 200\ncredentials = \"{}\"\nimages = {{ big = \"{image}\" }}\n",
         creds.display()
     )
+}
+
+/// gw0 (no room of its own) and gw1 holding the cloud `[[clouds]]` `section` with credentials
+/// `creds_text` (0600), both running, and gw0 seeing the cloud reachable.
+struct Lab {
+    _root: tempfile::TempDir,
+    broker: Mosquitto,
+    sub: Subscriber,
+    gws: Vec<Gw>,
+    _procs: Vec<betaas_e2e::KillOnDrop>,
+}
+
+fn lab(cloud: &str, section: impl FnOnce(&Path) -> String, creds_text: &str) -> Lab {
+    use std::os::unix::fs::PermissionsExt;
+    let (root, keys) = new_instance();
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let gws: Vec<Gw> = [("gw0", Res::new(0, 0, 0)), ("gw1", Res::new(1, 512, 2))]
+        .into_iter()
+        .map(|(id, cap)| member(&keys, root.path(), id, cap))
+        .collect();
+    let creds = gws[1].dir.join(format!("{cloud}.toml"));
+    std::fs::write(&creds, creds_text).unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut procs = Vec::new();
+    let section = section(&creds);
+    for (i, gw) in gws.iter().enumerate() {
+        let mut text = config(gw, broker.port, &gw.dir.join("keys"));
+        if i == 1 {
+            text += &section;
+        }
+        std::fs::write(gw.dir.join("agent.toml"), text).unwrap();
+        procs.push(spawn(std::process::Command::new(AGENT), gw));
+    }
+    // gw0 learns gw1's cloud from gw1's resource report once gw1 has checked it.
+    health_until(
+        &mut sub,
+        &["gw0"],
+        &format!("gw0 to see {cloud} reachable"),
+        Duration::from_secs(20),
+        |_, h| {
+            let c = &h["instance"]["clouds"];
+            c[0]["name"] == cloud && c[0]["holder"] == "gw1" && c[0]["reachable"] == true
+        },
+    );
+    Lab {
+        _root: root,
+        broker,
+        sub,
+        gws,
+        _procs: procs,
+    }
+}
+
+/// No password or token (`secrets`) in the agents' logs or in `also`.
+fn no_secrets(gws: &[Gw], secrets: &[String], also: &str) {
+    let mut seen = also.to_owned();
+    for gw in gws {
+        seen += &std::fs::read_to_string(gw.dir.join("agent.log")).unwrap();
+    }
+    for s in secrets {
+        assert!(!seen.contains(s.as_str()), "a secret leaked");
+    }
 }
 
 fn cloud_health(sub: &mut Subscriber, what: &str, until: impl Fn(&Value) -> bool) -> Value {
@@ -33,9 +105,13 @@ fn cloud_health(sub: &mut Subscriber, what: &str, until: impl Fn(&Value) -> bool
 }
 
 fn release(broker: &Mosquitto, sub: &mut Subscriber, id: &str, vm: &str) -> Value {
+    release_on(broker, sub, "campus", id, vm)
+}
+
+fn release_on(broker: &Mosquitto, sub: &mut Subscriber, cloud: &str, id: &str, vm: &str) -> Value {
     broker.publish(
         "betaas/gw1/vm/request",
-        &json!({"id": id, "release": vm, "target": "campus"}).to_string(),
+        &json!({"id": id, "release": vm, "target": cloud}).to_string(),
     );
     sub.wait_for(
         &format!("result of {id}"),
@@ -50,47 +126,23 @@ fn release(broker: &Mosquitto, sub: &mut Subscriber, id: &str, vm: &str) -> Valu
 
 #[test]
 fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly() {
-    use std::os::unix::fs::PermissionsExt;
     let _serial = serial();
     let limit = fastrand::u32(1..=2);
     println!("vm_limit {limit}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut fx, m) = rt.block_on(fixture(Model::new()));
     let password = m.lock().unwrap().password.clone();
-
-    let (root, keys) = new_instance();
-    let broker = Mosquitto::start();
-    let mut sub = broker.subscribe("betaas/#");
-    let gws: Vec<Gw> = [("gw0", Res::new(0, 0, 0)), ("gw1", Res::new(1, 512, 2))]
-        .into_iter()
-        .map(|(id, cap)| member(&keys, root.path(), id, cap))
-        .collect();
-    let creds = gws[1].dir.join("campus.toml");
-    std::fs::write(
-        &creds,
-        format!("auth = \"password\"\nusername = \"betaas\"\npassword = \"{password}\"\nproject = \"iot\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut procs = Vec::new();
-    for (i, gw) in gws.iter().enumerate() {
-        let mut text = config(gw, broker.port, &gw.dir.join("keys"));
-        if i == 1 {
-            text += &cloud_section(&fx.url(), limit, &creds);
-        }
-        std::fs::write(gw.dir.join("agent.toml"), text).unwrap();
-        procs.push(spawn(std::process::Command::new(AGENT), gw));
-    }
-    // gw0 learns gw1's cloud from gw1's resource report once gw1 has checked it.
-    health_until(
-        &mut sub,
-        &["gw0"],
-        "gw0 to see campus reachable",
-        Duration::from_secs(20),
-        |_, h| {
-            let c = &h["instance"]["clouds"];
-            c[0]["name"] == "campus" && c[0]["holder"] == "gw1" && c[0]["reachable"] == true
-        },
+    let url = fx.url();
+    let Lab {
+        broker,
+        mut sub,
+        gws,
+        _root,
+        _procs,
+    } = lab(
+        "campus",
+        |creds| cloud_section("campus", "openstack", &format!("{url}/v3"), limit, "img-big", creds),
+        &format!("auth = \"password\"\nusername = \"betaas\"\npassword = \"{password}\"\nproject = \"iot\"\n"),
     );
 
     // 1. The create fails (500): the requester leaves the cloud out and cancels; nothing leaked.
@@ -202,15 +254,93 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     });
 
     // Secrets never reach a log line or a message on the bus.
-    let tokens = m.lock().unwrap().tokens.clone();
-    let mut seen = String::new();
-    for gw in &gws {
-        seen += &std::fs::read_to_string(gw.dir.join("agent.log")).unwrap();
-    }
-    seen += &format!("{r} {c}");
-    assert!(!seen.contains(&password), "password leaked");
-    for t in tokens {
-        assert!(!seen.contains(&t), "token leaked");
-    }
-    drop(procs);
+    let mut secrets = m.lock().unwrap().tokens.clone();
+    secrets.push(password);
+    no_secrets(&gws, &secrets, &format!("{r} {c}"));
+}
+
+/// The same flow on OpenNebula: the holder instantiates the template mapped to the request's
+/// template over XML-RPC; a release powers it off; the next request resumes it.
+#[test]
+fn remote_decisions_on_opennebula_instantiate_poweroff_and_resume() {
+    use cloud_support::opennebula::{fixture as one_fixture, parse_call, TEMPLATE_ID};
+    let _serial = serial();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fx, m, password) = rt.block_on(one_fixture());
+    let url = fx.url();
+    let Lab {
+        broker,
+        mut sub,
+        gws,
+        _root,
+        _procs,
+    } = lab(
+        "one",
+        |creds| {
+            cloud_section(
+                "one",
+                "opennebula",
+                &format!("{url}/RPC2"),
+                1,
+                TEMPLATE_ID,
+                creds,
+            )
+        },
+        &format!("auth = \"password\"\nusername = \"oneuser\"\npassword = \"{password}\"\n"),
+    );
+    let calls = |method: &str| {
+        fx.requests()
+            .iter()
+            .map(|q| parse_call(&q.body))
+            .filter(|(name, _)| name == method)
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>()
+    };
+    let r = request(&broker, &mut sub, "gw0", "n1", "big");
+    assert_eq!(
+        (&r["decision"], &r["target"], &r["host"], &r["resumed"]),
+        (
+            &json!("remote"),
+            &json!("one"),
+            &json!("gw1"),
+            &json!(false)
+        ),
+        "{r}"
+    );
+    let vm = r["vm"].as_str().unwrap().to_owned();
+    let inst = calls("one.template.instantiate");
+    assert_eq!(inst.len(), 1);
+    assert_eq!(inst[0][1], TEMPLATE_ID);
+    assert!(inst[0][2].starts_with("betaas-gw1-big-"), "{:?}", inst[0]);
+    assert_eq!(
+        m.lock().unwrap().vms[&vm.parse::<u64>().unwrap()].state,
+        3,
+        "ACTIVE"
+    );
+
+    let rel = release_on(&broker, &mut sub, "one", "nrel", &vm);
+    assert_eq!(rel["decision"], "released", "{rel}");
+    let r = request(&broker, &mut sub, "gw0", "n2", "big");
+    assert_eq!(
+        (&r["decision"], &r["vm"], &r["resumed"]),
+        (&json!("remote"), &json!(vm), &json!(true)),
+        "{r}"
+    );
+    let actions: Vec<(String, String)> = calls("one.vm.action")
+        .into_iter()
+        .map(|p| (p[1].clone(), p[2].clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("poweroff".to_owned(), vm.clone()),
+            ("resume".to_owned(), vm.clone())
+        ]
+    );
+    assert_eq!(
+        calls("one.template.instantiate").len(),
+        1,
+        "resumed, not instantiated"
+    );
+    no_secrets(&gws, &[password], &r.to_string());
 }

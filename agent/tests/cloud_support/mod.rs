@@ -3,6 +3,7 @@
 //! capture to search the logs for secrets.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod opennebula;
 pub mod openstack;
 
 use std::convert::Infallible;
