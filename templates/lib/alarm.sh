@@ -1,9 +1,10 @@
 # Sourced by the paper's template recipes (templates/{app,gateway,bigdata-storage,bigdata-compute}/build.sh):
 # an Arch Linux ARM (ARMv7, "armv7h") guest image with packages installed by the guest's own pacman.
 #
-# NEEDS INTERNET. What it downloads, and from where:
-#   http://os.archlinuxarm.org/os/ArchLinuxARM-armv7-latest.tar.gz      the ARMv7 root filesystem (~500 MB)
-#   http://os.archlinuxarm.org/os/ArchLinuxARM-armv7-latest.tar.gz.md5  its checksum (the project publishes md5 only)
+# NEEDS INTERNET. What it downloads, and from where (no mirror host is written here: you name yours):
+#   $ALARM_URL        the ARMv7 root filesystem, ArchLinuxARM-armv7-latest.tar.gz on an Arch Linux ARM
+#                     download mirror of your choice (~500 MB)
+#   $ALARM_URL.md5    its checksum (the project publishes md5 only)
 #   pacman packages (linux-armv7 kernel + each recipe's list) from the Arch Linux ARM mirrors named in the
 #   rootfs's own /etc/pacman.d/mirrorlist (whatever mirror the rootfs ships), signatures checked
 #   by pacman against the archlinuxarm keyring shipped in the rootfs.
@@ -16,10 +17,13 @@
 # (kernel + initramfs copied out of the rootfs's /boot, root=/dev/vda); a rootfs tarball for lxc.
 # systemd in the guest handles the power button (ACPI shutdown on -M virt: gpio-keys -> logind).
 
-ALARM_URL=${ALARM_URL:-http://os.archlinuxarm.org/os/ArchLinuxARM-armv7-latest.tar.gz}
 ALARM_DL=${ALARM_DL:-dl/alarm}
 
 tpl_die() { echo "templates/$TPL: $*" >&2; exit 1; }
+[ -n "${ALARM_URL:-}" ] || tpl_die "set ALARM_URL to ArchLinuxARM-armv7-latest.tar.gz on the Arch Linux ARM \
+download mirror you use (its .md5 must sit beside it); this recipe needs internet. The offline test template \
+is 'make templates' (templates/tiny)."
+case "$ALARM_URL" in http://*|https://*) ;; *) tpl_die "ALARM_URL=$ALARM_URL is not an http(s) URL" ;; esac
 tpl_step() { echo "==> [$TPL] $*"; }
 
 # Fails early, before anything is written, when a URL cannot be reached (as on CI machines, which only

@@ -1,4 +1,4 @@
-//! OpenNebula over its XML-RPC API (`http://frontend:2633/RPC2`).
+//! OpenNebula over its XML-RPC API (the front-end's `/RPC2` endpoint, port 2633 by default).
 //!
 //! Every call's first parameter is the session string `user:password`; every answer is an array
 //! `[success (boolean), result or error message, error code (int), ...]`. Calls used:
