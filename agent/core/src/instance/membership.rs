@@ -91,6 +91,21 @@ pub struct Instance {
     pub rejected: BTreeMap<&'static str, u64>,
 }
 
+impl Member {
+    /// A gateway just admitted by a verified join: up, no report yet, initial trust.
+    fn joined(key: VerifyingKey, counter: u64, now_ms: u64) -> Member {
+        Member {
+            key,
+            state: State::Up,
+            last_counter: counter,
+            last_seen_ms: now_ms,
+            report: None,
+            trust: Trust::default(),
+            on_time: 0,
+        }
+    }
+}
+
 impl Instance {
     pub fn new(me: &str, instance_key: VerifyingKey, settings: Settings) -> Instance {
         Instance {
@@ -146,15 +161,7 @@ impl Instance {
                         return Err(MsgError::Dismissed(env.from));
                     }
                     // Re-admission through the join procedure: a fresh start, with a fresh key.
-                    *m = Member {
-                        key,
-                        state: State::Up,
-                        last_counter: env.counter,
-                        last_seen_ms: now_ms,
-                        report: None,
-                        trust: Trust::default(),
-                        on_time: 0,
-                    };
+                    *m = Member::joined(key, env.counter, now_ms);
                     events.push(Event::Joined(env.from.clone()));
                 } else {
                     if env.counter == m.last_counter {
@@ -199,18 +206,8 @@ impl Instance {
                 let Body::Announce { .. } = env.body else {
                     return Err(MsgError::UnknownSender(env.from));
                 };
-                self.members.insert(
-                    env.from.clone(),
-                    Member {
-                        key,
-                        state: State::Up,
-                        last_counter: env.counter,
-                        last_seen_ms: now_ms,
-                        report: None,
-                        trust: Trust::default(),
-                        on_time: 0,
-                    },
-                );
+                self.members
+                    .insert(env.from.clone(), Member::joined(key, env.counter, now_ms));
                 events.push(Event::Joined(env.from.clone()));
             }
         }
