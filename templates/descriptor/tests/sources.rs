@@ -1,7 +1,7 @@
 //! Every recipe's source descriptor (`templates/<name>/template.toml`) is valid apart from the
 //! checksums its build adds, and the paper's templates are all there.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use betaas_templates::{check_source, Template, DESCRIPTOR};
@@ -46,18 +46,6 @@ fn every_source_descriptor_is_valid() {
     );
 }
 
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// templates/lib/descriptor.sh (what every recipe writes next to its build) produces descriptors
 /// this crate loads, with each file's own sha256 in its own field, for every template.
 #[test]
@@ -90,7 +78,7 @@ fn the_recipes_descriptor_writer_yields_loadable_descriptors() {
         for (field, f) in t.files() {
             assert_eq!(
                 f.sha256.as_hex(),
-                sha256sum(&t.path_of(f)),
+                betaas_e2e::sha256_hex(&t.path_of(f)),
                 "{name}: {field}"
             );
         }
