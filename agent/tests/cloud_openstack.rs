@@ -587,12 +587,18 @@ async fn vm_limit_or_unreachable_cloud_makes_the_allocator_go_local_or_cancel() 
     );
 }
 
-/// The cloud stops answering right after accepting the create: the deployment fails, the VM is
-/// recorded for cleanup (on disk), and the next sweep once the cloud is back deletes it.
-#[tokio::test]
-async fn unreachable_mid_deploy_leaks_no_vm() {
-    let mut model = Model::new();
-    model.hang_after_create = true;
+/// A deployment on `model` (one VM of 1 vCPU / 512 MB, limit 2) that is expected to fail, at `now`.
+struct Failed {
+    fx: Fixture,
+    m: Shared,
+    os: OpenStack,
+    dir: tempfile::TempDir,
+    store: Store,
+    reg: Registry,
+    e: DeployError,
+}
+
+async fn failed_deploy(model: Model, now: u64) -> Failed {
     let (fx, m) = fixture(model).await;
     let os = client(&fx, password_creds(&m.lock().unwrap()));
     let dir = tempfile::tempdir().unwrap();
@@ -600,9 +606,35 @@ async fn unreachable_mid_deploy_leaks_no_vm() {
     let mut reg = Registry::default();
     let sp = spec(1, 512);
     let p = plan(&reg, &[view(2, true)], &sp.template, &["gw-1"]);
-    let e = deploy(&os, &p, &mut reg, &store, &sp, 100, &fast_timeouts())
+    let e = deploy(&os, &p, &mut reg, &store, &sp, now, &fast_timeouts())
         .await
         .unwrap_err();
+    Failed {
+        fx,
+        m,
+        os,
+        dir,
+        store,
+        reg,
+        e,
+    }
+}
+
+/// The cloud stops answering right after accepting the create: the deployment fails, the VM is
+/// recorded for cleanup (on disk), and the next sweep once the cloud is back deletes it.
+#[tokio::test]
+async fn unreachable_mid_deploy_leaks_no_vm() {
+    let mut model = Model::new();
+    model.hang_after_create = true;
+    let Failed {
+        fx,
+        m,
+        os,
+        dir,
+        store,
+        reg,
+        e,
+    } = failed_deploy(model, 100).await;
     assert!(e.unreachable(), "{e}");
     let id = m
         .lock()
@@ -639,16 +671,15 @@ async fn unreachable_mid_deploy_leaks_no_vm() {
 async fn failed_build_is_deleted_and_lost_create_found_by_name() {
     let mut model = Model::new();
     model.fail_build = true;
-    let (fx, m) = fixture(model).await;
-    let os = client(&fx, password_creds(&m.lock().unwrap()));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut reg = Registry::default();
-    let sp = spec(1, 512);
-    let p = plan(&reg, &[view(2, true)], &sp.template, &["gw-1"]);
-    let e = deploy(&os, &p, &mut reg, &store, &sp, 5, &fast_timeouts())
-        .await
-        .unwrap_err();
+    let Failed {
+        fx,
+        m,
+        os,
+        dir: _dir,
+        store,
+        mut reg,
+        e,
+    } = failed_deploy(model, 5).await;
     assert!(
         matches!(e, DeployError::Cloud(CloudError::VmFailed { .. })),
         "{e}"
@@ -675,6 +706,7 @@ async fn failed_build_is_deleted_and_lost_create_found_by_name() {
             pending: None,
         },
     );
+    let p = plan(&reg, &[view(2, true)], &sp.template, &["gw-1"]);
     let e = deploy(&os, &p, &mut reg, &store, &sp, 6, &fast_timeouts())
         .await
         .unwrap_err();
