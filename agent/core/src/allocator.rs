@@ -327,6 +327,9 @@ pub struct Fired {
 pub struct Decision {
     pub outcome: Outcome,
     pub rules: Vec<Fired>,
+    /// For `Remote`: the gateway holding the credentials that should carry it out (a cloud may have
+    /// several holders; the name alone does not say which one has room). `None` otherwise.
+    pub holder: Option<String>,
 }
 
 impl Decision {
@@ -409,6 +412,7 @@ pub fn decide(req: &Request, view: &InstanceView, policy: &Policy) -> Decision {
         return Decision {
             outcome: Outcome::Local(g.id.clone()),
             rules,
+            holder: None,
         };
     }
 
@@ -438,8 +442,8 @@ pub fn decide(req: &Request, view: &InstanceView, policy: &Policy) -> Decision {
                     req.template.role.name()
                 ),
             });
-            match usable_remote(view, policy) {
-                Ok(r) => return remote_decision(r, rules),
+            match usable_cloud(view, policy) {
+                Ok(c) => return remote_decision(c, rules),
                 Err(why) => rules.push(Fired {
                     rule: REMOTE_UNUSABLE,
                     text: format!("{why}: running it locally instead"),
@@ -463,6 +467,7 @@ pub fn decide(req: &Request, view: &InstanceView, policy: &Policy) -> Decision {
     Decision {
         outcome: Outcome::Local(chosen.id.clone()),
         rules,
+        holder: None,
     }
 }
 
@@ -515,64 +520,136 @@ fn eligible_gateways<'v>(
     out
 }
 
-/// The remote cloud to use, or why none is usable. Cheapest first, then most headroom, then name.
+/// A remote cloud the allocator may use, seen across all its holders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudChoice<'v> {
+    /// The holder entry chosen to carry the request out (`owner` is the holder).
+    pub remote: &'v Remote,
+    /// VMs on the cloud across all its holders.
+    pub in_use: u32,
+    /// The cloud's limit: the smallest any holder states.
+    pub max_vms: u32,
+    /// How many entries name this cloud.
+    pub holders: usize,
+}
+
+/// The remote cloud to use (the chosen holder's entry), or why none is usable. See [`usable_cloud`].
 pub fn usable_remote<'v>(view: &'v InstanceView, policy: &Policy) -> Result<&'v Remote, String> {
+    usable_cloud(view, policy).map(|c| c.remote)
+}
+
+/// The remote cloud to use and the holder to ask, or why none is usable.
+///
+/// Several gateways may hold credentials for one cloud (entries with the same `name`, different
+/// `owner`). The limit is the cloud's, not a holder's: its VMs are counted across all entries
+/// with that name (unreachable holders included: their VMs still run there), against the smallest
+/// `max_vms` any holder states (holders may be configured differently; the strictest wins so
+/// that no holder's limit is exceeded). A cloud is full when that count reaches the limit.
+/// Among the holders that can act (reachable, in the instance, within the cost limit): fewest VMs
+/// of its own, then owner id. Among clouds: cheapest, then most headroom, then name.
+pub fn usable_cloud<'v>(
+    view: &'v InstanceView,
+    policy: &Policy,
+) -> Result<CloudChoice<'v>, String> {
     if view.remotes.is_empty() {
         return Err("no remote cloud is configured".into());
     }
-    let mut why = Vec::new();
-    let mut best: Option<&Remote> = None;
+    // Clouds by name (BTreeMap: the order of the entries in the view does not matter).
+    let mut clouds: std::collections::BTreeMap<&str, Vec<&Remote>> = Default::default();
     for r in &view.remotes {
-        let problem = if !r.reachable {
-            Some("unreachable".to_owned())
-        } else if r.in_use >= r.max_vms {
-            Some(format!("at its VM limit ({}/{})", r.in_use, r.max_vms))
-        } else if policy
-            .max_cost_per_vm
-            .is_some_and(|m| below(m, r.cost_per_vm))
-        {
-            Some(format!("costs {} per VM, over the limit", r.cost_per_vm))
-        } else if !view.gateways.iter().any(|g| g.id == r.owner) {
-            Some(format!(
-                "its credentials' owner {} is not in the instance",
-                r.owner
-            ))
-        } else {
-            None
-        };
-        match problem {
-            Some(p) => why.push(format!("{} {p}", r.name)),
-            None => {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        let key = |r: &Remote| (r.cost_per_vm, Reverse(r.max_vms - r.in_use));
-                        match key(r).0.total_cmp(&key(b).0) {
-                            std::cmp::Ordering::Equal => (key(r).1, &r.name) < (key(b).1, &b.name),
-                            o => o.is_lt(),
-                        }
+        clouds.entry(r.name.as_str()).or_default().push(r);
+    }
+    let mut why = Vec::new();
+    let mut best: Option<CloudChoice<'v>> = None;
+    for (name, holders) in clouds {
+        let in_use = holders.iter().fold(0u32, |n, r| n.saturating_add(r.in_use));
+        let max_vms = holders.iter().map(|r| r.max_vms).min().unwrap_or(0);
+        if in_use >= max_vms {
+            let across = match holders.len() {
+                1 => String::new(),
+                n => format!(" across {n} holders"),
+            };
+            why.push(format!(
+                "{name} at its VM limit ({in_use}/{max_vms}{across})"
+            ));
+            continue;
+        }
+        let mut holder: Option<&Remote> = None;
+        for r in holders.iter().copied() {
+            // Name the holder only when there are several: one holder is the cloud.
+            let who = if holders.len() > 1 {
+                format!(" (holder {})", r.owner)
+            } else {
+                String::new()
+            };
+            let problem = if !r.reachable {
+                Some(format!("{name} unreachable{who}"))
+            } else if policy
+                .max_cost_per_vm
+                .is_some_and(|m| below(m, r.cost_per_vm))
+            {
+                Some(format!(
+                    "{name} costs {} per VM, over the limit{who}",
+                    r.cost_per_vm
+                ))
+            } else if !view.gateways.iter().any(|g| g.id == r.owner) {
+                Some(format!(
+                    "{name} its credentials' owner {} is not in the instance",
+                    r.owner
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => why.push(p),
+                None => {
+                    if holder.is_none_or(|h| (r.in_use, &r.owner) < (h.in_use, &h.owner)) {
+                        holder = Some(r);
                     }
-                };
-                if better {
-                    best = Some(r);
                 }
             }
+        }
+        let Some(remote) = holder else { continue };
+        let c = CloudChoice {
+            remote,
+            in_use,
+            max_vms,
+            holders: holders.len(),
+        };
+        let better = best.as_ref().is_none_or(|b| {
+            match c.remote.cost_per_vm.total_cmp(&b.remote.cost_per_vm) {
+                std::cmp::Ordering::Equal => {
+                    (Reverse(c.max_vms - c.in_use), name)
+                        < (Reverse(b.max_vms - b.in_use), b.remote.name.as_str())
+                }
+                o => o.is_lt(),
+            }
+        });
+        if better {
+            best = Some(c);
         }
     }
     best.ok_or_else(|| format!("no remote cloud is usable ({})", why.join(", ")))
 }
 
-fn remote_decision(r: &Remote, mut rules: Vec<Fired>) -> Decision {
+fn remote_decision(c: CloudChoice<'_>, mut rules: Vec<Fired>) -> Decision {
+    let r = c.remote;
+    let via = if c.holders > 1 {
+        format!(" via holder {}", r.owner)
+    } else {
+        String::new()
+    };
     rules.push(Fired {
         rule: REMOTE_CHOSEN,
         text: format!(
-            "remote cloud {} ({} of {} VMs in use)",
-            r.name, r.in_use, r.max_vms
+            "remote cloud {}{via} ({} of {} VMs in use)",
+            r.name, c.in_use, c.max_vms
         ),
     });
     Decision {
         outcome: Outcome::Remote(r.name.clone()),
         rules,
+        holder: Some(r.owner.clone()),
     }
 }
 
@@ -582,8 +659,8 @@ fn remote_or(
     policy: &Policy,
     mut rules: Vec<Fired>,
 ) -> Decision {
-    match usable_remote(view, policy) {
-        Ok(r) => remote_decision(r, rules),
+    match usable_cloud(view, policy) {
+        Ok(c) => remote_decision(c, rules),
         Err(why) => {
             rules.push(Fired {
                 rule: REMOTE_UNUSABLE,
@@ -592,6 +669,7 @@ fn remote_or(
             Decision {
                 outcome: Outcome::Cancel(reason),
                 rules,
+                holder: None,
             }
         }
     }

@@ -257,6 +257,7 @@ impl<'s> Sim<'s> {
                         self.priority.1 += 1;
                     }
                 }
+                let holder = d.holder;
                 match d.outcome {
                     Outcome::Local(id) => {
                         counts.local += 1;
@@ -274,7 +275,11 @@ impl<'s> Sim<'s> {
                     }
                     Outcome::Remote(name) => {
                         counts.remote += 1;
-                        if let Some(r) = self.view.remotes.iter().position(|r| r.name == name) {
+                        // The entry of the holder the allocator chose: a cloud may have several.
+                        let chosen = |r: &Remote| {
+                            r.name == name && holder.as_deref().is_none_or(|h| r.owner == h)
+                        };
+                        if let Some(r) = self.view.remotes.iter().position(chosen) {
                             self.view.remotes[r].in_use += 1;
                             self.placed[i] = Some(Placed::Remote(r));
                         }

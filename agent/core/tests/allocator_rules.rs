@@ -420,3 +420,128 @@ fn spread_judges_the_share_left_free() {
     assert_eq!(local(&d), "Y", "{}", d.explanation());
     assert!(d.fired(SPREAD) && !d.fired(PACK_NO_BIGGEST) && !d.fired(KEEP_ROOM));
 }
+
+fn holder(name: &str, owner: &str, in_use: u32, max_vms: u32) -> Remote {
+    Remote {
+        in_use,
+        max_vms,
+        ..remote(name, owner)
+    }
+}
+
+/// A small instance that sends a compute node remote (nothing local fits it).
+fn two_holders(remotes: Vec<Remote>) -> Decision {
+    ask(
+        big(),
+        &view(vec![gw("A", 1, 1024), gw("B", 1, 1024)], remotes),
+    )
+}
+
+#[test]
+fn two_holders_the_decision_names_the_one_to_ask() {
+    // Random split of the cloud's VMs between A and B, under the limit, in random list order:
+    // the holder with fewer VMs of its own is named (ties: owner id), whatever comes first.
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..200 {
+        let limit = rng.u32(2..20);
+        let a = rng.u32(0..limit);
+        let b = rng.u32(0..limit - a);
+        let mut remotes = vec![holder("os", "A", a, limit), holder("os", "B", b, limit)];
+        if rng.bool() {
+            remotes.reverse();
+        }
+        let d = two_holders(remotes);
+        assert_eq!(d.outcome, Outcome::Remote("os".into()), "seed {seed}");
+        let want = if b < a { "B" } else { "A" };
+        assert_eq!(
+            d.holder.as_deref(),
+            Some(want),
+            "seed {seed}: {a}+{b}/{limit}"
+        );
+        assert!(
+            d.explanation()
+                .contains(&format!("os via holder {want} ({} of {limit}", a + b)),
+            "{}",
+            d.explanation()
+        );
+    }
+}
+
+#[test]
+fn two_holders_an_unreachable_one_is_skipped() {
+    // A comes first and has fewer VMs, but cannot reach the cloud: B is asked.
+    let mut a = holder("os", "A", 0, 4);
+    a.reachable = false;
+    let d = two_holders(vec![a.clone(), holder("os", "B", 1, 4)]);
+    assert_eq!(d.outcome, Outcome::Remote("os".into()));
+    assert_eq!(d.holder.as_deref(), Some("B"));
+    // Control: reachable again, A (fewer VMs) is asked.
+    a.reachable = true;
+    let d = two_holders(vec![a, holder("os", "B", 1, 4)]);
+    assert_eq!(d.holder.as_deref(), Some("A"));
+    // Only unreachable holders: no remote, each named.
+    let mut b = holder("os", "B", 0, 4);
+    b.reachable = false;
+    let mut a = holder("os", "A", 0, 4);
+    a.reachable = false;
+    let d = two_holders(vec![a, b]);
+    assert_eq!(d.outcome, Outcome::Cancel(CancelReason::NoResources));
+    assert_eq!(d.holder, None);
+    let text = d.explanation();
+    assert!(
+        text.contains("os unreachable (holder A)") && text.contains("os unreachable (holder B)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_holders_the_limit_holds_across_both() {
+    // Limit 3, 2 VMs made through A and 1 through B: each holder alone is under 3, the cloud is not.
+    let d = two_holders(vec![holder("os", "A", 2, 3), holder("os", "B", 1, 3)]);
+    assert_eq!(d.outcome, Outcome::Cancel(CancelReason::NoResources));
+    assert!(
+        d.explanation()
+            .contains("os at its VM limit (3/3 across 2 holders)"),
+        "{}",
+        d.explanation()
+    );
+    // An unreachable holder's VMs still run on the cloud: they count.
+    let mut b = holder("os", "B", 1, 3);
+    b.reachable = false;
+    let d = two_holders(vec![holder("os", "A", 2, 3), b]);
+    assert_eq!(d.outcome, Outcome::Cancel(CancelReason::NoResources));
+    // Control: one VM fewer and the cloud has room.
+    let d = two_holders(vec![holder("os", "A", 1, 3), holder("os", "B", 1, 3)]);
+    assert_eq!(d.outcome, Outcome::Remote("os".into()));
+}
+
+#[test]
+fn two_holders_the_strictest_limit_is_the_clouds() {
+    // A says 5, B says 2: with 2 VMs the cloud is full for both.
+    let d = two_holders(vec![holder("os", "A", 1, 5), holder("os", "B", 1, 2)]);
+    assert_eq!(d.outcome, Outcome::Cancel(CancelReason::NoResources));
+    assert!(d.explanation().contains("(2/2 across 2 holders)"));
+    // Control: B says 3.
+    let d = two_holders(vec![holder("os", "A", 1, 5), holder("os", "B", 1, 3)]);
+    assert_eq!(d.outcome, Outcome::Remote("os".into()));
+    assert!(d.explanation().contains("(2 of 3 VMs in use)"));
+}
+
+#[test]
+fn one_holder_decisions_name_it_and_local_ones_name_none() {
+    let d = ask(
+        big(),
+        &view(vec![gw("A", 1, 1024)], vec![remote("os", "A")]),
+    );
+    assert_eq!(d.holder.as_deref(), Some("A"));
+    assert!(d
+        .explanation()
+        .contains("remote cloud os (0 of 4 VMs in use)"));
+    let d = ask(
+        light(),
+        &view(vec![gw("A", 1, 1024)], vec![remote("os", "A")]),
+    );
+    assert_eq!(local(&d), "A");
+    assert_eq!(d.holder, None);
+}

@@ -71,7 +71,11 @@ fn gateway(i: usize) -> impl Strategy<Value = Gateway> {
 
 fn instance() -> impl Strategy<Value = (InstanceView, Request, Policy)> {
     let gateways = (1usize..8).prop_flat_map(|n| (0..n).map(gateway).collect::<Vec<_>>());
-    let remotes = proptest::collection::vec((0u32..4, 0u32..5, any::<bool>(), 0usize..10), 0..3);
+    // Names from a small set: two entries may name one cloud (two holders of its credentials).
+    let remotes = proptest::collection::vec(
+        (0u32..4, 0u32..5, any::<bool>(), 0usize..10, 0usize..3),
+        0..4,
+    );
     let kind = proptest::sample::select(PolicyKind::ALL.to_vec());
     (
         gateways,
@@ -85,9 +89,8 @@ fn instance() -> impl Strategy<Value = (InstanceView, Request, Policy)> {
             let n = gateways.len();
             let remotes = remotes
                 .into_iter()
-                .enumerate()
-                .map(|(i, (max_vms, in_use, reachable, owner))| Remote {
-                    name: format!("r{i}"),
+                .map(|(max_vms, in_use, reachable, owner, name)| Remote {
+                    name: format!("r{name}"),
                     provider: Provider::Openstack,
                     max_vms,
                     in_use: in_use.min(max_vms),
@@ -144,10 +147,21 @@ proptest! {
     fn remote_choice_is_within_limits((view, req, policy) in instance()) {
         let d = decide(&req, &view, &policy);
         if let Outcome::Remote(name) = &d.outcome {
-            let r = view.remotes.iter().find(|r| &r.name == name).expect("remote exists");
+            let holder = d.holder.as_deref().expect("a remote decision names its holder");
+            let r = view
+                .remotes
+                .iter()
+                .find(|r| &r.name == name && r.owner == holder)
+                .expect("the chosen holder holds that cloud");
             prop_assert!(r.reachable);
-            prop_assert!(r.in_use < r.max_vms, "{name} over its limit");
             prop_assert!(view.gateways.iter().any(|g| g.id == r.owner));
+            // The limit is the cloud's: all its holders' VMs count, against the strictest limit.
+            let same = view.remotes.iter().filter(|r| &r.name == name);
+            let in_use: u32 = same.clone().map(|r| r.in_use).sum();
+            let limit = same.map(|r| r.max_vms).min().unwrap_or(0);
+            prop_assert!(in_use < limit, "{name} over its limit: {in_use}/{limit}");
+        } else {
+            prop_assert!(d.holder.is_none());
         }
     }
 
