@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod files;
+pub use files::read_password_file;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -106,6 +109,122 @@ impl TemplateConfig {
             mem_mb: self.mem_mb,
             disk_gb: self.disk_gb,
             role: self.role,
+        }
+    }
+}
+
+/// Where in `[instance]` a rule is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstanceKey {
+    /// A key of `[instance]` itself.
+    Key(&'static str),
+    /// A key of `capacity` (inline `capacity = {…}` or an `[instance.capacity]` table).
+    Capacity(&'static str),
+    /// A key of the n-th `[[instance.templates]]`.
+    Template(usize, &'static str),
+}
+
+/// Accepted ranges of `[instance]`: (key, lowest, highest).
+const INSTANCE_RANGES: [(&str, u64, u64); 5] = [
+    ("heartbeat_ms", 50, 60_000),
+    ("deploy_timeout_ms", 100, 600_000),
+    ("remote_timeout_ms", 1_000, 3_600_000),
+    ("dismiss_after_secs", 1, 86_400),
+    ("readmit_after_secs", 1, 604_800),
+];
+/// A member silent this long is down: at least two heartbeats (one lost heartbeat must not take
+/// a member down), at most ten minutes.
+const TIMEOUT_MAX_MS: u64 = 600_000;
+
+impl InstanceConfig {
+    /// The first rule `[instance]` breaks. A zero heartbeat would panic in the timer and put the
+    /// agent in a crash loop under init; the other bounds keep timers and trust meaningful.
+    fn problem(&self) -> Option<(InstanceKey, String)> {
+        use InstanceKey::*;
+        for (key, lo, hi) in INSTANCE_RANGES {
+            let v = match key {
+                "heartbeat_ms" => self.heartbeat_ms,
+                "deploy_timeout_ms" => self.deploy_timeout_ms,
+                "remote_timeout_ms" => self.remote_timeout_ms,
+                "dismiss_after_secs" => self.dismiss_after_secs,
+                _ => self.readmit_after_secs,
+            };
+            if !(lo..=hi).contains(&v) {
+                return Some((Key(key), format!("{v} is out of range {lo}..={hi}")));
+            }
+        }
+        let min_timeout = 2 * self.heartbeat_ms;
+        if !(min_timeout..=TIMEOUT_MAX_MS).contains(&self.timeout_ms) {
+            return Some((
+                Key("timeout_ms"),
+                format!(
+                    "{} is out of range {min_timeout}..={TIMEOUT_MAX_MS} (at least 2 x heartbeat_ms = {})",
+                    self.timeout_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.dismiss_threshold) {
+            return Some((
+                Key("dismiss_threshold"),
+                format!("{} is out of range 0..=1", self.dismiss_threshold),
+            ));
+        }
+        // All zero: the gateway takes part in placement but offers no room for VMs. Some zero:
+        // it could host nothing while claiming the rest.
+        let c = self.capacity;
+        let zero = [
+            ("cpus", c.cpus == 0),
+            ("mem_mb", c.mem_mb == 0),
+            ("disk_gb", c.disk_gb == 0),
+        ];
+        if zero.iter().any(|z| z.1) && !zero.iter().all(|z| z.1) {
+            let (key, _) = zero.iter().find(|z| z.1).copied().unwrap_or(("cpus", true));
+            return Some((
+                Capacity(key),
+                "must be above 0 (or cpus, mem_mb and disk_gb all 0: this gateway offers no room for VMs)"
+                    .into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, t) in self.templates.iter().enumerate() {
+            if let Err(e) = TopicLevel::try_from(t.name.clone()) {
+                return Some((Template(i, "name"), e));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Some((
+                    Template(i, "name"),
+                    format!("duplicate template name {:?}: names must be unique", t.name),
+                ));
+            }
+            if t.vcpus == 0 {
+                return Some((Template(i, "vcpus"), "must be above 0".into()));
+            }
+            if t.mem_mb == 0 {
+                return Some((Template(i, "mem_mb"), "must be above 0".into()));
+            }
+        }
+        None
+    }
+}
+
+impl InstanceKey {
+    /// The line (of the key, else of its table's header) and the dotted field.
+    fn place(self, text: &str) -> (usize, String) {
+        match self {
+            InstanceKey::Key(k) => (key_line(text, "instance", 0, k), format!("instance.{k}")),
+            InstanceKey::Capacity(k) => {
+                let table = key_line(text, "instance.capacity", 0, k);
+                let line = if table > 0 {
+                    table
+                } else {
+                    key_line(text, "instance", 0, "capacity")
+                };
+                (line, format!("instance.capacity.{k}"))
+            }
+            InstanceKey::Template(i, k) => (
+                key_line(text, "instance.templates", i, k),
+                format!("instance.templates[{i}].{k}"),
+            ),
         }
     }
 }
@@ -276,6 +395,11 @@ pub struct Mqtt {
     pub keep_alive_secs: Seconds,
     /// `[mqtt.tls]`: TLS to the broker (rustls). Absent: plain TCP.
     pub tls: Option<Tls>,
+    /// The broker user (an instance's broker has one per gateway); goes with `password_file`.
+    pub username: Option<String>,
+    /// The password on one line (a trailing newline is ignored); refused when group or others
+    /// may read it (see [`read_password_file`]).
+    pub password_file: Option<PathBuf>,
 }
 
 /// PEM files, normally under `/etc/betaas/credentials/`. A private key readable by group or others
@@ -730,6 +854,40 @@ impl Config {
                 });
             }
         }
+        let at = |table: &str, key: &str| key_line(text, table, 0, key);
+        match (&self.mqtt.username, &self.mqtt.password_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                let (key, other) = if self.mqtt.username.is_some() {
+                    ("username", "password_file")
+                } else {
+                    ("password_file", "username")
+                };
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    line: at("mqtt", key),
+                    field: format!("mqtt.{key}"),
+                    message: format!("`username` and `password_file` go together: add `{other}`"),
+                });
+            }
+            (Some(u), Some(_)) if u.is_empty() || u.chars().any(char::is_control) => {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    line: at("mqtt", "username"),
+                    field: "mqtt.username".into(),
+                    message: "must be a non-empty name without control characters".into(),
+                });
+            }
+            _ => {}
+        }
+        if let Some((key, message)) = self.instance.as_ref().and_then(InstanceConfig::problem) {
+            let (line, field) = key.place(text);
+            return Err(ConfigError {
+                file: path.to_owned(),
+                line,
+                field,
+                message,
+            });
+        }
         let own = format!("{}/{}/", self.mqtt.prefix, self.gateway_id);
         let mut seen = HashSet::new();
         for (i, thing) in self.things.iter().enumerate() {
@@ -965,6 +1123,209 @@ device = "/dev/i2c-0"
         assert_eq!(e.field, "resources.persist_every");
         let e = err(&format!("{GOOD}\n[resources]\nsample_interval = 5\n"));
         assert!(e.message.contains("sample_interval_secs"), "{}", e.message);
+    }
+
+    const INSTANCE: &str = r#"
+[instance]
+name = "lab"
+heartbeat_ms = 1000
+timeout_ms = 4000
+virt = "qemu"
+capacity = { cpus = 2, mem_mb = 1024, disk_gb = 8 }
+
+[[instance.templates]]
+name = "app"
+vcpus = 1
+mem_mb = 256
+disk_gb = 1
+role = "app-light"
+
+[[instance.templates]]
+name = "db"
+vcpus = 2
+mem_mb = 512
+disk_gb = 4
+role = "storage"
+"#;
+
+    /// GOOD + INSTANCE with `from` replaced by `to` (once) in the instance part: the error's line,
+    /// field and message, after checking the message starts with file:line: field.
+    fn instance_err(from: &str, to: &str) -> (usize, String, String) {
+        assert!(INSTANCE.contains(from), "{from}");
+        let e = err(&format!("{GOOD}{}", INSTANCE.replacen(from, to, 1)));
+        let head = format!("/etc/betaas/agent.toml:{}: field `{}`: ", e.line, e.field);
+        assert!(e.to_string().starts_with(&head), "{e}");
+        (e.line, e.field, e.message)
+    }
+
+    /// Line (1-based) of the first line starting with `start` in GOOD + INSTANCE.
+    fn line_of(start: &str) -> usize {
+        format!("{GOOD}{INSTANCE}")
+            .lines()
+            .position(|l| l.starts_with(start))
+            .map_or(0, |i| i + 1)
+    }
+
+    #[test]
+    fn instance_section_parses_with_defaults() {
+        let c = Config::parse(Path::new("a.toml"), &format!("{GOOD}{INSTANCE}")).unwrap();
+        let i = c.instance.unwrap();
+        assert_eq!(
+            (i.heartbeat_ms, i.timeout_ms, i.deploy_timeout_ms),
+            (1000, 4000, 3000)
+        );
+        assert_eq!(i.templates.len(), 2);
+        // A gateway that offers no room for VMs at all is a member like any other.
+        let none = INSTANCE.replace(
+            "cpus = 2, mem_mb = 1024, disk_gb = 8",
+            "cpus = 0, mem_mb = 0, disk_gb = 0",
+        );
+        Config::parse(Path::new("a.toml"), &format!("{GOOD}{none}")).unwrap();
+    }
+
+    #[test]
+    fn zero_heartbeat_is_a_config_error_not_a_panic() {
+        let (line, field, msg) = instance_err("heartbeat_ms = 1000", "heartbeat_ms = 0");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("heartbeat_ms"), "instance.heartbeat_ms")
+        );
+        assert!(msg.contains("0 is out of range 50..=60000"), "{msg}");
+        let (_, field, _) = instance_err("heartbeat_ms = 1000", "heartbeat_ms = 60001");
+        assert_eq!(field, "instance.heartbeat_ms");
+        // The bounds themselves are accepted.
+        let ok = INSTANCE.replace("heartbeat_ms = 1000", "heartbeat_ms = 50");
+        Config::parse(Path::new("a.toml"), &format!("{GOOD}{ok}")).unwrap();
+    }
+
+    #[test]
+    fn timeout_must_cover_two_heartbeats_and_be_bounded() {
+        let (line, field, msg) = instance_err("timeout_ms = 4000", "timeout_ms = 1999");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("timeout_ms"), "instance.timeout_ms")
+        );
+        assert!(
+            msg.contains("2000..=600000") && msg.contains("heartbeat_ms"),
+            "{msg}"
+        );
+        let (_, field, _) = instance_err("timeout_ms = 4000", "timeout_ms = 600001");
+        assert_eq!(field, "instance.timeout_ms");
+        // The default timeout (4000) against a slow heartbeat: the key is absent, its table's
+        // header is named.
+        let (line, field, msg) = instance_err(
+            "heartbeat_ms = 1000\ntimeout_ms = 4000\n",
+            "heartbeat_ms = 3000\n",
+        );
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("[instance]"), "instance.timeout_ms")
+        );
+        assert!(msg.contains("4000 is out of range 6000..="), "{msg}");
+    }
+
+    #[test]
+    fn every_other_duration_has_a_range() {
+        for (key, bad, range) in [
+            ("deploy_timeout_ms", "0", "100..=600000"),
+            ("remote_timeout_ms", "3600001", "1000..=3600000"),
+            ("dismiss_after_secs", "0", "1..=86400"),
+            ("readmit_after_secs", "0", "1..=604800"),
+            ("readmit_after_secs", "604801", "1..=604800"),
+        ] {
+            let (line, field, msg) = instance_err(
+                "timeout_ms = 4000\n",
+                &format!("timeout_ms = 4000\n{key} = {bad}\n"),
+            );
+            assert_eq!(
+                (line, field.as_str()),
+                (
+                    line_of("timeout_ms") + 1,
+                    format!("instance.{key}").as_str()
+                )
+            );
+            assert!(
+                msg.contains(&format!("{bad} is out of range {range}")),
+                "{key}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn dismiss_threshold_is_a_fraction() {
+        for bad in ["-0.1", "1.5", "nan"] {
+            let (line, field, msg) = instance_err(
+                "timeout_ms = 4000\n",
+                &format!("timeout_ms = 4000\ndismiss_threshold = {bad}\n"),
+            );
+            assert_eq!(
+                (line, field.as_str()),
+                (line_of("timeout_ms") + 1, "instance.dismiss_threshold")
+            );
+            assert!(msg.contains("0..=1"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn capacity_is_above_zero_or_all_zero() {
+        let (line, field, msg) = instance_err("mem_mb = 1024", "mem_mb = 0");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("capacity"), "instance.capacity.mem_mb")
+        );
+        assert!(msg.contains("above 0"), "{msg}");
+        // As its own table: the key's own line.
+        let (line, field, _) = instance_err(
+            "capacity = { cpus = 2, mem_mb = 1024, disk_gb = 8 }\n",
+            "[instance.capacity]\ncpus = 0\nmem_mb = 1\ndisk_gb = 1\n",
+        );
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("capacity") + 1, "instance.capacity.cpus")
+        );
+    }
+
+    #[test]
+    fn templates_are_unique_named_and_sized() {
+        let (line, field, msg) = instance_err("name = \"db\"", "name = \"app\"");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("name = \"db\""), "instance.templates[1].name")
+        );
+        assert!(msg.contains("duplicate template name \"app\""), "{msg}");
+        for bad in ["", "a/b", "x+", "#"] {
+            let (_, field, msg) = instance_err("name = \"db\"", &format!("name = {bad:?}"));
+            assert_eq!(field, "instance.templates[1].name", "{bad:?}");
+            assert!(msg.contains("A-Z a-z 0-9 - _"), "{msg}");
+        }
+        let (line, field, _) = instance_err("vcpus = 2", "vcpus = 0");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("vcpus = 2"), "instance.templates[1].vcpus")
+        );
+        let (line, field, _) = instance_err("mem_mb = 256", "mem_mb = 0");
+        assert_eq!(
+            (line, field.as_str()),
+            (line_of("mem_mb = 256"), "instance.templates[0].mem_mb")
+        );
+    }
+
+    #[test]
+    fn mqtt_username_and_password_file_go_together() {
+        let both = GOOD.replace(
+            "host = \"10.0.2.2\"",
+            "host = \"10.0.2.2\"\nusername = \"gw-one\"\npassword_file = \"/etc/betaas/mqtt.password\"",
+        );
+        let c = Config::parse(Path::new("a.toml"), &both).unwrap();
+        assert_eq!(c.mqtt.username.as_deref(), Some("gw-one"));
+        let e = err(&both.replace("password_file = \"/etc/betaas/mqtt.password\"", ""));
+        assert_eq!((e.line, e.field.as_str()), (6, "mqtt.username"));
+        assert!(e.message.contains("add `password_file`"), "{}", e.message);
+        let e = err(&both.replace("username = \"gw-one\"\n", ""));
+        assert_eq!((e.line, e.field.as_str()), (6, "mqtt.password_file"));
+        assert!(e.message.contains("add `username`"), "{}", e.message);
+        let e = err(&both.replace("\"gw-one\"", "\"\""));
+        assert_eq!((e.line, e.field.as_str()), (6, "mqtt.username"));
     }
 
     #[test]

@@ -88,6 +88,14 @@ fn main() -> ExitCode {
     match command {
         Command::Forecast(_) | Command::Simulate(_) | Command::Instance(_) => ExitCode::SUCCESS, // ran above
         Command::CheckConfig => {
+            // Then every file it names (keys, TLS, password, cloud credentials): all problems.
+            let problems = config.check_files(&cli.config);
+            for e in &problems {
+                eprintln!("betaas-agent: config error: {e}");
+            }
+            if !problems.is_empty() {
+                return ExitCode::from(2);
+            }
             println!(
                 "{}: ok ({} things)",
                 cli.config.display(),

@@ -96,6 +96,10 @@ pub fn connect(config: &Config, topics: &Topics) -> Result<(AsyncClient, EventLo
     if let Some(tls) = &config.mqtt.tls {
         opts.set_transport(tls_transport(tls)?);
     }
+    // A broker with a user per gateway (the instance's broker); the config checks they go together.
+    if let (Some(user), Some(file)) = (&config.mqtt.username, &config.mqtt.password_file) {
+        opts.set_credentials(user.clone(), crate::config::read_password_file(file)?);
+    }
     // Incoming payloads above this are refused by rumqttc (and the connection reset); MQTT things'
     // payloads are capped lower, at things::payload::MAX_PAYLOAD, with a clear error.
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
