@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
 
-use super::msg::{self, Body, Envelope, MsgError, ResourceReport};
+use super::floors::{Check, Floors, Party, Urgency};
+use super::msg::{self, Body, ClientRequest, Envelope, MsgError, ResourceReport};
 use super::trust::{Observation, Trust};
 use crate::allocator::{Gateway, InstanceView, Remote, Template};
 
@@ -46,6 +47,7 @@ pub enum State {
 pub struct Member {
     pub key: VerifyingKey,
     pub state: State,
+    /// The highest counter accepted from it (its floor; the replay check uses [`Floors`]).
     pub last_counter: u64,
     pub last_seen_ms: u64,
     pub report: Option<ResourceReport>,
@@ -87,6 +89,11 @@ pub struct Instance {
     instance_key: VerifyingKey,
     settings: Settings,
     members: BTreeMap<String, Member>,
+    /// Every sender's replay floor, members or not (a gateway that left or was dismissed keeps
+    /// its floor, so its old messages stay refused), and the clients'.
+    floors: Floors,
+    /// The most urgent reason to persist `floors` since the last [`Instance::take_floors`].
+    dirty: Urgency,
     /// Messages not acted on, by [`MsgError::kind`].
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -113,8 +120,74 @@ impl Instance {
             instance_key,
             settings,
             members: BTreeMap::new(),
+            floors: Floors::new(),
+            dirty: Urgency::None,
             rejected: BTreeMap::new(),
         }
+    }
+
+    /// The replay floors as they stand (to persist).
+    pub fn floors(&self) -> Floors {
+        self.floors.clone()
+    }
+
+    /// The floors as they stand, and nothing dirty any more: call when writing them out.
+    pub fn take_floors(&mut self) -> Floors {
+        self.dirty = Urgency::None;
+        self.floors.clone()
+    }
+
+    /// How soon the floors should be written: [`Urgency::Now`] before acting on the events of
+    /// the message just received.
+    pub fn floors_dirty(&self) -> Urgency {
+        self.dirty
+    }
+
+    /// The floors persisted before a restart (call before the first message). A floor already
+    /// higher here is kept.
+    pub fn restore_floors(&mut self, floors: Floors) {
+        self.floors.merge(floors);
+        for (id, m) in &mut self.members {
+            if let Some(f) = self.floors.get(Party::Gateway, id) {
+                m.last_counter = m.last_counter.max(f.counter);
+            }
+        }
+    }
+
+    /// A client's signed request (see [`msg::verify_client_request`]), addressed to this
+    /// gateway, with a counter above the client's floor. Refusals are counted like bus messages.
+    pub fn receive_client(&mut self, bytes: &[u8]) -> Result<ClientRequest, MsgError> {
+        let r = self.accept_client(bytes);
+        if let Err(e) = &r {
+            *self.rejected.entry(e.kind()).or_default() += 1;
+        }
+        r
+    }
+
+    fn accept_client(&mut self, bytes: &[u8]) -> Result<ClientRequest, MsgError> {
+        let req = msg::verify_client_request(bytes, &self.instance_key, &self.me)?;
+        match self
+            .floors
+            .check(Party::Client, &req.client, req.counter, false)
+        {
+            Check::Fresh => {}
+            // The same request again is refused too: carrying it out twice makes two VMs.
+            Check::Same | Check::RetainedAnnounce | Check::Replay { .. } => {
+                let last = self
+                    .floors
+                    .get(Party::Client, &req.client)
+                    .map_or(0, |f| f.counter);
+                return Err(MsgError::Replay {
+                    from: req.client,
+                    counter: req.counter,
+                    last,
+                });
+            }
+        }
+        self.floors
+            .accept(Party::Client, &req.client, req.counter, false);
+        self.dirty = Urgency::Now;
+        Ok(req)
     }
 
     pub fn members(&self) -> &BTreeMap<String, Member> {
@@ -122,7 +195,8 @@ impl Instance {
     }
 
     /// One message from the bus. A message that fails to decode or verify changes nothing and
-    /// is counted; a retained message delivered again (same counter) is ignored silently.
+    /// is counted; a retained message delivered again (same counter) is ignored silently. A
+    /// counter at or below the sender's floor is a replay, except the sender's retained announce.
     pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, MsgError> {
         let r = self.accept(bytes, now_ms);
         if let Err(e) = &r {
@@ -138,6 +212,8 @@ impl Instance {
         }
         let mut events = Vec::new();
         let key = match (&env.body, self.members.get(&env.from)) {
+            // Clients talk to one gateway on its own topic (`receive_client`), never on the bus.
+            (Body::ClientRequest { .. }, _) => return Err(MsgError::WrongKind("client-request")),
             (Body::Announce { credential, .. }, _) => {
                 if credential.gateway != env.from {
                     return Err(MsgError::Impersonation {
@@ -152,6 +228,35 @@ impl Instance {
         };
         msg::verify(&env, &sig, &key)?;
 
+        let announce = matches!(env.body, Body::Announce { .. });
+        let known = self.members.get(&env.from).map(|m| m.state);
+        match self
+            .floors
+            .check(Party::Gateway, &env.from, env.counter, announce)
+        {
+            Check::Fresh => {}
+            Check::Same | Check::RetainedAnnounce
+                if matches!(known, Some(State::Up | State::Down)) =>
+            {
+                return Ok(Vec::new()); // the same message again (retained re-delivery)
+            }
+            // The exact announce the broker still holds retained, from a gateway we do not know
+            // (we restarted): accepting it again is idempotent and lets a restarted gateway
+            // learn the members at once. Leave and dismissal clear it (`forget_announce`).
+            Check::RetainedAnnounce if known.is_none() => {}
+            Check::Same | Check::RetainedAnnounce | Check::Replay { .. } => {
+                let last = self
+                    .floors
+                    .get(Party::Gateway, &env.from)
+                    .map_or(0, |f| f.counter);
+                return Err(MsgError::Replay {
+                    from: env.from,
+                    counter: env.counter,
+                    last,
+                });
+            }
+        }
+
         match self.members.get_mut(&env.from) {
             Some(m) => {
                 if let State::Dismissed { at_ms } = m.state {
@@ -164,18 +269,7 @@ impl Instance {
                     *m = Member::joined(key, env.counter, now_ms);
                     events.push(Event::Joined(env.from.clone()));
                 } else {
-                    if env.counter == m.last_counter {
-                        return Ok(Vec::new()); // the same message again (retained re-delivery)
-                    }
-                    if env.counter < m.last_counter {
-                        return Err(MsgError::Replay {
-                            from: env.from,
-                            counter: env.counter,
-                            last: m.last_counter,
-                        });
-                    }
                     m.key = key;
-                    m.last_counter = env.counter;
                     let gap = now_ms.saturating_sub(m.last_seen_ms);
                     m.last_seen_ms = now_ms;
                     if m.state == State::Down {
@@ -212,8 +306,21 @@ impl Instance {
             }
         }
 
+        // Accepted: the floor goes up (never down: a retained announce may be older).
+        self.floors
+            .accept(Party::Gateway, &env.from, env.counter, announce);
+        if let (Some(m), Some(f)) = (
+            self.members.get_mut(&env.from),
+            self.floors.get(Party::Gateway, &env.from),
+        ) {
+            m.last_counter = f.counter;
+        }
+        self.dirty = self.dirty.max(Urgency::of(&env.body));
+
         let from = env.from;
-        let for_me = env.to.as_deref().is_none_or(|t| t == self.me);
+        // Deploy requests and answers name one gateway; one addressed to nobody in particular
+        // is not taken as ours (a broadcast request would start a VM on every member).
+        let for_me = env.to.as_deref() == Some(self.me.as_str());
         match env.body {
             Body::Announce { report, .. } => {
                 if let Some(m) = self.members.get_mut(&from) {
@@ -222,6 +329,8 @@ impl Instance {
             }
             Body::Leave => {
                 self.members.remove(&from);
+                // Its floor stays; its retained announce no longer brings it back.
+                self.floors.forget_announce(Party::Gateway, &from);
                 events.push(Event::Left(from));
             }
             Body::Heartbeat => {}
@@ -263,6 +372,7 @@ impl Instance {
                     }
                 }
             }
+            Body::ClientRequest { .. } => {} // refused above
         }
         Ok(events)
     }
@@ -310,6 +420,10 @@ impl Instance {
             {
                 m.state = State::Dismissed { at_ms: now_ms };
                 m.report = None;
+                // Only a fresh announce may re-admit it, not the retained one (after a restart
+                // of ours too, since the floors outlive it).
+                self.floors.forget_announce(Party::Gateway, &id);
+                self.dirty = self.dirty.max(Urgency::Soon);
                 events.push(Event::Dismissed(id));
             }
         }
@@ -624,6 +738,302 @@ mod tests {
                 cloud: None,
             }]
         );
+    }
+
+    fn deploy(request: u64) -> Body {
+        Body::DeployRequest {
+            request,
+            template: "app".into(),
+            res: Res::new(1, 256, 1),
+            cloud: None,
+        }
+    }
+
+    /// `me` restarted: a new instance with the floors `before` persisted, through their encoding.
+    fn restarted(before: &Instance) -> Instance {
+        let (_, mut after) = setup();
+        let bytes = before.floors().encode();
+        after.restore_floors(Floors::decode(&bytes).unwrap());
+        after
+    }
+
+    #[test]
+    fn replay_after_a_restart_is_refused_but_the_retained_announce_is_not() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        a.counter = rng.u64(..1 << 40);
+        let old_announce = a.announce(Some(report(256)));
+        me.receive(&old_announce, 0).unwrap();
+        let retained = a.announce(Some(report(1024)));
+        me.receive(&retained, 0).unwrap();
+        let mut old = Vec::new();
+        for i in 0..rng.usize(1..20) {
+            let m = if rng.bool() {
+                a.send(Some("me"), deploy(i as u64))
+            } else {
+                a.send(None, Body::Heartbeat)
+            };
+            me.receive(&m, 0).unwrap();
+            old.push(m);
+        }
+        let mut after = restarted(&me);
+        // The retained announce teaches the restarted gateway the member and its report at once.
+        assert_eq!(
+            after.receive(&retained, 0).unwrap(),
+            vec![Event::Joined("a".into())],
+            "seed {seed}"
+        );
+        assert_eq!(
+            after.view(&report(1), &[], &[]).gateways[0].capacity.mem_mb,
+            1024
+        );
+        // Everything sent before the restart, and an older announce, is refused; the last one
+        // (at the floor) is a duplicate delivery: ignored, as before the restart.
+        let (last, older) = old.split_last().unwrap();
+        for m in older.iter().chain([&old_announce]) {
+            let r = after.receive(m, 0);
+            assert!(
+                matches!(r, Err(MsgError::Replay { .. })),
+                "seed {seed}: {r:?}"
+            );
+        }
+        assert_eq!(after.rejected["replay"], older.len() as u64 + 1);
+        assert_eq!(after.receive(last, 0), Ok(vec![]));
+        // New messages are taken.
+        after.receive(&a.send(None, Body::Heartbeat), 0).unwrap();
+        // Control: without the floors, the captured deploy requests act again.
+        let (_, mut forgetful) = setup();
+        forgetful.receive(&retained, 0).unwrap();
+        let acted = old
+            .iter()
+            .filter(|m| {
+                forgetful
+                    .receive(m, 0)
+                    .unwrap()
+                    .iter()
+                    .any(|e| matches!(e, Event::DeployRequest { .. }))
+            })
+            .count();
+        let deploys = old
+            .iter()
+            .filter(|m| matches!(msg::decode(m).unwrap().0.body, Body::DeployRequest { .. }))
+            .count();
+        assert_eq!(acted, deploys);
+    }
+
+    #[test]
+    fn a_gateway_that_left_or_was_dismissed_stays_out_until_it_announces_again() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        let retained = a.announce(Some(report(1024)));
+        me.receive(&retained, 0).unwrap();
+        let hb = a.send(None, Body::Heartbeat);
+        me.receive(&hb, 0).unwrap();
+        assert_eq!(
+            me.receive(&a.send(None, Body::Leave), 0).unwrap(),
+            vec![Event::Left("a".into())]
+        );
+        // Its retained announce (not cleared yet, or replayed) and older messages: refused, now
+        // and after a restart.
+        let mut after = restarted(&me);
+        for inst in [&mut me, &mut after] {
+            assert!(matches!(
+                inst.receive(&retained, 0),
+                Err(MsgError::Replay { .. })
+            ));
+            assert!(inst.members().is_empty());
+        }
+        // A new announce is a new join.
+        assert_eq!(
+            me.receive(&a.announce(None), 0).unwrap(),
+            vec![Event::Joined("a".into())]
+        );
+
+        // Dismissed: after the readmission delay only a fresh announce re-admits it.
+        let mut b = Gw::new(&ik, "b", 2);
+        let retained = b.announce(None);
+        me.receive(&retained, 0).unwrap();
+        for _ in 0..4 {
+            me.observe("b", Observation::DeployFailed);
+        }
+        me.tick(1_000);
+        me.receive(&b.send(None, Body::Heartbeat), 5_000).unwrap();
+        me.tick(11_000);
+        assert!(matches!(me.members()["b"].state, State::Dismissed { .. }));
+        assert!(matches!(
+            me.receive(&retained, 80_000),
+            Err(MsgError::Replay { .. })
+        ));
+        let mut after = restarted(&me);
+        assert!(matches!(
+            after.receive(&retained, 0),
+            Err(MsgError::Replay { .. })
+        ));
+        assert_eq!(
+            me.receive(&b.announce(None), 80_000).unwrap(),
+            vec![Event::Joined("b".into())]
+        );
+    }
+
+    #[test]
+    fn floors_ask_to_be_written_now_only_for_messages_that_act() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        assert_eq!(me.floors_dirty(), Urgency::None);
+        let ann = a.announce(None);
+        me.receive(&ann, 0).unwrap();
+        assert_eq!(me.floors_dirty(), Urgency::Soon);
+        me.receive(&a.send(None, Body::Heartbeat), 0).unwrap();
+        assert_eq!(me.floors_dirty(), Urgency::Soon);
+        let taken = me.take_floors();
+        assert_eq!(taken, me.floors());
+        assert_eq!(me.floors_dirty(), Urgency::None);
+        // Nothing accepted, nothing to write.
+        me.receive(&ann, 0).unwrap();
+        let _ = me.receive(&[1, 2, 3], 0);
+        assert_eq!(me.floors_dirty(), Urgency::None);
+        // A deploy request, even for another gateway, or an answer, or a leave: now.
+        for body in [
+            deploy(1),
+            Body::DeployAnswer {
+                request: 1,
+                accepted: true,
+                reason: String::new(),
+                vm: "vm-1".into(),
+            },
+            Body::Leave,
+        ] {
+            me.take_floors();
+            me.receive(&a.send(Some("other"), body), 0).unwrap();
+            assert_eq!(me.floors_dirty(), Urgency::Now);
+        }
+        // Heartbeats after a deploy do not lower the urgency.
+        me.receive(&a.announce(None), 0).unwrap();
+        me.receive(&a.send(Some("me"), deploy(2)), 0).unwrap();
+        me.receive(&a.send(None, Body::Heartbeat), 0).unwrap();
+        assert_eq!(me.floors_dirty(), Urgency::Now);
+    }
+
+    #[test]
+    fn deploy_answers_for_another_gateway_or_nobody_are_not_ours() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        me.receive(&a.announce(None), 0).unwrap();
+        let answer = Body::DeployAnswer {
+            request: fastrand::u64(..),
+            accepted: true,
+            reason: String::new(),
+            vm: "vm-1".into(),
+        };
+        for to in [Some("other"), None] {
+            assert_eq!(me.receive(&a.send(to, answer.clone()), 0).unwrap(), vec![]);
+            assert_eq!(me.receive(&a.send(to, deploy(3)), 0).unwrap(), vec![]);
+        }
+        let got = me.receive(&a.send(Some("me"), answer), 0).unwrap();
+        assert!(matches!(&got[..], [Event::DeployAnswer { from, .. }] if from == "a"));
+    }
+
+    fn client_request(ik: &SigningKey, counter: u64, to: &str, request: &str) -> Vec<u8> {
+        let key = SigningKey::from_bytes(&[77; 32]);
+        let credential = Credential::issue_client(ik, "pc", &key.verifying_key());
+        encode(
+            &key,
+            envelope(
+                "pc",
+                counter,
+                Some(to),
+                Body::ClientRequest {
+                    credential,
+                    request: request.into(),
+                },
+            ),
+        )
+    }
+
+    #[test]
+    fn client_requests_are_taken_once_even_across_a_restart() {
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let (ik, mut me) = setup();
+        let base = rng.u64(..1 << 40);
+        let first = client_request(&ik, base, "me", r#"{"id":"r1","template":"app"}"#);
+        let got = me.receive_client(&first).unwrap();
+        assert_eq!((got.client.as_str(), got.counter), ("pc", base));
+        assert_eq!(got.request, r#"{"id":"r1","template":"app"}"#);
+        assert_eq!(me.floors_dirty(), Urgency::Now);
+        // The same request again, or an older one: refused and counted.
+        assert!(matches!(
+            me.receive_client(&first),
+            Err(MsgError::Replay { .. })
+        ));
+        let older = client_request(&ik, base - 1, "me", "{}");
+        assert!(matches!(
+            me.receive_client(&older),
+            Err(MsgError::Replay { .. })
+        ));
+        assert_eq!(me.rejected["replay"], 2);
+        let later = base + rng.u64(1..1000);
+        let second = client_request(&ik, later, "me", "{}");
+        me.receive_client(&second).unwrap();
+        // After a restart, still refused.
+        let mut after = restarted(&me);
+        for m in [&first, &second] {
+            assert!(matches!(
+                after.receive_client(m),
+                Err(MsgError::Replay { .. })
+            ));
+        }
+        after
+            .receive_client(&client_request(&ik, later + 1, "me", "{}"))
+            .unwrap();
+        // For another gateway.
+        assert!(matches!(
+            after.receive_client(&client_request(&ik, later + 2, "gw2", "{}")),
+            Err(MsgError::NotForMe { .. })
+        ));
+        assert_eq!(after.rejected["not-for-me"], 1);
+        // A client's floor is not a gateway's: a gateway named "pc" is unaffected.
+        let mut pc = Gw::new(&ik, "pc", 3);
+        pc.counter = 0;
+        after.receive(&pc.announce(None), 0).unwrap();
+    }
+
+    #[test]
+    fn client_and_gateway_credentials_stay_in_their_lanes() {
+        let (ik, mut me) = setup();
+        // A client credential in an announce: not a member.
+        let mut c = Gw::new(&ik, "pc", 5);
+        c.cred = Credential::issue_client(&ik, "pc", &c.key.verifying_key());
+        assert_eq!(
+            me.receive(&c.announce(None), 0),
+            Err(MsgError::BadCredential)
+        );
+        assert!(me.members().is_empty());
+        // A gateway credential in a client request: refused.
+        let mut a = Gw::new(&ik, "a", 1);
+        let credential = a.cred.clone();
+        let req = a.send(
+            Some("me"),
+            Body::ClientRequest {
+                credential,
+                request: "{}".into(),
+            },
+        );
+        assert_eq!(me.receive_client(&req), Err(MsgError::BadCredential));
+        // A client request on the bus, even from a member, is not acted on.
+        me.receive(&a.announce(None), 0).unwrap();
+        assert_eq!(
+            me.receive(&client_request(&ik, 1, "me", "{}"), 0),
+            Err(MsgError::WrongKind("client-request"))
+        );
+        // A bus message where a client request is expected.
+        assert_eq!(
+            me.receive_client(&a.send(Some("me"), Body::Heartbeat)),
+            Err(MsgError::WrongKind("heartbeat"))
+        );
+        assert_eq!(me.rejected["bad-credential"], 2);
+        assert_eq!(me.rejected["wrong-kind"], 2);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The instance manager's pure core: signed, versioned bus messages ([`msg`]), trust ([`trust`])
-//! and membership with the shared view the allocator decides on ([`membership`]).
+//! The instance manager's pure core: signed, versioned bus messages ([`msg`]), trust ([`trust`]),
+//! membership with the shared view the allocator decides on ([`membership`]), and the replay
+//! floors that outlive a restart ([`floors`]).
 
+pub mod floors;
 pub mod membership;
 pub mod msg;
 pub mod trust;

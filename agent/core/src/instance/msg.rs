@@ -31,36 +31,66 @@ pub struct Credential {
     pub signature: Vec<u8>,
 }
 
+/// What the instance key vouches for with a credential. The domain is part of the signed bytes,
+/// so a client credential never verifies as a gateway's (a client cannot join as a member) and a
+/// gateway credential never verifies as a client's.
+const GATEWAY_DOMAIN: &[u8] = b"betaas-credential-v1\0";
+const CLIENT_DOMAIN: &[u8] = b"betaas-client-v1\0";
+
 impl Credential {
-    fn signed_bytes(gateway: &str, key: &[u8; 32]) -> Vec<u8> {
-        let mut b = b"betaas-credential-v1\0".to_vec();
+    fn signed_bytes(domain: &[u8], gateway: &str, key: &[u8; 32]) -> Vec<u8> {
+        let mut b = domain.to_vec();
         b.extend_from_slice(gateway.as_bytes());
         b.push(0);
         b.extend_from_slice(key);
         b
     }
 
-    /// Admits `gateway` with public key `key` into the instance whose secret key is `instance`.
-    pub fn issue(instance: &SigningKey, gateway: &str, key: &VerifyingKey) -> Credential {
+    fn issue_in(
+        domain: &[u8],
+        instance: &SigningKey,
+        name: &str,
+        key: &VerifyingKey,
+    ) -> Credential {
         let k = key.to_bytes();
         let signature = instance
-            .sign(&Self::signed_bytes(gateway, &k))
+            .sign(&Self::signed_bytes(domain, name, &k))
             .to_bytes()
             .to_vec();
         Credential {
-            gateway: gateway.to_owned(),
+            gateway: name.to_owned(),
             key: k,
             signature,
         }
     }
 
-    /// The gateway's key if the instance key signed this credential.
-    pub fn verify(&self, instance: &VerifyingKey) -> Result<VerifyingKey, MsgError> {
+    fn verify_in(&self, domain: &[u8], instance: &VerifyingKey) -> Result<VerifyingKey, MsgError> {
         let sig = Signature::from_slice(&self.signature).map_err(|_| MsgError::BadCredential)?;
         instance
-            .verify(&Self::signed_bytes(&self.gateway, &self.key), &sig)
+            .verify(&Self::signed_bytes(domain, &self.gateway, &self.key), &sig)
             .map_err(|_| MsgError::BadCredential)?;
         VerifyingKey::from_bytes(&self.key).map_err(|_| MsgError::BadCredential)
+    }
+
+    /// Admits `gateway` with public key `key` into the instance whose secret key is `instance`.
+    pub fn issue(instance: &SigningKey, gateway: &str, key: &VerifyingKey) -> Credential {
+        Self::issue_in(GATEWAY_DOMAIN, instance, gateway, key)
+    }
+
+    /// The gateway's key if the instance key signed this as a gateway credential.
+    pub fn verify(&self, instance: &VerifyingKey) -> Result<VerifyingKey, MsgError> {
+        self.verify_in(GATEWAY_DOMAIN, instance)
+    }
+
+    /// Lets client `name` (an application, an operator's PC) with public key `key` send requests
+    /// to the gateways; it does not make it a member. `gateway` holds the client's name.
+    pub fn issue_client(instance: &SigningKey, name: &str, key: &VerifyingKey) -> Credential {
+        Self::issue_in(CLIENT_DOMAIN, instance, name, key)
+    }
+
+    /// The client's key if the instance key signed this as a client credential.
+    pub fn verify_client(&self, instance: &VerifyingKey) -> Result<VerifyingKey, MsgError> {
+        self.verify_in(CLIENT_DOMAIN, instance)
     }
 }
 
@@ -110,6 +140,13 @@ pub enum Body {
     Trust {
         scores: Vec<(String, f64)>,
     },
+    /// A client's request to one gateway (`to`), from `from` = the client's name, under a client
+    /// credential. `request` is the JSON request object as the service layer reads it (a VM
+    /// request or release). Last variant: the others keep their postcard tags.
+    ClientRequest {
+        credential: Credential,
+        request: String,
+    },
 }
 
 impl Body {
@@ -121,6 +158,7 @@ impl Body {
             Body::DeployRequest { .. } => "deploy-request",
             Body::DeployAnswer { .. } => "deploy-answer",
             Body::Trust { .. } => "trust",
+            Body::ClientRequest { .. } => "client-request",
         }
     }
 }
@@ -168,6 +206,10 @@ pub enum MsgError {
     },
     #[error("credential is for {credential}, message claims {from}")]
     Impersonation { from: String, credential: String },
+    #[error("addressed to {to:?}, not to this gateway")]
+    NotForMe { to: Option<String> },
+    #[error("a {0} message is not accepted here")]
+    WrongKind(&'static str),
 }
 
 impl MsgError {
@@ -183,6 +225,8 @@ impl MsgError {
             MsgError::Dismissed(_) => "dismissed",
             MsgError::Replay { .. } => "replay",
             MsgError::Impersonation { .. } => "impersonation",
+            MsgError::NotForMe { .. } => "not-for-me",
+            MsgError::WrongKind(_) => "wrong-kind",
         }
     }
 }
@@ -227,6 +271,52 @@ pub fn decode(bytes: &[u8]) -> Result<(Envelope, Signature), MsgError> {
 pub fn verify(envelope: &Envelope, sig: &Signature, key: &VerifyingKey) -> Result<(), MsgError> {
     key.verify(&signed_bytes(envelope)?, sig)
         .map_err(|_| MsgError::BadSignature)
+}
+
+/// A client request whose credential and signature verified, addressed to this gateway. The
+/// replay check (counter above the client's floor) is the caller's: see
+/// `Instance::receive_client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub client: String,
+    pub counter: u64,
+    /// The JSON request object, as the client sent it (not parsed here).
+    pub request: String,
+}
+
+/// Verifies a client's signed request to gateway `me`: decodes (size, version), the body is a
+/// `ClientRequest`, the credential names the sender and is a client credential of this instance,
+/// the sender's key signed it, and it is addressed to `me` (a request for another gateway, or for
+/// everyone, is not ours to carry out). Does not check the counter.
+pub fn verify_client_request(
+    bytes: &[u8],
+    instance: &VerifyingKey,
+    me: &str,
+) -> Result<ClientRequest, MsgError> {
+    let (env, sig) = decode(bytes)?;
+    let Body::ClientRequest {
+        credential,
+        request,
+    } = &env.body
+    else {
+        return Err(MsgError::WrongKind(env.body.kind()));
+    };
+    if credential.gateway != env.from {
+        return Err(MsgError::Impersonation {
+            from: env.from.clone(),
+            credential: credential.gateway.clone(),
+        });
+    }
+    let key = credential.verify_client(instance)?;
+    verify(&env, &sig, &key)?;
+    if env.to.as_deref() != Some(me) {
+        return Err(MsgError::NotForMe { to: env.to });
+    }
+    Ok(ClientRequest {
+        client: env.from.clone(),
+        counter: env.counter,
+        request: request.clone(),
+    })
 }
 
 /// A sender's message counter that never goes back across reboots: it is persisted as a reserved
@@ -323,6 +413,148 @@ mod tests {
         assert_eq!(
             renamed.verify(&instance.verifying_key()),
             Err(MsgError::BadCredential)
+        );
+    }
+
+    fn random_name(rng: &mut fastrand::Rng) -> String {
+        let n = rng.usize(1..12);
+        std::iter::repeat_with(|| rng.alphanumeric())
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn client_and_gateway_credentials_do_not_stand_in_for_each_other() {
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let instance = key(9);
+        // Few rounds: signatures are slow in debug builds.
+        for _ in 0..8 {
+            let name = random_name(&mut rng);
+            let k = key(rng.u8(..));
+            let client = Credential::issue_client(&instance, &name, &k.verifying_key());
+            let gateway = Credential::issue(&instance, &name, &k.verifying_key());
+            let ivk = instance.verifying_key();
+            assert_eq!(client.verify_client(&ivk).unwrap(), k.verifying_key());
+            assert_eq!(gateway.verify(&ivk).unwrap(), k.verifying_key());
+            assert_eq!(client.verify(&ivk), Err(MsgError::BadCredential));
+            assert_eq!(gateway.verify_client(&ivk), Err(MsgError::BadCredential));
+            // Same wire shape: only the signature differs.
+            assert_eq!(
+                (&client.gateway, client.key),
+                (&gateway.gateway, gateway.key)
+            );
+            let forged = Credential::issue_client(&key(8), &name, &k.verifying_key());
+            assert_eq!(forged.verify_client(&ivk), Err(MsgError::BadCredential));
+        }
+    }
+
+    fn client_request(
+        instance: &SigningKey,
+        client: &SigningKey,
+        name: &str,
+        to: Option<&str>,
+        counter: u64,
+        request: &str,
+    ) -> Vec<u8> {
+        let credential = Credential::issue_client(instance, name, &client.verifying_key());
+        encode(
+            client,
+            Envelope {
+                from: name.into(),
+                counter,
+                to: to.map(str::to_owned),
+                body: Body::ClientRequest {
+                    credential,
+                    request: request.into(),
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn client_requests_verify_only_signed_by_a_client_and_addressed_to_me() {
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let instance = key(9);
+        let ivk = instance.verifying_key();
+        let client = key(5);
+        let counter = rng.u64(..);
+        let request = format!(r#"{{"id":"r{}","template":"app"}}"#, rng.u32(..));
+        let good = client_request(&instance, &client, "pc", Some("gw1"), counter, &request);
+        assert_eq!(
+            verify_client_request(&good, &ivk, "gw1").unwrap(),
+            ClientRequest {
+                client: "pc".into(),
+                counter,
+                request: request.clone(),
+            }
+        );
+        // For another gateway, or for everyone.
+        assert_eq!(
+            verify_client_request(&good, &ivk, "gw2"),
+            Err(MsgError::NotForMe {
+                to: Some("gw1".into())
+            })
+        );
+        let broadcast = client_request(&instance, &client, "pc", None, counter, &request);
+        assert_eq!(
+            verify_client_request(&broadcast, &ivk, "gw1"),
+            Err(MsgError::NotForMe { to: None })
+        );
+        // Another instance's client.
+        let foreign = client_request(&key(8), &client, "pc", Some("gw1"), counter, &request);
+        assert_eq!(
+            verify_client_request(&foreign, &ivk, "gw1"),
+            Err(MsgError::BadCredential)
+        );
+        // A gateway credential is not a client's.
+        let gw_cred = Credential::issue(&instance, "pc", &client.verifying_key());
+        let as_gateway = encode(
+            &client,
+            Envelope {
+                from: "pc".into(),
+                counter,
+                to: Some("gw1".into()),
+                body: Body::ClientRequest {
+                    credential: gw_cred,
+                    request: request.clone(),
+                },
+            },
+        );
+        assert_eq!(
+            verify_client_request(&as_gateway, &ivk, "gw1"),
+            Err(MsgError::BadCredential)
+        );
+        // Someone else's credential: under its name but signed by another key, or under our name.
+        let thief = key(6);
+        let mut stolen = client_request(&instance, &thief, "pc", Some("gw1"), counter, &request);
+        let (mut env, _) = decode(&stolen).unwrap();
+        if let Body::ClientRequest { credential, .. } = &mut env.body {
+            *credential = Credential::issue_client(&instance, "pc", &client.verifying_key());
+        }
+        stolen = encode(&thief, env.clone());
+        assert_eq!(
+            verify_client_request(&stolen, &ivk, "gw1"),
+            Err(MsgError::BadSignature)
+        );
+        env.from = "thief".into();
+        assert!(matches!(
+            verify_client_request(&encode(&thief, env), &ivk, "gw1"),
+            Err(MsgError::Impersonation { .. })
+        ));
+        // Any flipped bit fails (a random sample of positions: signatures are slow in debug).
+        for _ in 0..40 {
+            let i = rng.usize(1..good.len());
+            let mut t = good.clone();
+            t[i] ^= 1 << rng.u8(0..8);
+            assert!(
+                verify_client_request(&t, &ivk, "gw1").is_err(),
+                "flip at {i}"
+            );
+        }
+        // Other kinds of message are not client requests.
+        assert_eq!(
+            verify_client_request(&encode(&client, hb("pc", 1)), &ivk, "gw1"),
+            Err(MsgError::WrongKind("heartbeat"))
         );
     }
 
