@@ -8,7 +8,12 @@
 //!
 //! Replay: each sender numbers its messages with a strictly increasing counter (persisted in blocks
 //! so a reboot never goes back, whatever the clock says); a receiver drops any counter not above
-//! the last it accepted from that sender.
+//! the last it accepted from that sender, and keeps those floors across its own restarts
+//! (`super::floors`).
+//!
+//! Clients (applications, an operator's PC) hold a client credential: the same shape, signed
+//! under another domain, so it never passes as a gateway's and a gateway's never as a client's.
+//! A client sends one `ClientRequest` to one gateway ([`verify_client_request`]).
 //!
 //! Wire format: `version u8 | postcard(Signed)`; the signature covers `version`, `from`,
 //! `counter` and the postcard bytes of the body.
