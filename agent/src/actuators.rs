@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::agent::{unix_millis, Agent};
+use crate::clock::unix_millis;
 use crate::config::{Driver, Thing};
 use crate::things::command::{self, CommandValue, Dedup};
 use crate::things::gpio::{self, Relay};
+use crate::things::status::ThingStatus;
 use crate::things::tmp105::Tmp105;
 
 /// Commands queued per actuator; more are answered as rejected by the router.
@@ -92,7 +93,7 @@ impl Device {
 
 /// Serves one actuator until its command channel closes.
 pub async fn serve(
-    agent: Arc<Agent>,
+    status: Arc<ThingStatus>,
     things: Arc<Vec<Thing>>,
     i: usize,
     mut commands: mpsc::Receiver<Vec<u8>>,
@@ -122,10 +123,10 @@ pub async fn serve(
                 Ok((dev, state)) => {
                     device = Some(dev);
                     announced = true;
-                    agent.publish_state(&id, &state, None);
-                    agent.outcome(std::slice::from_ref(&id), &Ok(()), retry);
+                    status.publish_state(&id, &state, None);
+                    status.outcome(std::slice::from_ref(&id), &Ok(()), retry);
                 }
-                Err(e) => agent.outcome(std::slice::from_ref(&id), &Err(e), retry),
+                Err(e) => status.outcome(std::slice::from_ref(&id), &Err(e), retry),
             }
         }
         let payload = if device.is_some() {
@@ -171,19 +172,19 @@ pub async fn serve(
             if applied {
                 info!(thing = %id, command = ?outcome.id, state = ?outcome.state, "applied");
                 if let Some(state) = &outcome.state {
-                    agent.publish_state(&id, state, outcome.id.as_deref());
+                    status.publish_state(&id, state, outcome.id.as_deref());
                 }
             }
         } else {
             warn!(thing = %id, command = ?outcome.id, "rejected: {}", outcome.error.as_deref().unwrap_or(""));
-            agent.count_error(&id);
+            status.count_error(&id);
             // A device error (not a bad command) closes the device: reopen before the next one.
             if applied {
                 device = None;
                 announced = false;
             }
         }
-        agent.publish_result(&id, &outcome.to_json());
+        status.publish_result(&id, &outcome.to_json());
     }
 }
 

@@ -6,19 +6,19 @@
 //! the publisher drains it, in order, when the broker returns.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
+use crate::clock::unix_millis;
 use crate::config::{Config, FsyncMode, JournalConfig, Kind, Thing};
 use crate::journal::{Body, Cursor, FsyncPolicy, Journal, Limits, Record};
 use crate::mqtt::{self, Topics};
-use crate::outbox::Outbox;
+use crate::session::{self, Session};
+use crate::things::status::ThingStatus;
 use crate::things::{Device, Value};
 
 /// Journal records published and not yet acknowledged. Bounds memory and the request queue.
@@ -27,42 +27,24 @@ const MAX_INFLIGHT: usize = 64;
 const INCOMING_QUEUE: usize = 256;
 
 pub struct Agent {
-    client: AsyncClient,
+    /// The MQTT session. Records are read from the journal into it only while connected: queued
+    /// in memory they would escape the journal's size bound.
+    session: Session,
     topics: Topics,
-    outbox: Mutex<Outbox>,
     /// `None` once closed at shutdown.
     journal: Arc<Mutex<Option<Journal>>>,
-    /// Wakes the publisher: a record was appended or acknowledged.
+    /// Wakes the publisher: a record was appended.
     wake: Notify,
     started: Instant,
-    reconnects: AtomicU64,
-    /// Between a CONNACK and the next connection error. Records are read from the journal into
-    /// the client's queue only while connected: queued in memory they would escape the journal's
-    /// size bound, and be counted as dropped yet published.
-    connected: AtomicBool,
-    incoming_dropped: AtomicU64,
     /// Per published thing id: errors and whether it is available.
-    things: Mutex<BTreeMap<String, ThingHealth>>,
+    status: Arc<ThingStatus>,
     /// The local cloud this gateway is a member of, if any.
     instance: Option<Arc<crate::instance::Runtime>>,
-}
-
-#[derive(Debug, Default, Clone, serde::Serialize)]
-struct ThingHealth {
-    readings: u64,
-    errors: u64,
-    available: Option<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock aborts the process (panic = abort): poisoning cannot be seen.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn journal_limits(c: &JournalConfig) -> Limits {
@@ -117,6 +99,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let session = Session::new(client);
     info!(
         gateway = %config.gateway_id,
         broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -127,8 +110,13 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         Some(cfg) => {
             let gw = config.gateway_id.to_string();
             let prefix = config.mqtt.prefix.to_string();
-            match crate::instance::Runtime::new(cfg, &gw, &prefix, &config.data_dir, client.clone())
-            {
+            match crate::instance::Runtime::new(
+                cfg,
+                &gw,
+                &prefix,
+                &config.data_dir,
+                session.clone(),
+            ) {
                 Ok(rt) => Some(rt),
                 Err(e) => {
                     error!("instance: {e}");
@@ -139,24 +127,25 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         None => None,
     };
     let agent = Arc::new(Agent {
-        client: client.clone(),
+        session: session.clone(),
+        status: Arc::new(ThingStatus::new(session.clone(), topics.clone())),
         topics,
-        outbox: Mutex::new(Outbox::default()),
         journal: Arc::new(Mutex::new(Some(journal))),
         wake: Notify::new(),
         started: Instant::now(),
-        reconnects: AtomicU64::new(0),
-        connected: AtomicBool::new(false),
-        incoming_dropped: AtomicU64::new(0),
-        things: Mutex::new(BTreeMap::new()),
         instance,
     });
-    let announce = Arc::new(discovery_announcements(&config));
+    // Retained state, (re)published by the session on every connect and Home Assistant birth.
+    session.set_retained(&agent.topics.availability(), mqtt::ONLINE);
+    for (topic, payload) in discovery_announcements(&config) {
+        session.set_retained(&topic, payload);
+    }
     let things: Arc<Vec<Thing>> = Arc::new(config.things);
     let mut subscriptions: Vec<String> = things.iter().filter_map(|t| t.topic.clone()).collect();
     if things.iter().any(|t| t.kind == Kind::Actuator) {
         subscriptions.push(agent.topics.set_filter());
     }
+    subscriptions.push(session::HA_STATUS.to_owned());
     if let Some(rt) = &agent.instance {
         subscriptions.extend(rt.subscriptions());
         tokio::spawn(rt.clone().run_timers());
@@ -164,13 +153,14 @@ pub async fn run(config: Config) -> std::process::ExitCode {
 
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
-    tokio::spawn(drive(
-        agent.clone(),
+    tokio::spawn(session::drive(
+        session.clone(),
         eventloop,
         subscriptions,
-        announce,
-        acks_tx,
-        incoming_tx,
+        session::Channels {
+            incoming: incoming_tx,
+            acks: acks_tx,
+        },
     ));
     tokio::spawn(publish(agent.clone(), acks_rx));
     tokio::spawn(housekeeping(agent.clone(), config.health.interval_secs.0));
@@ -198,7 +188,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
                 let (tx, rx) = mpsc::channel(crate::actuators::QUEUE);
                 actuators.insert(thing.id.to_string(), tx);
                 tokio::spawn(crate::actuators::serve(
-                    agent.clone(),
+                    agent.status.clone(),
                     things.clone(),
                     i,
                     rx,
@@ -211,9 +201,10 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     shutdown_signal().await;
     info!("stopping");
     // A clean stop is not a failure: say so before the broker would fire the will.
-    agent.publish_untracked(&agent.topics.availability(), true, mqtt::OFFLINE);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = client.try_disconnect();
+    session.close(&agent.topics.availability()).await;
+    if let Some(rt) = &agent.instance {
+        rt.save_floors();
+    }
     let journal = agent.journal.clone();
     let closed =
         tokio::task::spawn_blocking(move || lock(&journal).take().map(Journal::close)).await;
@@ -224,19 +215,6 @@ pub async fn run(config: Config) -> std::process::ExitCode {
 }
 
 impl Agent {
-    /// Publishes a QoS 1 message that is not a journal record (availability, discovery, results).
-    /// Lost only if the request queue is full, which the publisher's inflight bound prevents.
-    fn publish_untracked(&self, topic: &str, retain: bool, payload: impl Into<Vec<u8>>) {
-        let mut ob = lock(&self.outbox);
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            Ok(()) => ob.queued(None),
-            Err(e) => warn!(topic, "cannot queue: {e}"),
-        }
-    }
-
     /// Accepts values: they are journaled (with their seq) before this returns Ok; from then on they
     /// will be published however the broker, the network or the agent fare.
     async fn accept(self: &Arc<Self>, values: Vec<Value>, ts_ms: u64) -> Result<(), String> {
@@ -265,61 +243,16 @@ impl Agent {
         done
     }
 
-    /// An actuator's state, retained, on its state topic.
-    pub fn publish_state(&self, thing: &str, state: &serde_json::Value, command: Option<&str>) {
-        let payload = crate::actuators::state_payload(thing, state, command);
-        self.publish_untracked(&self.topics.thing_state(thing), true, payload);
-    }
-
-    pub fn publish_result(&self, thing: &str, outcome_json: &str) {
-        self.publish_untracked(&self.topics.thing_result(thing), false, outcome_json);
-    }
-
-    pub fn count_error(&self, thing: &str) {
-        lock(&self.things)
-            .entry(thing.to_owned())
-            .or_default()
-            .errors += 1;
-    }
-
-    /// Records a thing's outcome; publishes its availability and logs when it changes.
-    pub fn outcome(&self, ids: &[String], result: &Result<(), String>, retry: Duration) {
-        for id in ids {
-            let changed = {
-                let mut things = lock(&self.things);
-                let h = things.entry(id.clone()).or_default();
-                match result {
-                    Ok(()) => h.readings += 1,
-                    Err(_) => h.errors += 1,
-                }
-                let now = result.is_ok();
-                let changed = h.available != Some(now);
-                h.available = Some(now);
-                changed
-            };
-            if changed {
-                match result {
-                    Ok(()) => info!(thing = %id, "available"),
-                    Err(msg) => warn!(thing = %id, "unavailable: {msg}; retrying every {retry:?}"),
-                }
-                let avail = if result.is_ok() {
-                    mqtt::ONLINE
-                } else {
-                    mqtt::OFFLINE
-                };
-                self.publish_untracked(&self.topics.thing_availability(id), true, avail);
-            }
-        }
-    }
-
     fn health(&self) -> serde_json::Value {
         let stats = lock(&self.journal).as_ref().map(|j| j.stats());
-        let things = lock(&self.things).clone();
+        let things = self.status.snapshot();
+        let mqtt = self.session.health();
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
             "ts": unix_millis(),
-            "reconnects": self.reconnects.load(Ordering::Relaxed),
-            "incoming_dropped": self.incoming_dropped.load(Ordering::Relaxed),
+            "reconnects": mqtt["reconnects"],
+            "incoming_dropped": mqtt["incoming_dropped"],
+            "mqtt": mqtt,
             "journal": stats.map(|s| json!({
                 "depth": s.depth, "bytes": s.bytes, "segments": s.segments, "dropped": s.dropped,
                 "lost_records": s.lost_records, "fsyncs": s.fsyncs, "bytes_written": s.bytes_written,
@@ -367,68 +300,6 @@ fn discovery_announcements(config: &Config) -> Vec<(String, String)> {
     msgs
 }
 
-/// Drives the MQTT connection: (re)announces availability and subscriptions after every connect, maps
-/// packet ids to journal records, hands PUBACKs to the publisher and incoming messages to the handler.
-/// Reconnects with exponential backoff and jitter; logs once per change of state.
-async fn drive(
-    agent: Arc<Agent>,
-    mut eventloop: EventLoop,
-    subscriptions: Vec<String>,
-    announce: Arc<Vec<(String, String)>>,
-    acks: mpsc::UnboundedSender<Cursor>,
-    incoming: mpsc::Sender<(String, Vec<u8>)>,
-) {
-    let mut backoff = mqtt::Backoff::default();
-    let mut last_error: Option<String> = None;
-    let mut connected_once = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!(broker = %mqtt::broker(&eventloop), "connected");
-                if connected_once {
-                    agent.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                connected_once = true;
-                last_error = None;
-                backoff.reset();
-                agent.connected.store(true, Ordering::Relaxed);
-                agent.wake.notify_one();
-                agent.publish_untracked(&agent.topics.availability(), true, mqtt::ONLINE);
-                for (topic, payload) in announce.iter() {
-                    agent.publish_untracked(topic, true, payload.as_str());
-                }
-                for t in &subscriptions {
-                    if let Err(e) = agent.client.try_subscribe(t, QoS::AtLeastOnce) {
-                        warn!(topic = %t, "cannot subscribe: {e}");
-                    }
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&agent.outbox).sent(pkid),
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(c) = lock(&agent.outbox).acked(ack.pkid) {
-                    let _ = acks.send(c);
-                }
-                agent.wake.notify_one();
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if incoming.try_send((p.topic, p.payload.to_vec())).is_err() {
-                    agent.incoming_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                agent.connected.store(false, Ordering::Relaxed);
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!(broker = %mqtt::broker(&eventloop), "mqtt connection: {msg}; retrying");
-                    last_error = Some(msg);
-                }
-                tokio::time::sleep(backoff.next()).await;
-            }
-        }
-    }
-}
-
 /// Publishes the journal in order from the last acknowledged record, at most [`MAX_INFLIGHT`] ahead
 /// of the broker's acknowledgements, and acknowledges the journal as PUBACKs come in.
 async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
@@ -450,9 +321,9 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
             }
         }
 
-        let room = MAX_INFLIGHT.saturating_sub(lock(&agent.outbox).records_pending());
+        let room = MAX_INFLIGHT.saturating_sub(agent.session.records_pending());
         let mut sent = 0;
-        if room > 0 && agent.connected.load(Ordering::Relaxed) {
+        if room > 0 && agent.session.connected() {
             let journal = agent.journal.clone();
             let batch = tokio::task::spawn_blocking(move || {
                 lock(&journal).as_mut().map(|j| j.read_from(read_at, room))
@@ -477,16 +348,12 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
                 };
                 let payload = json!({"thing": rec.thing, "value": value, "unit": unit, "ts": rec.ts_ms, "seq": rec.seq});
                 let topic = agent.topics.thing_state(&rec.thing);
-                let mut ob = lock(&agent.outbox);
-                match agent
-                    .client
-                    .try_publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+                if agent
+                    .session
+                    .publish_record(&topic, payload.to_string().into_bytes(), cursor)
+                    .is_err()
                 {
-                    Ok(()) => ob.queued(Some(cursor)),
-                    Err(e) => {
-                        debug!("request queue full ({e}); waiting for the broker");
-                        break;
-                    }
+                    break; // disconnected or the queue is full: read again from here later
                 }
                 read_at = cursor;
                 sent += 1;
@@ -495,6 +362,7 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
         if sent == 0 {
             tokio::select! {
                 _ = agent.wake.notified() => {}
+                _ = agent.session.progress().notified() => {}
                 Some(c) = acks.recv() => {
                     let journal = agent.journal.clone();
                     let _ = tokio::task::spawn_blocking(move || lock(&journal).as_mut().map(|j| j.ack(c))).await;
@@ -512,10 +380,8 @@ async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
     loop {
         tick.tick().await;
         let journal = agent.journal.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            lock(&journal).as_mut().map(|j| j.tick(unix_millis()))
-        })
-        .await;
+        let r =
+            tokio::task::spawn_blocking(move || lock(&journal).as_mut().map(|j| j.tick())).await;
         if let Ok(Some(Err(e))) = r {
             error!("journal: {e}");
         }
@@ -523,9 +389,7 @@ async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
             last_health = Instant::now();
             let h = agent.health().to_string();
             // QoS 0: a missed health message is replaced by the next one.
-            let _ = agent
-                .client
-                .try_publish(agent.topics.health(), QoS::AtMostOnce, false, h);
+            agent.session.publish_qos0(&agent.topics.health(), h);
         }
     }
 }
@@ -562,7 +426,7 @@ async fn poll(agent: Arc<Agent>, things: Arc<Vec<Thing>>, i: usize) {
             }
             Err(msg) => Err(msg),
         };
-        agent.outcome(&ids, &result, every);
+        agent.status.outcome(&ids, &result, every);
     }
 }
 
@@ -627,7 +491,7 @@ async fn watch_input(agent: Arc<Agent>, things: Arc<Vec<Thing>>, i: usize) {
             }
             Err(e) => Err(e),
         };
-        agent.outcome(&ids, &result, retry);
+        agent.status.outcome(&ids, &result, retry);
     }
 }
 
@@ -659,8 +523,8 @@ async fn route(
                 "command rejected: {}",
                 outcome.error.as_deref().unwrap_or("")
             );
-            agent.count_error(id);
-            agent.publish_result(id, &outcome.to_json());
+            agent.status.count_error(id);
+            agent.status.publish_result(id, &outcome.to_json());
             continue;
         }
         for thing in things
@@ -687,11 +551,13 @@ async fn route(
                     // A bad payload is the publisher's fault, not a sign the device is gone: count
                     // and log it, leave the thing's availability alone.
                     warn!(thing = %thing.id, topic = %topic, "rejected payload: {e}");
-                    agent.count_error(&thing.id.to_string());
+                    agent.status.count_error(&thing.id.to_string());
                     continue;
                 }
             };
-            agent.outcome(&[thing.id.to_string()], &result, Duration::ZERO);
+            agent
+                .status
+                .outcome(&[thing.id.to_string()], &result, Duration::ZERO);
         }
     }
 }

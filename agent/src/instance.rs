@@ -26,17 +26,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use betaas_core::allocator::{self, Outcome, Policy, Request, Res, Template};
+use betaas_core::instance::floors::{Floors, Urgency};
 use betaas_core::instance::membership::{self, Event, Instance};
 use betaas_core::instance::msg::{self, Body, Counter, Credential, ResourceReport};
 use betaas_core::instance::trust::Observation;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::agent::unix_millis;
+use crate::clock::mono_millis;
 use crate::config::InstanceConfig;
+use crate::session::Session;
 
 /// Key material of one gateway, as provisioned at flash time under `[instance] keys`.
 pub struct Keys {
@@ -95,6 +96,18 @@ impl Keys {
     }
 }
 
+/// A random number from the kernel's CSPRNG (request ids).
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if read.is_err() {
+        // Never seen on Linux; fall back to something unique, if guessable.
+        return crate::clock::unix_millis() ^ crate::clock::mono_millis().rotate_left(32);
+    }
+    u64::from_le_bytes(b)
+}
+
 /// A fresh 32-byte secret from the kernel's CSPRNG.
 pub fn random_key() -> std::io::Result<SigningKey> {
     use std::io::Read;
@@ -124,9 +137,9 @@ struct State {
     virt: betaas_core::allocator::Virt,
     local: Local,
     counter: Counter,
-    /// Requests waiting for an answer from another gateway.
-    waiting: BTreeMap<u64, oneshot::Sender<Result<Placed, String>>>,
-    next_request: u64,
+    /// Requests waiting for an answer: the gateway asked, and where its answer goes. An answer
+    /// from any other gateway is ignored.
+    waiting: BTreeMap<u64, (String, oneshot::Sender<Result<Placed, String>>)>,
     /// The VM manager's latest per-VM figures, for the health topic.
     vm_stats: Vec<betaas_proto::VmStats>,
 }
@@ -135,10 +148,12 @@ pub struct Runtime {
     cfg: InstanceConfig,
     gateway: String,
     keys: Keys,
-    client: AsyncClient,
+    session: Session,
     base: String,
     my_base: String,
     counter_path: std::path::PathBuf,
+    /// The last counter accepted from each sender and client, kept across restarts.
+    floors_path: std::path::PathBuf,
     state: Mutex<State>,
     templates: Vec<Template>,
     /// A VM stats request is in flight: a wedged daemon gets one waiting request, not a pile.
@@ -158,6 +173,9 @@ impl Drop for InFlight {
     }
 }
 
+/// How often floors moved only by harmless messages are written.
+const FLOORS_EVERY: Duration = Duration::from_secs(30);
+
 /// More VM requests than this at once are answered "busy" at once: a flood of requests must not
 /// pile up tasks and waits without bound.
 pub const MAX_REQUESTS: usize = 16;
@@ -168,7 +186,7 @@ impl Runtime {
         gateway: &str,
         prefix: &str,
         data_dir: &Path,
-        client: AsyncClient,
+        session: Session,
     ) -> Result<Arc<Runtime>, String> {
         let keys = Keys::load(&cfg.keys)?;
         if keys.credential.gateway != gateway {
@@ -185,6 +203,20 @@ impl Runtime {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
+        let floors_path = data_dir.join("instance").join("floors");
+        let floors = match std::fs::read(&floors_path) {
+            Ok(bytes) => Floors::decode(&bytes).unwrap_or_else(|e| {
+                // Starting empty reopens replays of old messages until each sender is heard
+                // from again: loud, but better than refusing every member.
+                warn!(file = %floors_path.display(), "replay floors unreadable ({e}): starting without them");
+                Floors::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Floors::new(),
+            Err(e) => {
+                warn!(file = %floors_path.display(), "replay floors unreadable ({e}): starting without them");
+                Floors::new()
+            }
+        };
         let settings = membership::Settings {
             heartbeat_interval_ms: cfg.heartbeat_ms,
             heartbeat_timeout_ms: cfg.timeout_ms,
@@ -199,7 +231,11 @@ impl Runtime {
             my_base: format!("{prefix}/{gateway}"),
             gateway: gateway.to_owned(),
             state: Mutex::new(State {
-                inst: Instance::new(gateway, keys.instance, settings),
+                inst: {
+                    let mut inst = Instance::new(gateway, keys.instance, settings);
+                    inst.restore_floors(floors);
+                    inst
+                },
                 virt: cfg.virt,
                 local: Local {
                     capacity,
@@ -208,12 +244,12 @@ impl Runtime {
                 },
                 counter: Counter::resume(reserved),
                 waiting: BTreeMap::new(),
-                next_request: 0,
                 vm_stats: Vec::new(),
             }),
             keys,
-            client,
+            session,
             counter_path,
+            floors_path,
             templates,
             cfg,
             sampling: std::sync::atomic::AtomicBool::new(false),
@@ -223,6 +259,24 @@ impl Runtime {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the replay floors (temp + fsync + rename: a power cut leaves the old or the new
+    /// file). Blocking; also called at a clean stop.
+    pub fn save_floors(&self) {
+        let bytes = self.state().inst.take_floors().encode();
+        if let Err(e) = crate::resources::history::write_atomic(&self.floors_path, &bytes) {
+            warn!(file = %self.floors_path.display(), "cannot persist the replay floors: {e}");
+        }
+    }
+
+    /// Persists the floors off the runtime when a message just accepted asks for it now (its
+    /// replay would act again), before anything acts on it.
+    async fn persist_floors(self: &Arc<Self>, at_least: Urgency) {
+        if self.state().inst.floors_dirty() >= at_least {
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.save_floors()).await;
+        }
     }
 
     /// The topic filters to subscribe to after every connect.
@@ -269,12 +323,9 @@ impl Runtime {
                 membership::envelope(&self.gateway, n, to, body),
             )
         };
-        if let Err(e) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, bytes)
-        {
-            warn!(topic, "instance message not queued: {e}");
-        }
+        // Dropped while disconnected: heartbeats are periodic and the announce is made afresh
+        // (new counter) on every connect.
+        self.session.publish(topic, retain, bytes);
     }
 
     fn announce(&self) {
@@ -316,9 +367,20 @@ impl Runtime {
             });
         }
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
+        let mut connects = self.session.connects();
+        let mut last_floors = std::time::Instant::now();
         let mut n: u64 = 0;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = connects.changed() => {
+                    // (Re)connected: the broker may have forgotten our retained announce.
+                    if changed.is_ok() {
+                        self.announce();
+                    }
+                    continue;
+                }
+            }
             if n.is_multiple_of(10) {
                 self.announce();
             }
@@ -330,8 +392,15 @@ impl Runtime {
             if n % 10 == 5 {
                 self.clone().sample_vms();
             }
+            // Heartbeats, trust and announces move the floors all the time: written at most
+            // every FLOORS_EVERY (an SD card wears), so after a power cut only the last few
+            // seconds of such harmless messages could be replayed.
+            if last_floors.elapsed() >= FLOORS_EVERY {
+                last_floors = std::time::Instant::now();
+                self.persist_floors(Urgency::Soon).await;
+            }
             n += 1;
-            let events = self.state().inst.tick(unix_millis());
+            let events = self.state().inst.tick(mono_millis());
             for e in events {
                 log_event(&e);
             }
@@ -364,10 +433,8 @@ impl Runtime {
             use std::sync::atomic::Ordering;
             if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
-                let id = v["id"].as_str().unwrap_or("");
                 let why = format!("busy: {MAX_REQUESTS} VM requests in flight; try again later");
-                return self.result(id, "cancel", "", "", None, &why, 0);
+                return self.result(&request_id(&payload), "cancel", "", "", None, &why, 0);
             }
             let slot = InFlight(self.clone());
             tokio::spawn(async move {
@@ -376,7 +443,7 @@ impl Runtime {
             });
             return;
         }
-        let result = self.state().inst.receive(&payload, unix_millis());
+        let result = self.state().inst.receive(&payload, mono_millis());
         let events = match result {
             Ok(ev) => ev,
             Err(e) => {
@@ -384,6 +451,7 @@ impl Runtime {
                 return;
             }
         };
+        self.persist_floors(Urgency::Now).await;
         for e in events {
             log_event(&e);
             match e {
@@ -425,13 +493,25 @@ impl Runtime {
                     });
                 }
                 Event::DeployAnswer {
+                    from,
                     request,
                     accepted,
                     reason,
                     vm,
-                    ..
                 } => {
-                    if let Some(tx) = self.state().waiting.remove(&request) {
+                    let waiter = {
+                        let mut st = self.state();
+                        match st.waiting.get(&request) {
+                            Some((asked, _)) if *asked == from => st.waiting.remove(&request),
+                            Some((asked, _)) => {
+                                warn!(gateway = %from, asked = %asked, "deploy answer from a gateway that was not asked: ignored");
+                                *st.inst.rejected.entry("answer-not-asked").or_default() += 1;
+                                None
+                            }
+                            None => None,
+                        }
+                    };
+                    if let Some((_, tx)) = waiter {
                         let answer = if accepted {
                             Ok(Placed {
                                 resumed: reason == "resumed",
@@ -489,7 +569,20 @@ impl Runtime {
         template: &str,
         res: Res,
     ) -> Result<Placed, String> {
-        let r = crate::cloud::monitor::deploy(cloud, template, res).await;
+        // The cloud's VM limit holds across the instance: VMs that other holders of the same
+        // cloud run count against it here too.
+        let others: u32 = {
+            let st = self.state();
+            let me = self.report(&st);
+            st.inst
+                .view(&me, &[], &me.remotes)
+                .remotes
+                .iter()
+                .filter(|r| r.name == cloud && r.owner != self.gateway)
+                .map(|r| r.in_use)
+                .sum()
+        };
+        let r = crate::cloud::monitor::deploy(cloud, template, res, others).await;
         // The cloud's VM count changed (or it proved unreachable): tell the instance.
         self.announce();
         match r {
@@ -524,7 +617,13 @@ impl Runtime {
     /// A VM request: decide over the shared view; a chosen gateway or cloud that refuses or does
     /// not answer is left out and the decision taken again.
     async fn request(self: Arc<Self>, payload: &[u8]) {
-        let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let v = match self.authorize(payload).await {
+            Ok(v) => v,
+            Err((id, why)) => {
+                warn!(request = %id, "VM request refused: {why}");
+                return self.result(&id, "cancel", "", "", None, &why, 0);
+            }
+        };
         let id = v["id"].as_str().unwrap_or("").to_owned();
         if let Some(vm) = v.get("release") {
             return self.release(&id, vm, &v["target"]).await;
@@ -541,9 +640,9 @@ impl Runtime {
         let mut refusals: Vec<String> = Vec::new();
         for attempt in 1..=8u32 {
             let (decision, request, owner) = {
-                let mut st = self.state();
-                st.next_request += 1;
-                let request = unix_millis() * 1000 + st.next_request % 1000;
+                let st = self.state();
+                // Not guessable: a stranger cannot answer a request it has not seen.
+                let request = random_u64();
                 let me = self.report(&st);
                 let mut view = st.inst.view(&me, &self.templates, &me.remotes);
                 view.gateways.retain(|g| !excluded.contains(&g.id));
@@ -553,11 +652,8 @@ impl Runtime {
                     template: template.clone(),
                 };
                 let d = allocator::decide(&req, &view, &Policy::default());
-                let owner = match &d.outcome {
-                    Outcome::Remote(c) => view.remotes.iter().find(|r| &r.name == c),
-                    _ => None,
-                }
-                .map(|r| r.owner.clone());
+                // The holder the allocator chose: another may hold the same cloud.
+                let owner = d.holder.clone();
                 (d, request, owner.unwrap_or_default())
             };
             let reason = decision.explanation();
@@ -639,6 +735,39 @@ impl Runtime {
         self.result(&id, "cancel", "", "", None, &why, 8);
     }
 
+    /// A VM request or release is carried out only when signed by a client key the instance
+    /// admitted, addressed to this gateway, not a replay, and for this instance. Err: the request's
+    /// id (as far as it can be read) and why not.
+    async fn authorize(
+        self: &Arc<Self>,
+        payload: &[u8],
+    ) -> Result<serde_json::Value, (String, String)> {
+        if payload.trim_ascii_start().starts_with(b"{") {
+            let id = request_id(payload);
+            let why = "unsigned request: VM requests and releases must be signed by a client key \
+                       admitted to the instance (betaas-agent instance admit --client; betaas-agent vm request)";
+            return Err((id, why.to_owned()));
+        }
+        let received = self.state().inst.receive_client(payload);
+        let req = match received {
+            Ok(req) => req,
+            Err(e) => return Err((request_id(payload), format!("refused: {e}"))),
+        };
+        self.persist_floors(Urgency::Now).await;
+        let v: serde_json::Value = serde_json::from_str(&req.request).unwrap_or_default();
+        let id = v["id"].as_str().unwrap_or("").to_owned();
+        match v["instance"].as_str() {
+            Some(name) if name != self.cfg.name.to_string() => Err((
+                id,
+                format!("signed for instance {name:?}, this is {}", self.cfg.name),
+            )),
+            _ => {
+                info!(request = %id, client = %req.client, "signed VM request");
+                Ok(v)
+            }
+        }
+    }
+
     /// Asks gateway `gw` to deploy (on itself, or on `cloud` whose credentials it holds) and waits
     /// for its answer: `Err(None)` when none came in time.
     async fn ask(
@@ -650,7 +779,7 @@ impl Runtime {
         wait_ms: u64,
     ) -> Result<Placed, Option<String>> {
         let (tx, rx) = oneshot::channel();
-        self.state().waiting.insert(request, tx);
+        self.state().waiting.insert(request, (gw.to_owned(), tx));
         let body = Body::DeployRequest {
             request,
             template: template.name.clone(),
@@ -720,12 +849,8 @@ impl Runtime {
             "reason": reason,
             "attempts": attempts,
         });
-        let _ = self.client.try_publish(
-            format!("{}/vm/result", self.my_base),
-            QoS::AtLeastOnce,
-            false,
-            payload.to_string(),
-        );
+        self.session
+            .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
     }
 
     /// For the health topic.
@@ -782,6 +907,22 @@ impl Runtime {
     }
 }
 
+/// The `"id"` of a VM request, signed or not, read without verifying anything: only to address
+/// a refusal to the right request.
+fn request_id(payload: &[u8]) -> String {
+    let json = match msg::decode(payload) {
+        Ok((env, _)) => match env.body {
+            Body::ClientRequest { request, .. } => request.into_bytes(),
+            _ => return String::new(),
+        },
+        Err(_) => payload.to_vec(),
+    };
+    serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn log_event(e: &Event) {
     match e {
         Event::Joined(g) => info!(gateway = %g, "joined the instance"),
@@ -808,6 +949,25 @@ pub fn admit(instance_key: &Path, gateway: &str, out: &Path) -> Result<(), Strin
     let cred = Credential::issue(&ik, gateway, &gw.verifying_key());
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     write_secret(&out.join(GATEWAY_KEY), &gw.to_bytes())?;
+    let bytes = postcard::to_allocvec(&cred).map_err(|e| e.to_string())?;
+    std::fs::write(out.join(CREDENTIAL), bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join(INSTANCE_PUB), ik.verifying_key().to_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// A client's key and credential (applications, an operator's PC): it may send signed VM
+/// requests and releases; it is not a member and cannot join.
+pub fn admit_client(instance_key: &Path, name: &str, out: &Path) -> Result<(), String> {
+    if name.is_empty() || name.contains(['/', '+', '#']) {
+        return Err(format!(
+            "client name {name:?}: must be non-empty, without / + #"
+        ));
+    }
+    let ik = SigningKey::from_bytes(&read32(instance_key)?);
+    let key = random_key().map_err(|e| format!("/dev/urandom: {e}"))?;
+    let cred = Credential::issue_client(&ik, name, &key.verifying_key());
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_secret(&out.join(crate::commands::vm::CLIENT_KEY), &key.to_bytes())?;
     let bytes = postcard::to_allocvec(&cred).map_err(|e| e.to_string())?;
     std::fs::write(out.join(CREDENTIAL), bytes).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::write(out.join(INSTANCE_PUB), ik.verifying_key().to_bytes())

@@ -3,6 +3,7 @@
 
 pub mod actuators;
 pub mod agent;
+pub mod clock;
 pub mod cloud;
 pub mod commands;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod journal;
 pub mod mqtt;
 pub mod outbox;
 pub mod resources;
+pub mod session;
 pub mod things;
 pub mod vm;

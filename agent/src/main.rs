@@ -28,9 +28,22 @@ enum Command {
     Forecast(commands::forecast::ForecastArgs),
     /// Replay an allocation scenario and compare policies (needs no configuration).
     Simulate(commands::simulate::SimulateArgs),
-    /// Instance keys: `keygen` makes the instance key pair, `admit` a gateway's key and credential.
+    /// Instance keys: `keygen` makes the instance key pair, `admit` a gateway's or a client's key
+    /// and credential.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Signed VM requests from a client: prints the gateway's result as one JSON line
+    /// (exit 0 local/remote/released, 1 cancel or timeout, 2 usage or key error).
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Asks a gateway to run a template.
+    Request(commands::vm::RequestArgs),
+    /// Asks a gateway to release a VM (stopped, kept for reuse).
+    Release(commands::vm::ReleaseArgs),
 }
 
 #[derive(Subcommand)]
@@ -41,12 +54,16 @@ enum InstanceCommand {
         out: PathBuf,
     },
     /// Writes gateway.key (0600), credential and instance.pub for GATEWAY into DIR: copy DIR to the
-    /// gateway's /etc/betaas/instance.
+    /// gateway's /etc/betaas/instance. With --client NAME instead: client.key (0600), credential
+    /// and instance.pub for an application or operator that sends signed VM requests
+    /// (`betaas-agent vm request --keys DIR`); a client is not a member.
     Admit {
         #[arg(long)]
         instance_key: PathBuf,
+        #[arg(long, required_unless_present = "client", conflicts_with = "client")]
+        gateway: Option<String>,
         #[arg(long)]
-        gateway: String,
+        client: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -59,14 +76,24 @@ fn main() -> ExitCode {
     match &command {
         Command::Forecast(args) => return commands::forecast::run(args),
         Command::Simulate(args) => return commands::simulate::run(args),
+        Command::Vm(VmCommand::Request(args)) => return commands::vm::request(args),
+        Command::Vm(VmCommand::Release(args)) => return commands::vm::release(args),
         Command::Instance(cmd) => {
             let done = match cmd {
                 InstanceCommand::Keygen { out } => betaas_agent::instance::keygen(out),
                 InstanceCommand::Admit {
                     instance_key,
-                    gateway,
+                    gateway: Some(gateway),
                     out,
+                    ..
                 } => betaas_agent::instance::admit(instance_key, gateway, out),
+                InstanceCommand::Admit {
+                    instance_key,
+                    client: Some(client),
+                    out,
+                    ..
+                } => betaas_agent::instance::admit_client(instance_key, client, out),
+                InstanceCommand::Admit { .. } => Err("admit needs --gateway or --client".into()),
             };
             return match done {
                 Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +113,9 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Forecast(_) | Command::Simulate(_) | Command::Instance(_) => ExitCode::SUCCESS, // ran above
+        Command::Forecast(_) | Command::Simulate(_) | Command::Instance(_) | Command::Vm(_) => {
+            ExitCode::SUCCESS // ran above
+        }
         Command::CheckConfig => {
             // Then every file it names (keys, TLS, password, cloud credentials): all problems.
             let problems = config.check_files(&cli.config);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use betaas_core::allocator::{decide, Outcome, Policy, Request, Res};
 use betaas_e2e::{KillOnDrop, Mosquitto};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 mod instance_support;
 use instance_support::*;
@@ -21,6 +21,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     println!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
 
@@ -84,7 +85,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     let Outcome::Local(expected) = expect.outcome else {
         panic!("the test's own view should place locally: {expect:?}")
     };
-    let r = request(&broker, &mut sub, "gw0", "r1", "app");
+    let r = request(&broker, &mut sub, &ops, "gw0", "r1", "app");
     assert_eq!(
         (r["decision"].as_str(), r["target"].as_str()),
         (Some("local"), Some(expected.as_str())),
@@ -121,7 +122,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
         "{expected} killed: marked down by all others after {:.1} s (timeout 3 s)",
         killed.elapsed().as_secs_f64()
     );
-    let r2 = request(&broker, &mut sub, "gw0", "r2", "app");
+    let r2 = request(&broker, &mut sub, &ops, "gw0", "r2", "app");
     assert_ne!(
         r2["target"].as_str(),
         Some(expected.as_str()),
@@ -268,6 +269,7 @@ fn strangers_forgeries_and_replays_are_rejected() {
 fn two_requests_race_for_the_last_slot() {
     let _serial = serial();
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     // Only "big" has exactly one slot in the whole instance: on gw3.
@@ -291,8 +293,8 @@ fn two_requests_race_for_the_last_slot() {
         Duration::from_secs(20),
         |_, h| member_states(h).len() == 2 && member_states(h).values().all(|s| s == "up"),
     );
-    broker.publish("betaas/gw1/vm/request", r#"{"id":"a","template":"big"}"#);
-    broker.publish("betaas/gw2/vm/request", r#"{"id":"b","template":"big"}"#);
+    send_signed(&broker, &ops, "gw1", json!({"id": "a", "template": "big"}));
+    send_signed(&broker, &ops, "gw2", json!({"id": "b", "template": "big"}));
     let mut results = BTreeMap::new();
     sub.wait_for("both results", Duration::from_secs(20), |t, p| {
         if t.ends_with("/vm/result") {
@@ -502,6 +504,7 @@ fn a_partitioned_gateway_is_marked_down_and_rejoins_when_the_link_heals() {
 fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     let _serial = serial();
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     // gw2's VM manager hangs: it accepts connections and never answers (a wedged daemon), so every
@@ -544,7 +547,7 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     // dismissal threshold for 2 s it is dismissed.
     let mut outcomes = Vec::new();
     for i in 0..3 {
-        let r = request(&broker, &mut sub, "gw1", &format!("f{i}"), "app");
+        let r = request(&broker, &mut sub, &ops, "gw1", &format!("f{i}"), "app");
         outcomes.push((
             r["decision"].as_str().unwrap_or("").to_owned(),
             r["attempts"].as_u64().unwrap_or(0),
@@ -626,6 +629,7 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
     let short_mb = rng.u64(20..200); // under the 256 MB of "app"
     println!("gw1 battery {low}%, gw2 memory available {short_mb} MB");
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     let mut procs = Vec::new();
@@ -665,7 +669,7 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
     assert_eq!(m["gw2"]["forecast_free"]["mem_mb"], short_mb, "{m}");
     // Neither may take "app": gw1 would be drained (a low battery halves its trust, below the
     // allocator's threshold), gw2 has 4 GB free now but is forecast to be short of memory.
-    let r = request(&broker, &mut sub, "gw0", "r1", "app");
+    let r = request(&broker, &mut sub, &ops, "gw0", "r1", "app");
     assert_eq!(r["decision"], "cancel", "{r}");
     let reason = r["reason"].as_str().unwrap_or("");
     assert!(reason.contains("gw1 (trust"), "{r}");
@@ -680,7 +684,7 @@ fn battery_and_memory_forecast_from_the_resource_monitor_steer_placement() {
         Duration::from_secs(20),
         |_, h| h["instance"]["members"]["gw1"]["battery"].is_null(),
     );
-    let r = request(&broker, &mut sub, "gw0", "r2", "app");
+    let r = request(&broker, &mut sub, &ops, "gw0", "r2", "app");
     assert_eq!(
         (r["decision"].as_str(), r["target"].as_str()),
         (Some("local"), Some("gw1")),
@@ -694,6 +698,7 @@ fn a_flood_of_vm_requests_is_bounded_and_the_excess_answered_busy() {
     use betaas_agent::instance::MAX_REQUESTS;
     let _serial = serial();
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     // A VM manager that never answers: every accepted request waits in it.
@@ -715,9 +720,11 @@ fn a_flood_of_vm_requests_is_bounded_and_the_excess_answered_busy() {
     );
     let extra = fastrand::usize(1..=8);
     for i in 0..MAX_REQUESTS + extra {
-        broker.publish(
-            "betaas/gw1/vm/request",
-            &format!(r#"{{"id":"f{i}","template":"app"}}"#),
+        send_signed(
+            &broker,
+            &ops,
+            "gw1",
+            json!({"id": format!("f{i}"), "template": "app"}),
         );
     }
     // The first MAX_REQUESTS wait on the VM manager; each one over is cancelled at once as busy.

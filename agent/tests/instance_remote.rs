@@ -12,7 +12,7 @@ mod instance_support;
 use std::time::Duration;
 
 use betaas_core::allocator::Res;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use betaas_e2e::{Mosquitto, Subscriber};
 use cloud_support::openstack::{fixture, nova_error, Model, COMPUTE};
@@ -41,12 +41,14 @@ struct Lab {
     broker: Mosquitto,
     sub: Subscriber,
     gws: Vec<Gw>,
+    ops: PathBuf,
     _procs: Vec<betaas_e2e::KillOnDrop>,
 }
 
 fn lab(cloud: &str, section: impl FnOnce(&Path) -> String, creds_text: &str) -> Lab {
     use std::os::unix::fs::PermissionsExt;
     let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
     let broker = Mosquitto::start();
     let mut sub = broker.subscribe("betaas/#");
     let gws: Vec<Gw> = [("gw0", Res::new(0, 0, 0)), ("gw1", Res::new(1, 512, 2))]
@@ -82,6 +84,7 @@ fn lab(cloud: &str, section: impl FnOnce(&Path) -> String, creds_text: &str) -> 
         broker,
         sub,
         gws,
+        ops,
         _procs: procs,
     }
 }
@@ -104,24 +107,25 @@ fn cloud_health(sub: &mut Subscriber, what: &str, until: impl Fn(&Value) -> bool
     h["gw1"]["clouds"][0].clone()
 }
 
-fn release(broker: &Mosquitto, sub: &mut Subscriber, id: &str, vm: &str) -> Value {
-    release_on(broker, sub, "campus", id, vm)
+fn release(broker: &Mosquitto, sub: &mut Subscriber, ops: &Path, id: &str, vm: &str) -> Value {
+    release_on(broker, sub, ops, "campus", id, vm)
 }
 
-fn release_on(broker: &Mosquitto, sub: &mut Subscriber, cloud: &str, id: &str, vm: &str) -> Value {
-    broker.publish(
-        "betaas/gw1/vm/request",
-        &json!({"id": id, "release": vm, "target": cloud}).to_string(),
+fn release_on(
+    broker: &Mosquitto,
+    sub: &mut Subscriber,
+    ops: &Path,
+    cloud: &str,
+    id: &str,
+    vm: &str,
+) -> Value {
+    send_signed(
+        broker,
+        ops,
+        "gw1",
+        json!({"id": id, "release": vm, "target": cloud}),
     );
-    sub.wait_for(
-        &format!("result of {id}"),
-        Duration::from_secs(20),
-        |t, p| {
-            (t == "betaas/gw1/vm/result")
-                .then(|| serde_json::from_str::<Value>(p).unwrap())
-                .filter(|r| r["id"] == id)
-        },
-    )
+    result_of(sub, "gw1", id)
 }
 
 #[test]
@@ -137,6 +141,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
         broker,
         mut sub,
         gws,
+        ops,
         _root,
         _procs,
     } = lab(
@@ -150,7 +155,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
         format!("POST {COMPUTE}/servers"),
         nova_error(500, "computeFault", "no valid host"),
     ));
-    let r = request(&broker, &mut sub, "gw0", "r0", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "r0", "big");
     assert_eq!(r["decision"], "cancel", "{r}");
     assert_eq!(r["attempts"], 2, "remote tried once, then cancelled: {r}");
     let creates = |fx: &cloud_support::Fixture| {
@@ -169,7 +174,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     // and the smallest flavor that fits 2 vCPU / 1024 MB / 4 GB.
     let mut vms = Vec::new();
     for n in 1..=limit {
-        let r = request(&broker, &mut sub, "gw0", &format!("r{n}"), "big");
+        let r = request(&broker, &mut sub, &ops, "gw0", &format!("r{n}"), "big");
         assert_eq!(
             (&r["decision"], &r["target"], &r["host"], &r["resumed"]),
             (
@@ -210,13 +215,13 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
 
     // 3. The VM limit is reached: cancel, no create sent.
     let before = creates(&fx).len();
-    let r = request(&broker, &mut sub, "gw0", "full", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "full", "big");
     assert_eq!(r["decision"], "cancel", "{r}");
     assert_eq!(creates(&fx).len(), before);
 
     // 4. Released: stopped (os-stop), not deleted; the next request resumes it (os-start).
     let vm = vms[0].clone();
-    let rel = release(&broker, &mut sub, "rel", &vm);
+    let rel = release(&broker, &mut sub, &ops, "rel", &vm);
     assert_eq!(rel["decision"], "released", "{rel}");
     let action = format!("POST {COMPUTE}/servers/{vm}/action");
     let actions = |fx: &cloud_support::Fixture| {
@@ -228,7 +233,7 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     };
     assert_eq!(actions(&fx), vec![json!({"os-stop": null})]);
     assert_eq!(m.lock().unwrap().servers[&vm].status, "SHUTOFF");
-    let r = request(&broker, &mut sub, "gw0", "again", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "again", "big");
     assert_eq!(
         (&r["decision"], &r["vm"], &r["resumed"]),
         (&json!("remote"), &json!(vm), &json!(true)),
@@ -242,10 +247,10 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
 
     // 5. The cloud goes away: the deployment fails at its reachability check, the requester
     // cancels; gw1 shows it unreachable, then reachable again once it is back.
-    let rel = release(&broker, &mut sub, "rel2", &vm);
+    let rel = release(&broker, &mut sub, &ops, "rel2", &vm);
     assert_eq!(rel["decision"], "released", "{rel}");
     fx.stop();
-    let r = request(&broker, &mut sub, "gw0", "down", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "down", "big");
     assert_eq!(r["decision"], "cancel", "{r}");
     cloud_health(&mut sub, "campus unreachable", |c| c["reachable"] == false);
     rt.block_on(fx.restart());
@@ -272,6 +277,7 @@ fn remote_decisions_on_opennebula_instantiate_poweroff_and_resume() {
         broker,
         mut sub,
         gws,
+        ops,
         _root,
         _procs,
     } = lab(
@@ -296,7 +302,7 @@ fn remote_decisions_on_opennebula_instantiate_poweroff_and_resume() {
             .map(|(_, p)| p)
             .collect::<Vec<_>>()
     };
-    let r = request(&broker, &mut sub, "gw0", "n1", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "n1", "big");
     assert_eq!(
         (&r["decision"], &r["target"], &r["host"], &r["resumed"]),
         (
@@ -318,9 +324,9 @@ fn remote_decisions_on_opennebula_instantiate_poweroff_and_resume() {
         "ACTIVE"
     );
 
-    let rel = release_on(&broker, &mut sub, "one", "nrel", &vm);
+    let rel = release_on(&broker, &mut sub, &ops, "one", "nrel", &vm);
     assert_eq!(rel["decision"], "released", "{rel}");
-    let r = request(&broker, &mut sub, "gw0", "n2", "big");
+    let r = request(&broker, &mut sub, &ops, "gw0", "n2", "big");
     assert_eq!(
         (&r["decision"], &r["vm"], &r["resumed"]),
         (&json!("remote"), &json!(vm), &json!(true)),

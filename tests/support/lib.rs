@@ -513,6 +513,24 @@ impl Mosquitto {
 }
 
 impl Mosquitto {
+    /// Publishes one binary message (a signed request) with mosquitto_pub (QoS 1), from stdin.
+    pub fn publish_bytes(&self, topic: &str, payload: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", &self.host, "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-s"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run mosquitto_pub");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(payload)
+            .expect("write payload");
+        let st = child.wait().expect("mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub {topic} failed");
+    }
+
     /// Publishes one message with mosquitto_pub (QoS 1).
     pub fn publish(&self, topic: &str, payload: &str) {
         let st = Command::new("mosquitto_pub")

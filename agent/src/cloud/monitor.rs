@@ -267,7 +267,13 @@ fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, usize, &'static AnyCloud)
 /// Carries out the allocator's Remote decision for `template` on `cloud`: resumes a stopped VM of
 /// the template or creates one (see [`super::deploy`]). An error tells the allocator to decide
 /// again without this cloud; an unreachable cloud is shown so until its next check.
-pub async fn deploy(cloud: &str, template: &str, res: Res) -> Result<Deployed, DeployError> {
+/// `others`: VMs other holders of the same cloud run; the cloud's VM limit counts them too.
+pub async fn deploy(
+    cloud: &str,
+    template: &str,
+    res: Res,
+    others: u32,
+) -> Result<Deployed, DeployError> {
     let (m, i, c) = find(cloud)?;
     let conf = &m.configs[i];
     let image = conf.images.get(template).cloned().ok_or_else(|| {
@@ -288,7 +294,8 @@ pub async fn deploy(cloud: &str, template: &str, res: Res) -> Result<Deployed, D
         disk_gb: res.disk_gb,
     };
     let mut reg = m.registry.lock().await;
-    let view = cloud_view(m, i, Some(res));
+    let mut view = cloud_view(m, i, Some(res));
+    view.vm_limit = view.vm_limit.saturating_sub(others);
     let plan = policy::plan(&reg, &[view], template, &[m.me.as_str()]);
     let result = super::deploy(
         c,

@@ -2,6 +2,7 @@
 
 pub mod forecast;
 pub mod simulate;
+pub mod vm;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -36,8 +36,10 @@ struct Segment {
     len: u64,
     /// Frames in the segment (undecodable ones included: they take an index).
     records: u64,
-    /// Newest record timestamp, for the age bound. 0 when empty.
-    max_ts: u64,
+    /// When it was last appended to (or found at open), on the monotonic clock: the age bound
+    /// counts time the records spent here, never the wall clock (no RTC: it may jump by years
+    /// when NTP sets it, and every reading would look ancient).
+    touched: Instant,
 }
 
 impl Segment {
@@ -310,9 +312,8 @@ impl Journal {
 
         if self.active().len + n > self.limits.segment_bytes {
             self.rotate()?;
-            // Rotation is rare (once per segment): a cheap moment to apply the age bound, with the
-            // reading's own timestamp as "now" (time comes in as data).
-            self.expire(rec.ts_ms)?;
+            // Rotation is rare (once per segment): a cheap moment to apply the age bound.
+            self.expire_at(Instant::now())?;
         }
         self.enforce_size(n)?;
 
@@ -330,7 +331,7 @@ impl Journal {
         let seg = self.active_mut();
         seg.len += n;
         seg.records += 1;
-        seg.max_ts = seg.max_ts.max(rec.ts_ms);
+        seg.touched = Instant::now();
         let cursor = seg.end();
         self.state.next_index = cursor.index;
         // The thing's entry is only created once per thing; afterwards it is updated in place.
@@ -457,10 +458,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Periodic housekeeping, e.g. once a second: the age bound against `now_ms` (Unix ms), and the
-    /// time-based halves of the fsync and ack policies (which otherwise only run on append/ack).
-    pub fn tick(&mut self, now_ms: u64) -> Result<()> {
-        self.expire(now_ms)?;
+    /// Periodic housekeeping, e.g. once a second: the age bound, and the time-based halves of the
+    /// fsync and ack policies (which otherwise only run on append/ack).
+    pub fn tick(&mut self) -> Result<()> {
+        self.expire_at(Instant::now())?;
         if let FsyncPolicy::Every { interval, .. } = self.limits.fsync {
             if self.unsynced_since.is_some_and(|t| t.elapsed() >= interval) {
                 self.sync_data()?;
@@ -484,16 +485,16 @@ impl Journal {
         Ok(())
     }
 
-    /// Drops sealed segments, oldest first, whose newest record is older than the age bound.
-    /// Returns the number of unacknowledged records dropped.
-    pub fn expire(&mut self, now_ms: u64) -> Result<u64> {
-        let max_age = self.limits.max_age.as_millis() as u64;
+    /// Drops sealed segments, oldest first, not written to for longer than the age bound as of
+    /// `now` (monotonic; time spent powered off does not count). Returns the number of
+    /// unacknowledged records dropped.
+    pub fn expire_at(&mut self, now: Instant) -> Result<u64> {
+        let max_age = self.limits.max_age;
         let old = self
             .segs
             .iter()
             .take(self.segs.len() - 1)
-            // A clock that went backwards (now < max_ts) makes nothing old.
-            .take_while(|s| now_ms.saturating_sub(s.max_ts) > max_age)
+            .take_while(|s| now.saturating_duration_since(s.touched) > max_age)
             .count();
         if old == 0 {
             return Ok(0);
@@ -770,7 +771,7 @@ fn create_segment(dir: &Path, id: u64, first_index: u64) -> Result<(Segment, Fil
             first_index,
             len: HEADER_LEN as u64,
             records: 0,
-            max_ts: 0,
+            touched: Instant::now(),
         },
         f,
     ))
@@ -890,14 +891,13 @@ fn scan_segment(
         first_index: header.first_index,
         len: HEADER_LEN as u64,
         records: 0,
-        max_ts: 0,
+        touched: Instant::now(),
     };
     while seg.len < file_len {
         match next_frame(&mut r, seg.len, file_len, buf) {
             Ok(Next::Record(record, n)) => {
                 let e = next_seq.entry(record.thing).or_insert(0);
                 *e = (*e).max(record.seq + 1);
-                seg.max_ts = seg.max_ts.max(record.ts_ms);
                 seg.records += 1;
                 seg.len += n;
             }

@@ -144,7 +144,7 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
     let (mut alpha, mut beta) = (cfg.alpha.0, cfg.beta.0);
     loop {
         ticker.tick().await;
-        history.push(sampler.sample(crate::agent::unix_millis()));
+        history.push(sampler.sample(crate::clock::unix_millis()));
         let f = forecast_free(&history, alpha, beta, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
         let battery = history.last().and_then(|s| s.battery.filter(|_| !s.mains));

@@ -6,6 +6,7 @@ pub mod command;
 pub mod gpio;
 pub mod mcp3008;
 pub mod payload;
+pub mod status;
 pub mod tmp105;
 
 use std::path::{Path, PathBuf};

@@ -167,17 +167,34 @@ pub fn member_states(h: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-pub fn request(
-    broker: &Mosquitto,
-    sub: &mut Subscriber,
-    gw: &str,
-    id: &str,
-    template: &str,
-) -> Value {
-    broker.publish(
-        &format!("betaas/{gw}/vm/request"),
-        &format!(r#"{{"id":"{id}","template":"{template}"}}"#),
-    );
+/// A client ("ops") admitted to the instance whose keys are in `instance`: its keys directory
+/// under `root`, for signed VM requests.
+pub fn client(instance: &Path, root: &Path) -> PathBuf {
+    let out = root.join("ops");
+    let key = instance.join("instance.key");
+    cli(&[
+        "instance",
+        "admit",
+        "--instance-key",
+        key.to_str().expect("utf8"),
+        "--client",
+        "ops",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    out
+}
+
+/// Publishes `body` (a VM request or release with its `"id"`) signed by the client `ops` to
+/// gateway `gw` of the test instance `lab`.
+pub fn send_signed(broker: &Mosquitto, ops: &Path, gw: &str, body: Value) {
+    let (_, bytes) =
+        betaas_agent::commands::vm::sign(ops, "lab", gw, body).expect("sign the request");
+    broker.publish_bytes(&format!("betaas/{gw}/vm/request"), &bytes);
+}
+
+/// Waits for the result of request `id` on `gw`'s result topic.
+pub fn result_of(sub: &mut Subscriber, gw: &str, id: &str) -> Value {
     let topic = format!("betaas/{gw}/vm/result");
     sub.wait_for(
         &format!("result of {id}"),
@@ -188,6 +205,20 @@ pub fn request(
                 .filter(|r| r["id"] == id)
         },
     )
+}
+
+/// A signed VM request for `template` on `gw`, and its result.
+pub fn request(
+    broker: &Mosquitto,
+    sub: &mut Subscriber,
+    ops: &Path,
+    gw: &str,
+    id: &str,
+    template: &str,
+) -> Value {
+    let body = serde_json::json!({"id": id, "template": template});
+    send_signed(broker, ops, gw, body);
+    result_of(sub, gw, id)
 }
 
 pub fn view(gws: &[&Gw], used: &BTreeMap<&str, Res>) -> InstanceView {
