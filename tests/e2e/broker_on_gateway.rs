@@ -1,16 +1,88 @@
 //! One gateway of an instance runs the instance's broker (paper §II; issue: "one gateway of the
-//! instance may run it — the image can include mosquitto"). The qemu-virt firmware boots with a
-//! provisioned `mosquitto.conf` and instance keys on its boot partition: init starts the image's
-//! mosquitto, the gateway's own agent joins the instance on it, and an agent on the host joins
-//! through the forwarded port. Both see each other up, and a VM request on the gateway (which
-//! offers no room) is placed on the host gateway over that broker.
+//! instance may run it — the image can include mosquitto"). The qemu-virt firmware boots with the
+//! instance's users and ACL (image/instance-broker.sh), its own MQTT password and instance keys on
+//! its boot partition: init starts the image's mosquitto with the shipped instance config
+//! (/etc/betaas/mosquitto/instance.conf: no anonymous clients, a user per gateway, 64 KiB limit),
+//! the gateway's own agent joins the instance on it as its user, and an agent on the host joins
+//! through the forwarded port as its own. Both see each other up, and a VM request from a client
+//! user on the gateway (which offers no room) is placed on the host gateway over that broker.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use betaas_e2e::{bin, free_port, spawn_agent, Mosquitto, Qemu};
+use betaas_e2e::{bin, free_port, repo, spawn_agent, Qemu};
 use serde_json::Value;
+
+/// The generated password of `user`.
+fn password(gen: &Path, user: &str) -> String {
+    std::fs::read_to_string(gen.join("passwords").join(user))
+        .expect("password")
+        .trim_end()
+        .to_owned()
+}
+
+/// mosquitto_sub as `user` on `filter`, every message as (topic, payload); killed on drop.
+struct Sub(Child, Receiver<(String, String)>);
+
+impl Sub {
+    fn start(port: u16, gen: &Path, user: &str, filter: &str) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-u",
+                user,
+                "-P",
+                &password(gen, user),
+            ])
+            .args(["-t", filter, "-v", "-q", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                let (t, p) = line.split_once(' ').unwrap_or((&line, ""));
+                if tx.send((t.to_owned(), p.to_owned())).is_err() {
+                    break;
+                }
+            }
+        });
+        Sub(child, rx)
+    }
+
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&str, &str) -> Option<T>,
+    ) -> T {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let (t, p) = self
+                .1
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("{e} waiting for {what}"));
+            if let Some(v) = f(&t, &p) {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn cli(args: &[&str]) {
     let out = Command::new(bin("betaas-agent"))
@@ -59,16 +131,43 @@ fn a_gateway_runs_the_instance_broker_and_the_others_join_through_it() {
     let guest = format!("virt-{}", fastrand::u32(..));
     let host = format!("host-{}", fastrand::u32(..));
 
-    // The boot partition's betaas/: the guest's agent.toml, mosquitto.conf and instance keys.
+    // The instance's users and ACL: both gateways, a client, Home Assistant (reads everything).
+    let gen = root.path().join("broker");
+    let st = Command::new(repo().join("image/instance-broker.sh"))
+        .args(["--out", gen.to_str().expect("utf8"), "--instance", "lab"])
+        .args([
+            "--gateway",
+            &guest,
+            "--gateway",
+            &host,
+            "--client",
+            "operator",
+        ])
+        .arg("--homeassistant")
+        .status()
+        .expect("image/instance-broker.sh");
+    assert!(st.success());
+
+    // The boot partition's betaas/: the guest's agent.toml, its MQTT password, instance keys, and
+    // mosquitto/{passwd,acl} (no mosquitto.conf: the image's instance config is used).
     let prov = root.path().join("provision");
     admit(&keys.join("instance.key"), &guest, &prov.join("instance"));
-    std::fs::write(
-        prov.join("mosquitto.conf"),
-        "listener 1883 0.0.0.0\nallow_anonymous true\npersistence true\npersistence_location /var/lib/betaas/mosquitto/\n",
+    std::fs::create_dir_all(prov.join("mosquitto")).expect("mkdir");
+    for f in ["passwd", "acl"] {
+        std::fs::copy(
+            gen.join("boot/mosquitto").join(f),
+            prov.join("mosquitto").join(f),
+        )
+        .expect("copy");
+    }
+    std::fs::copy(
+        gen.join("passwords").join(&guest),
+        prov.join("mqtt.password"),
     )
-    .expect("mosquitto.conf");
+    .expect("copy");
     let guest_toml = format!(
-        "gateway_id = \"{guest}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1883\nkeep_alive_secs = 5\n[health]\ninterval_secs = 1\n{}",
+        "gateway_id = \"{guest}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1883\nkeep_alive_secs = 5\n\
+         username = \"{guest}\"\npassword_file = \"/boot/betaas/mqtt.password\"\n[health]\ninterval_secs = 1\n{}",
         instance_section("/boot/betaas/instance", (0, 0, 0))
     );
     std::fs::write(prov.join("agent.toml"), &guest_toml).expect("agent.toml");
@@ -83,34 +182,48 @@ fn a_gateway_runs_the_instance_broker_and_the_others_join_through_it() {
             ("HOSTFWD", &format!("tcp:127.0.0.1:{port}-:1883")),
         ],
     );
-    // The gateway's broker, from the host.
-    let broker = Mosquitto::external("127.0.0.1", port);
+    // The gateway's broker, from the host: slirp accepts at once; an MQTT CONNECT answered (as
+    // the operator: anonymous clients are refused) proves the broker is up.
+    let operator_pw = password(&gen, "operator");
     betaas_e2e::wait_until("the gateway's broker", Duration::from_secs(120), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
+        Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-u",
+                "operator",
+                "-P",
+                &operator_pw,
+            ])
+            .args(["-t", "betaas/probe/vm/request", "-m", "x"])
+            .stderr(Stdio::null())
+            .status()
             .ok()
-            .and_then(|s| {
-                // slirp accepts at once; an MQTT CONNECT answered proves the broker is up.
-                drop(s);
-                Command::new("mosquitto_pub")
-                    .args(["-p", &port.to_string(), "-t", "probe", "-m", "x"])
-                    .stderr(Stdio::null())
-                    .status()
-                    .ok()
-                    .filter(|st| st.success())
-            })
+            .filter(|st| st.success())
     });
+    let anonymous = Command::new("mosquitto_pub")
+        .args(["-p", &port.to_string(), "-t", "betaas/probe", "-m", "x"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("mosquitto_pub");
+    assert!(
+        !anonymous.success(),
+        "the gateway's broker let an anonymous client in"
+    );
     println!(
         "the gateway's mosquitto answers {:.1} s after boot",
         booted.elapsed().as_secs_f64()
     );
-    let mut sub = broker.subscribe("betaas/#");
+    let mut sub = Sub::start(port, &gen, "homeassistant", "betaas/#");
 
     let hdir = root.path().join("host");
     admit(&keys.join("instance.key"), &host, &hdir.join("keys"));
     let host_toml = format!(
-        "gateway_id = \"{host}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n[health]\ninterval_secs = 1\n{}",
+        "gateway_id = \"{host}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         username = \"{host}\"\npassword_file = \"{pw}\"\n[health]\ninterval_secs = 1\n{}",
         instance_section(&format!("{}/keys", hdir.display()), (2, 1024, 8)),
-        d = hdir.display()
+        d = hdir.display(),
+        pw = gen.join("passwords").join(&host).display()
     );
     let _host_agent = spawn_agent(bin("betaas-agent"), &hdir, &host_toml);
 
@@ -135,10 +248,22 @@ fn a_gateway_runs_the_instance_broker_and_the_others_join_through_it() {
     );
 
     // A request on the gateway (no room of its own) lands on the host gateway.
-    broker.publish(
-        &format!("betaas/{guest}/vm/request"),
-        r#"{"id":"r1","template":"app"}"#,
-    );
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-u",
+            "operator",
+            "-P",
+            &operator_pw,
+            "-q",
+            "1",
+        ])
+        .args(["-t", &format!("betaas/{guest}/vm/request")])
+        .args(["-m", r#"{"id":"r1","template":"app"}"#])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
     let topic = format!("betaas/{guest}/vm/result");
     let r = sub.wait_for(
         "the VM request's result",
@@ -152,7 +277,8 @@ fn a_gateway_runs_the_instance_broker_and_the_others_join_through_it() {
         vm.console()
     );
     assert!(
-        vm.console().contains("broker: starting mosquitto"),
+        vm.console()
+            .contains("broker: starting mosquitto with /etc/betaas/mosquitto/instance.conf"),
         "{}",
         vm.console()
     );
