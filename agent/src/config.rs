@@ -938,6 +938,7 @@ fn key_line(text: &str, name: &str, n: usize, key: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 
