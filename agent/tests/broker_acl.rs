@@ -467,12 +467,19 @@ fn agents_with_their_own_users_form_the_instance_and_read_their_devices() {
             "--out",
             s(&d.join("keys")),
         ]);
+        // gw1 offers no room: a request on it is placed on gw2 over the bus.
+        let (cpus, mem, disk) = if *gw == b.gw1 {
+            (0, 0, 0)
+        } else {
+            (2, 1024, 8)
+        };
         let toml = format!(
             "gateway_id = \"{gw}\"\ndata_dir = \"{d}/data\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{gw}\"\npassword_file = \"{pw}\"\n\
              [health]\ninterval_secs = 1\n\
              [instance]\nname = \"lab\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\n\
-             virt = \"none\"\ncapacity = {{ cpus = 0, mem_mb = 0, disk_gb = 0 }}\n\
+             virt = \"kvm\"\ncapacity = {{ cpus = {cpus}, mem_mb = {mem}, disk_gb = {disk} }}\n\
+             [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 256\ndisk_gb = 1\nrole = \"app-light\"\n\
              [[things]]\nid = \"room\"\nbus = \"mqtt\"\ndriver = \"json\"\ntopic = \"zigbee2mqtt/room\"\n\
              field = \"/temperature\"\nunit = \"°C\"\n",
             d = d.display(),
@@ -519,5 +526,47 @@ fn agents_with_their_own_users_form_the_instance_and_read_their_devices() {
                 && serde_json::from_str::<Value>(p).is_ok_and(|v| v["value"] == value))
         });
     }
+
+    // A client's signed VM request on gw1 (no room) is placed on gw2; the result comes back to
+    // the client through the ACL (`betaas-agent vm request`, the client's key and MQTT user).
+    let client = root.path().join("app1");
+    cli(&[
+        "instance",
+        "admit",
+        "--instance-key",
+        s(&inst.join("instance.key")),
+        "--client",
+        "app1",
+        "--out",
+        s(&client),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
+        .args(["vm", "request", "--mqtt", &format!("127.0.0.1:{}", b.port)])
+        .args(["--instance", "lab", "--gateway", &gw1, "--template", "app"])
+        .args([
+            "--keys",
+            s(&client),
+            "--timeout",
+            "20",
+            "--mqtt-user",
+            "app1",
+        ])
+        .arg("--mqtt-password-file")
+        .arg(b.password_file("app1"))
+        .output()
+        .expect("betaas-agent vm request");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        (r["decision"].as_str(), r["target"].as_str()),
+        (Some("local"), Some(gw2.as_str())),
+        "{r}"
+    );
+    assert!(out.status.success(), "{r}");
     drop(agents);
 }

@@ -247,29 +247,49 @@ fn a_gateway_runs_the_instance_broker_and_the_others_join_through_it() {
         joined.elapsed().as_secs_f64()
     );
 
-    // A request on the gateway (no room of its own) lands on the host gateway.
-    let st = Command::new("mosquitto_pub")
+    // A signed request from a client (its own key and MQTT user) on the gateway, which has no
+    // room of its own, lands on the host gateway.
+    let client = root.path().join("operator");
+    cli(&[
+        "instance",
+        "admit",
+        "--instance-key",
+        keys.join("instance.key").to_str().expect("utf8"),
+        "--client",
+        "operator",
+        "--out",
+        client.to_str().expect("utf8"),
+    ]);
+    let out = Command::new(bin("betaas-agent"))
+        .args(["vm", "request", "--mqtt", &format!("127.0.0.1:{port}")])
         .args([
-            "-p",
-            &port.to_string(),
-            "-u",
-            "operator",
-            "-P",
-            &operator_pw,
-            "-q",
-            "1",
+            "--instance",
+            "lab",
+            "--gateway",
+            &guest,
+            "--template",
+            "app",
         ])
-        .args(["-t", &format!("betaas/{guest}/vm/request")])
-        .args(["-m", r#"{"id":"r1","template":"app"}"#])
-        .status()
-        .expect("mosquitto_pub");
-    assert!(st.success());
+        .args(["--keys", client.to_str().expect("utf8"), "--timeout", "30"])
+        .args(["--mqtt-user", "operator", "--mqtt-password-file"])
+        .arg(gen.join("passwords/operator"))
+        .output()
+        .expect("betaas-agent vm request");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let topic = format!("betaas/{guest}/vm/result");
-    let r = sub.wait_for(
-        "the VM request's result",
-        Duration::from_secs(30),
+    let seen = sub.wait_for(
+        "the result on vm/result",
+        Duration::from_secs(10),
         |t, p| (t == topic).then(|| serde_json::from_str::<Value>(p).expect("json")),
     );
+    assert_eq!(seen, r, "the CLI prints the gateway's result");
+    assert!(out.status.success(), "{r}");
     assert_eq!(
         (r["decision"].as_str(), r["target"].as_str()),
         (Some("local"), Some(host.as_str())),
