@@ -136,6 +136,132 @@ pub fn start(gw: &Gw, port: u16, keys: &Path) -> KillOnDrop {
     spawn(Command::new(AGENT), gw)
 }
 
+/// Like [`start`] on the gateway's own keys, with its config text passed through `edit` first.
+pub fn start_edited(gw: &Gw, port: u16, edit: impl FnOnce(String) -> String) -> KillOnDrop {
+    let text = edit(config(gw, port, &gw.dir.join("keys")));
+    std::fs::write(gw.dir.join("agent.toml"), text).expect("agent.toml");
+    spawn(Command::new(AGENT), gw)
+}
+
+/// Stops an agent cleanly (SIGTERM: it saves its state) and waits for it; panics unless it
+/// exited 0 within 10 s.
+pub fn stop_cleanly(mut agent: KillOnDrop) {
+    let st = betaas_e2e::terminate(&mut agent.0, Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the agent did not stop cleanly on SIGTERM: {st:?}"
+    );
+}
+
+/// Sends `signal` (STOP, CONT, ...) to an agent.
+pub fn signal(agent: &KillOnDrop, signal: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{signal}"), &agent.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -{signal}");
+}
+
+/// Messages as published, byte for byte (instance bus messages are binary): mosquitto_sub
+/// printing each payload in hex.
+pub struct RawSub {
+    _child: KillOnDrop,
+    rx: std::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    /// What came before the subscription was known to be active (retained messages).
+    early: std::collections::VecDeque<(String, Vec<u8>)>,
+}
+
+impl RawSub {
+    /// Subscribed to `filter` (and active: a retained marker has come back) when it returns.
+    pub fn start(broker: &Mosquitto, filter: &str) -> RawSub {
+        use std::io::BufRead;
+        let ready = format!("betaas-e2e/raw-ready/{}", fastrand::u64(..));
+        let port = broker.port.to_string();
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                &broker.host,
+                "-p",
+                &port,
+                "-t",
+                &ready,
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                "1",
+            ])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub {ready}");
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                &broker.host,
+                "-p",
+                &port,
+                "-t",
+                filter,
+                "-t",
+                &ready,
+                "-q",
+                "1",
+                "-F",
+                "%t %x",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let (topic, hex) = line.rsplit_once(' ').unwrap_or((&line, ""));
+                let bytes = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+                    .collect();
+                if tx.send((topic.to_owned(), bytes)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sub = RawSub {
+            _child: KillOnDrop(child),
+            rx,
+            early: Default::default(),
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match sub.rx.recv_timeout(left) {
+                Ok((t, _)) if t == ready => return sub,
+                Ok(m) => sub.early.push_back(m),
+                Err(e) => panic!("raw subscription to {filter} not active: {e}"),
+            }
+        }
+    }
+
+    /// The next message within `timeout`, if any.
+    pub fn next(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        self.early
+            .pop_front()
+            .or_else(|| self.rx.recv_timeout(timeout).ok())
+    }
+
+    /// Every message that arrives within `quiet` of the previous one.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<(String, Vec<u8>)> {
+        std::iter::from_fn(|| self.next(quiet)).collect()
+    }
+}
+
+/// The envelope of a signed instance message (not verified).
+pub fn envelope_of(bytes: &[u8]) -> betaas_core::instance::msg::Envelope {
+    betaas_core::instance::msg::decode(bytes)
+        .expect("an instance message")
+        .0
+}
+
 /// The latest health of each gateway, read from the bus until `until` holds for all of `ids`.
 pub fn health_until(
     sub: &mut Subscriber,
@@ -186,11 +312,12 @@ pub fn client(instance: &Path, root: &Path) -> PathBuf {
 }
 
 /// Publishes `body` (a VM request or release with its `"id"`) signed by the client `ops` to
-/// gateway `gw` of the test instance `lab`.
-pub fn send_signed(broker: &Mosquitto, ops: &Path, gw: &str, body: Value) {
+/// gateway `gw` of the test instance `lab`. Returns the exact bytes published (to replay them).
+pub fn send_signed(broker: &Mosquitto, ops: &Path, gw: &str, body: Value) -> Vec<u8> {
     let (_, bytes) =
         betaas_agent::commands::vm::sign(ops, "lab", gw, body).expect("sign the request");
     broker.publish_bytes(&format!("betaas/{gw}/vm/request"), &bytes);
+    bytes
 }
 
 /// Waits for the result of request `id` on `gw`'s result topic.
@@ -239,5 +366,73 @@ pub fn view(gws: &[&Gw], used: &BTreeMap<&str, Res>) -> InstanceView {
             .collect(),
         templates: templates(),
         remotes: vec![],
+    }
+}
+
+/// A network namespace with a veth pair to the host: a gateway on another "machine" whose link
+/// the test can cut. Removed (with its veth) on drop.
+pub struct NetNs {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        let n = fastrand::u32(1..250);
+        let name = format!("betaas-p{}-{n}", std::process::id());
+        let (host_if, ns_if) = (format!("vbh{n}"), format!("vbn{n}"));
+        let (host_ip, ns_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = NetNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Cuts (`false`) or restores the link: on the host side, so the namespace sees a dead wire.
+    pub fn link(&self, up: bool) {
+        let st = Command::new("ip")
+            .args(["link", "set", &self.host_if, if up { "up" } else { "down" }])
+            .status()
+            .expect("ip");
+        assert!(st.success());
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
