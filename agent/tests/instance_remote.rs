@@ -3,7 +3,9 @@
 //! room of its own; gw1 holds the credentials of cloud "campus". A request for a template no gateway
 //! can host goes through gw1 to the cloud; a failed create, a full cloud (VM limit) and an
 //! unreachable cloud make the requester cancel with the reason and leave no VM behind; a released
-//! VM is stopped and resumed by the next request of its template instead of a new one.
+//! VM is stopped and resumed by the next request of its template instead of a new one. With two
+//! holders of one cloud, the one the allocator chose (not the first by name) deploys, and the
+//! cloud's VM limit holds across both.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 
 mod cloud_support;
@@ -128,6 +130,14 @@ fn release_on(
     result_of(sub, "gw1", id)
 }
 
+/// Every server create the OpenStack fixture received.
+fn creates(fx: &cloud_support::Fixture) -> Vec<cloud_support::Req> {
+    fx.requests()
+        .into_iter()
+        .filter(|q| q.line() == format!("POST {COMPUTE}/servers"))
+        .collect()
+}
+
 #[test]
 fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly() {
     let _serial = serial();
@@ -158,12 +168,6 @@ fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly()
     let r = request(&broker, &mut sub, &ops, "gw0", "r0", "big");
     assert_eq!(r["decision"], "cancel", "{r}");
     assert_eq!(r["attempts"], 2, "remote tried once, then cancelled: {r}");
-    let creates = |fx: &cloud_support::Fixture| {
-        fx.requests()
-            .into_iter()
-            .filter(|q| q.line() == format!("POST {COMPUTE}/servers"))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(creates(&fx).len(), 1);
     assert!(m.lock().unwrap().servers.is_empty());
     cloud_health(&mut sub, "no VM recorded after the failure", |c| {
@@ -349,4 +353,228 @@ fn remote_decisions_on_opennebula_instantiate_poweroff_and_resume() {
         "resumed, not instantiated"
     );
     no_secrets(&gws, &[password], &r.to_string());
+}
+
+/// The OpenStack fixture with one Keystone path per holder: `/<gw>/v3…` is answered by the model
+/// with the prefix removed, so the test knows which holder each token was issued to; a holder in
+/// `blocked` gets 503 from Keystone (its reachability check fails: the cloud is unreachable for
+/// it). Compute requests carry the token, so each create is traced to its holder.
+#[derive(Default)]
+struct PerHolder {
+    /// token -> holder.
+    tokens: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    blocked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl PerHolder {
+    fn holder_of(&self, create: &cloud_support::Req) -> Option<String> {
+        let token = create.header("X-Auth-Token")?;
+        self.tokens.lock().unwrap().get(token).cloned()
+    }
+}
+
+async fn per_holder_fixture() -> (
+    cloud_support::Fixture,
+    cloud_support::openstack::Shared,
+    std::sync::Arc<PerHolder>,
+) {
+    use cloud_support::openstack::handle;
+    use std::sync::{Arc, Mutex};
+    let m = Arc::new(Mutex::new(Model::new()));
+    let holders = Arc::new(PerHolder::default());
+    let (model, hs) = (m.clone(), holders.clone());
+    let fx = cloud_support::Fixture::start(Arc::new(move |r: &cloud_support::Req| {
+        let split = r.path.strip_prefix('/').and_then(|p| p.split_once('/'));
+        let Some((gw, rest)) = split.filter(|(g, _)| g.starts_with("gw")) else {
+            return handle(&mut model.lock().unwrap(), r);
+        };
+        if hs.blocked.lock().unwrap().contains(gw) {
+            return cloud_support::Resp::new(503, "");
+        }
+        let mut inner = r.clone();
+        inner.path = format!("/{rest}");
+        let resp = handle(&mut model.lock().unwrap(), &inner);
+        if let Some((_, token)) = resp.headers.iter().find(|(k, _)| k == "X-Subject-Token") {
+            hs.tokens
+                .lock()
+                .unwrap()
+                .insert(token.clone(), gw.to_owned());
+        }
+        resp
+    }))
+    .await;
+    m.lock().unwrap().base = fx.url();
+    (fx, m, holders)
+}
+
+/// `holder`'s entry for cloud campus in the clouds a gateway's health shows.
+fn campus_entry<'h>(h: &'h Value, holder: &str) -> Option<&'h Value> {
+    h["instance"]["clouds"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "campus" && c["holder"] == holder)
+}
+
+/// The campus VMs a gateway's view counts across both holders.
+fn campus_in_use(h: &Value) -> Option<u64> {
+    ["gw1", "gw2"]
+        .iter()
+        .map(|g| campus_entry(h, g).and_then(|c| c["in_use"].as_u64()))
+        .sum()
+}
+
+/// Two gateways hold credentials for one cloud. The requester must ask the holder the allocator
+/// chose (here the only one that reaches the cloud; the first by name does not), and the cloud's
+/// VM limit (the strictest either states) holds across both: VMs created through either count.
+#[test]
+fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across_both() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let limit = fastrand::u32(1..=2);
+    // One holder states the limit, the other a looser one: the strictest wins.
+    let loose = limit + fastrand::u32(0..=2);
+    let strict_on_gw1 = fastrand::bool();
+    println!(
+        "cloud limit {limit} (the other holder states {loose}, strict on gw1: {strict_on_gw1})"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fx, m, holders) = rt.block_on(per_holder_fixture());
+    // gw1 cannot reach the cloud at first.
+    holders.blocked.lock().unwrap().insert("gw1".into());
+    let password = m.lock().unwrap().password.clone();
+    let url = fx.url();
+
+    let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let mut procs = Vec::new();
+    let mut gws = Vec::new();
+    for (id, cap) in [
+        ("gw0", Res::new(0, 0, 0)),
+        ("gw1", Res::new(1, 512, 2)),
+        ("gw2", Res::new(1, 512, 2)),
+    ] {
+        let gw = member(&keys, root.path(), id, cap);
+        let mut section = String::new();
+        if id != "gw0" {
+            let creds = gw.dir.join("campus.toml");
+            std::fs::write(
+                &creds,
+                format!("auth = \"password\"\nusername = \"betaas\"\npassword = \"{password}\"\nproject = \"iot\"\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let vm_limit = if (id == "gw1") == strict_on_gw1 {
+                limit
+            } else {
+                loose
+            };
+            section = cloud_section(
+                "campus",
+                "openstack",
+                &format!("{url}/{id}/v3"),
+                vm_limit,
+                "img-big",
+                &creds,
+            );
+        }
+        procs.push(start_edited(&gw, broker.port, |t| t + &section));
+        gws.push(gw);
+    }
+    let t0 = std::time::Instant::now();
+    health_until(
+        &mut sub,
+        &["gw0"],
+        "gw0 to see campus held by gw1 (unreachable) and gw2 (reachable)",
+        Duration::from_secs(25),
+        |_, h| {
+            campus_entry(h, "gw1").is_some_and(|c| c["reachable"] == false)
+                && campus_entry(h, "gw2").is_some_and(|c| c["reachable"] == true)
+        },
+    );
+    println!(
+        "gw0 sees both holders after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 1. gw1 comes first by name but cannot reach the cloud: the deployment goes through gw2.
+    let t = std::time::Instant::now();
+    let r = request(&broker, &mut sub, &ops, "gw0", "h1", "big");
+    println!("remote through gw2 in {} ms: {r}", t.elapsed().as_millis());
+    assert_eq!(
+        (&r["decision"], &r["target"], &r["host"]),
+        (&json!("remote"), &json!("campus"), &json!("gw2")),
+        "{r}"
+    );
+    let made = creates(&fx);
+    assert_eq!(made.len(), 1);
+    assert_eq!(holders.holder_of(&made[0]).as_deref(), Some("gw2"));
+    assert!(made[0].json()["server"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("betaas-gw2-big-"));
+    assert!(
+        !holders.tokens.lock().unwrap().values().any(|g| g == "gw1"),
+        "gw1 never got through to the cloud"
+    );
+
+    // 2. gw1 reaches the cloud again. Below the limit, the holder with fewer VMs of its own
+    // (gw1) takes the next one.
+    holders.blocked.lock().unwrap().clear();
+    health_until(
+        &mut sub,
+        &["gw0"],
+        "gw0 to see gw1 reach campus and gw2 run one VM there",
+        Duration::from_secs(20),
+        |_, h| {
+            campus_entry(h, "gw1").is_some_and(|c| c["reachable"] == true)
+                && campus_entry(h, "gw2").is_some_and(|c| c["in_use"] == 1)
+        },
+    );
+    if limit == 2 {
+        let r = request(&broker, &mut sub, &ops, "gw0", "h2", "big");
+        assert_eq!(
+            (&r["decision"], &r["target"], &r["host"]),
+            (&json!("remote"), &json!("campus"), &json!("gw1")),
+            "{r}"
+        );
+        let made = creates(&fx);
+        assert_eq!(made.len(), 2);
+        assert_eq!(holders.holder_of(&made[1]).as_deref(), Some("gw1"));
+    }
+    assert_eq!(m.lock().unwrap().servers.len(), limit as usize);
+
+    // 3. The limit is reached across the two holders (each below its own stated limit, or at
+    // it): neither the requester nor a holder deciding for itself creates one more.
+    let all = ["gw0", "gw1", "gw2"];
+    health_until(
+        &mut sub,
+        &all,
+        "every gateway to count the cloud's VMs across both holders",
+        Duration::from_secs(20),
+        |_, h| campus_in_use(h) == Some(u64::from(limit)),
+    );
+    let holder = if fastrand::bool() { "gw1" } else { "gw2" };
+    for (gw, id) in [("gw0", "over"), (holder, "over-holder")] {
+        let r = request(&broker, &mut sub, &ops, gw, id, "big");
+        println!("{gw} at the limit: {} ({})", r["decision"], r["reason"]);
+        assert_ne!(r["decision"], "remote", "{gw}: {r}");
+        assert_eq!(r["decision"], "cancel", "no gateway has room for big: {r}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("VM limit"),
+            "{gw}: {r}"
+        );
+    }
+    assert_eq!(
+        creates(&fx).len(),
+        limit as usize,
+        "no create past the limit"
+    );
+    assert_eq!(m.lock().unwrap().servers.len(), limit as usize);
+
+    let mut secrets = m.lock().unwrap().tokens.clone();
+    secrets.push(password);
+    no_secrets(&gws, &secrets, "");
+    drop(procs);
 }
