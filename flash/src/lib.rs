@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bmap;
 pub mod copy;
 pub mod disk;
+pub mod fatfix;
 pub mod provision;
 pub mod target;
 

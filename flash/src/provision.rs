@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use fscommon::StreamSlice;
 
-use crate::disk;
 use crate::Error;
+use crate::{disk, fatfix};
 
 /// The directory on the boot partition, `/boot/betaas` on the gateway.
 pub const DIR: &str = "betaas";
@@ -210,8 +210,11 @@ pub fn provision(target: &Path, items: &[Item]) -> Result<Vec<String>, Error> {
             }
         }
     }
-    let f = open_card(target, true)?;
+    let mut f = open_card(target, true)?;
     let sync = f.try_clone().map_err(|e| Error::io(target, e))?;
+    let base = disk::boot_partition(&mut f)
+        .map_err(|m| fail(target, m))?
+        .offset;
     {
         let fs = fat(target, f)?;
         let root = fs.root_dir();
@@ -220,9 +223,16 @@ pub fn provision(target: &Path, items: &[Item]) -> Result<Vec<String>, Error> {
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
             let mut dir = root.clone();
             for part in parent.split('/').filter(|p| !p.is_empty()) {
-                dir = dir
-                    .create_dir(part)
-                    .map_err(|e| fail(target, format!("{path}: {e}")))?;
+                dir = match dir.open_dir(part) {
+                    Ok(d) => d,
+                    Err(_) => {
+                        let io = |e: std::io::Error| fail(target, format!("{path}: {e}"));
+                        let before = fatfix::snapshot(&sync, base).map_err(io)?;
+                        let d = dir.create_dir(part).map_err(io)?;
+                        fatfix::fix_new_dir(&sync, base, &before).map_err(io)?;
+                        d
+                    }
+                };
             }
             let mut file = dir
                 .create_file(name)
