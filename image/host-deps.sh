@@ -19,6 +19,7 @@ APT_PKGS=(
   binutils                                        # readelf: the shared objects the image's mosquitto links
   openssl                                         # test certificates for MQTT over TLS
   iproute2                                        # network namespaces for the partition test
+  libfaketime                                     # clock-jump test: a running agent's wall clock moved by years
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   debian-archive-keyring apt-utils
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real

@@ -163,17 +163,26 @@ impl Mosquitto {
     /// Subscribes with mosquitto_sub; every message arrives as (topic, payload). Returns once the
     /// subscription is active (a retained marker message has come back through it).
     pub fn subscribe(&self, filter: &str) -> Subscriber {
-        self.subscribe_with(filter, &[])
+        self.subscribe_with(&[filter], &[])
     }
 
     /// Like [`Mosquitto::subscribe`], with a persistent session (`-c -i client_id`): QoS 1
     /// messages published while this client is away are queued by the broker for the next
     /// subscriber with the same id.
     pub fn subscribe_session(&self, filter: &str, client_id: &str) -> Subscriber {
-        self.subscribe_with(filter, &["-c", "-i", client_id])
+        self.subscribe_with(&[filter], &["-c", "-i", client_id])
     }
 
-    fn subscribe_with(&self, filter: &str, extra: &[&str]) -> Subscriber {
+    /// Subscribes to several filters at once (one SUBSCRIBE); `session`: a persistent session id.
+    pub fn subscribe_filters(&self, filters: &[&str], session: Option<&str>) -> Subscriber {
+        match session {
+            Some(id) => self.subscribe_with(filters, &["-c", "-i", id]),
+            None => self.subscribe_with(filters, &[]),
+        }
+    }
+
+    /// The retained marker is subscribed last, so every filter's retained messages come first.
+    fn subscribe_with(&self, filters: &[&str], extra: &[&str]) -> Subscriber {
         const READY: &str = "betaas-e2e/ready";
         let port = self.port.to_string();
         let ok = Command::new("mosquitto_pub")
@@ -184,9 +193,9 @@ impl Mosquitto {
             .expect("run mosquitto_pub");
         assert!(ok.success(), "mosquitto_pub failed");
         let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h", &self.host, "-p", &port, "-t", filter, "-t", READY, "-v", "-q", "1",
-            ])
+            .args(["-h", &self.host, "-p", &port])
+            .args(filters.iter().flat_map(|f| ["-t", f]))
+            .args(["-t", READY, "-v", "-q", "1"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -241,6 +250,12 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// The messages that came before the subscription was known to be active: the retained
+    /// messages of the filters (not yet consumed by `wait_for`/`next`).
+    pub fn early(&self) -> &[(String, String)] {
+        &self.early
+    }
+
     /// Returns the first message for which `f` returns Some, skipping others, or panics after `timeout`.
     pub fn wait_for<T>(
         &mut self,
@@ -517,7 +532,17 @@ impl Mosquitto {
     pub fn publish_bytes(&self, topic: &str, payload: &[u8]) {
         use std::io::Write;
         let mut child = Command::new("mosquitto_pub")
-            .args(["-h", &self.host, "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-s"])
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-s",
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .expect("run mosquitto_pub");
