@@ -323,7 +323,8 @@ fn a_deploy_answer_from_a_gateway_that_was_not_asked_is_ignored() {
         .unwrap();
     let gw3_key = ed25519_dalek::SigningKey::from_bytes(&gw3_key);
 
-    let mut raw = RawSub::start(&broker, "betaas/lab/$instance/+/msg");
+    // gw3's retained announce and every bus message: gw3's counter so far.
+    let mut raw = RawSub::start(&broker, "betaas/lab/$instance/+/+");
     let id = format!("r-{}", fastrand::u64(..));
     send_signed(&broker, &ops, "gw1", json!({"id": id, "template": "app"}));
     let mut gw3_counter = 0;
