@@ -9,6 +9,7 @@
 //! - a partition in a network namespace, longer than the keep-alive.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -467,6 +468,101 @@ fn a_partition_longer_than_the_keep_alive() {
         during as u64 > secs * 10,
         "only {during} readings from the partition"
     );
+    agent.stop();
+    peer.stop();
+}
+
+/// libfaketime (Debian's libfaketime) moves a running process's wall clock, nothing else's: the
+/// offset is read from a file on every call, the monotonic clock is left alone.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The wall clock of a running member jumps 3 years ahead (NTP finally reached, on a board with no
+/// RTC), then back to an hour behind the real time: nobody goes down, no trust is lost, because
+/// membership runs on the monotonic clock. The readings' `ts` follow the wall clock, as they should.
+#[test]
+fn a_clock_jump_of_years_costs_no_member_and_no_trust() {
+    let mut rng = rng("a_clock_jump_of_years_costs_no_member_and_no_trust");
+    assert!(
+        Path::new(FAKETIME).exists(),
+        "{FAKETIME} missing (image/host-deps.sh installs libfaketime)"
+    );
+    let lab = Lab::new(&mut rng);
+    let broker = Mosquitto::start();
+    let mut sub = everything(&broker);
+    let offset = lab.gw.path("faketime");
+    std::fs::write(&offset, "+0\n").expect("faketime file");
+    let mut cmd = Command::new(AGENT);
+    cmd.env("LD_PRELOAD", FAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let (mut agent, mut peer) = lab.start_with(("127.0.0.1", broker.port), broker.port, cmd);
+    let mut seen = Seen::default();
+    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+    let (gw, other) = (lab.gw.id.clone(), lab.peer.id.clone());
+    // Trust as each sees the other, before the jumps.
+    let trust = |h: &Value, of: &str| h["instance"]["members"][of]["trust"].as_f64();
+    let mut before = (None, None);
+    sub.wait_for("both healths", Duration::from_secs(10), |t, p| {
+        let h: Value = serde_json::from_str(p).ok()?;
+        if t == format!("betaas/{gw}/health") {
+            before.0 = trust(&h, &other);
+        } else if t == format!("betaas/{other}/health") {
+            before.1 = trust(&h, &gw);
+        }
+        (before.0.is_some() && before.1.is_some()).then_some(())
+    });
+    let three_years = 3 * 365 * 24 * 3600 * 1000u64;
+    for (label, offset_text, wall_offset_ms) in [
+        ("+3 years", "+1095d", three_years as i64),
+        ("-1 hour", "-1h", -3_600_000i64),
+    ] {
+        std::fs::write(&offset, format!("{offset_text}\n")).expect("faketime file");
+        // Watch both members for four heartbeat timeouts (the default timeout is 4 s).
+        let end = Instant::now() + Duration::from_secs(16);
+        let mut jumped = false;
+        let mut checks = 0;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Some((t, p)) = sub.next(left) else {
+                continue;
+            };
+            let Ok(h) = serde_json::from_str::<Value>(&p) else {
+                continue;
+            };
+            if t == format!("betaas/{gw}/health") {
+                let skew = h["ts"].as_u64().unwrap_or(0) as i64 - now_ms() as i64;
+                // The jump took effect (else this test proves nothing) ...
+                if (skew - wall_offset_ms).abs() < 60_000 {
+                    jumped = true;
+                }
+                if jumped {
+                    // ... and the member it sees stays up, its trust not lowered.
+                    assert_eq!(
+                        h["instance"]["members"][&other]["state"], "up",
+                        "{label}: {h}"
+                    );
+                    let now = trust(&h, &other).expect("trust");
+                    assert!(
+                        now >= before.0.unwrap_or(0.0) - 1e-9,
+                        "{label}: trust fell to {now}"
+                    );
+                    checks += 1;
+                }
+            } else if t == format!("betaas/{other}/health") && jumped {
+                assert_eq!(h["instance"]["members"][&gw]["state"], "up", "{label}: {h}");
+                let now = trust(&h, &gw).expect("trust");
+                assert!(
+                    now >= before.1.unwrap_or(0.0) - 1e-9,
+                    "{label}: trust fell to {now}"
+                );
+            }
+        }
+        assert!(
+            jumped,
+            "{label}: the agent's wall clock never moved (libfaketime not in effect)"
+        );
+        println!("{label}: {checks} health reports after the jump, every member up, trust kept");
+    }
     agent.stop();
     peer.stop();
 }
