@@ -4,6 +4,8 @@
 #   make agent-arm            the static ARM agent
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
 #   make bench                benchmarks (figures with their baselines)
+#   make flash BOARD=<board> DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]
+#                             write out/<board>/sdcard.img to an SD card (betaas-flash), verify, provision
 #   make deps                 install host packages, QEMU 10 and the Rust ARM target
 #   make templates            out/templates/tiny-{x86_64,armhf} (the test VM template), booted under QEMU,
 #                             and out/templates/lgw-<arch> (logical gateway; LGW_ARCH="x86_64 armhf" for both)
@@ -16,7 +18,7 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw
+.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
 
 all: agent-arm
 
@@ -38,9 +40,24 @@ agent-arm: $(STAMP)
 	  || { echo "error: $(AGENT_ARM) is not a static ARM EABI5 binary" >&2; exit 1; }
 	@echo "==> $(AGENT_ARM): $$(stat -c %s $(AGENT_ARM)) bytes (stripped)"
 
-image: agent-arm
+image: agent-arm flash-tool
 	@echo "==> building image for $(BOARD)"
 	bash image/build.sh $(BOARD)
+
+# betaas-flash (flash/): the image's block map (debug build, shared with the tests) ...
+flash-tool:
+	@echo "==> building betaas-flash"
+	cargo build --locked -p betaas-flash
+
+# ... and writing a card (release build: it hashes every byte it writes and reads back).
+# Asks before overwriting DEVICE; refuses system disks, mounted cards, cards smaller than the image.
+flash:
+	@test -n "$(DEVICE)" || { echo "usage: make flash BOARD=$(BOARD) DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]" >&2; exit 2; }
+	@test -f out/$(BOARD)/sdcard.img || $(MAKE) image BOARD=$(BOARD)
+	@echo "==> writing out/$(BOARD)/sdcard.img to $(DEVICE)"
+	cargo build --release --locked -p betaas-flash
+	target/release/betaas-flash write --image out/$(BOARD)/sdcard.img --target $(DEVICE) \
+	  $(if $(CONFIG),--config $(CONFIG)) $(if $(PROVISION),--provision $(PROVISION))
 
 qemu: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard

@@ -242,4 +242,16 @@ step "manifest"
   (cd "$OUT" && sha256sum sdcard.img zImage initrd.img ${DTB:+$DTB})
 } > "$OUT/manifest.txt"
 rm -f "$OUT/packages.txt"
+
+# The block map betaas-flash (and bmaptool) write from: only the blocks that hold data. It is taken
+# from the partition files' own extents (mkfs left them sparse where it wrote nothing), not from
+# sdcard.img's, which dd allocated whole: see flash/src/bmap.rs.
+step "block map ($IMG.bmap)"
+FLASH=${FLASH:-target/debug/betaas-flash}
+[ -x "$FLASH" ] || { echo "image: $FLASH missing: run 'make flash-tool'" >&2; exit 1; }
+"$FLASH" bmap create --image "$IMG" \
+  --from "$ST/boot.vfat@1MiB" \
+  --from "$ST/rootfs.ext4@$((1 + BOOT_MB))MiB" \
+  --from "$ST/data.ext4@$((1 + BOOT_MB + ROOT_MB))MiB"
+echo "==> [$BOARD] write it to an SD card: make flash BOARD=$BOARD DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]"
 step "done: $IMG"

@@ -21,6 +21,7 @@ APT_PKGS=(
   iproute2                                        # network namespaces for the partition test
   libfaketime                                     # clock-jump test: a running agent's wall clock moved by years
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
+  bmap-tools                                      # bmaptool: the flash tests check sdcard.img.bmap against it
   debian-archive-keyring apt-utils
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
