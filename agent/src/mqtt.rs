@@ -48,6 +48,10 @@ impl Topics {
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
 
+/// Largest packet taken from or sent to the broker; a larger incoming one resets the connection
+/// (rumqttc), so the instance broker's configuration bounds messages well below it.
+pub const MAX_PACKET: usize = 256 * 1024;
+
 /// Requests queued towards the broker before publishers wait: bounds memory while disconnected.
 const REQUEST_QUEUE: usize = 256;
 
@@ -102,7 +106,7 @@ pub fn connect(config: &Config, topics: &Topics) -> Result<(AsyncClient, EventLo
     }
     // Incoming payloads above this are refused by rumqttc (and the connection reset); MQTT things'
     // payloads are capped lower, at things::payload::MAX_PAYLOAD, with a clear error.
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     Ok(AsyncClient::new(opts, REQUEST_QUEUE))
 }
 

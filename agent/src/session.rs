@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ClientError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter,
-    SubscribeReasonCode,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS,
+    StateError, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -67,6 +67,8 @@ struct Inner {
     events_dropped: AtomicU64,
     /// Incoming messages the handler had no room for.
     incoming_dropped: AtomicU64,
+    /// Connections reset by a message over the packet size limit.
+    oversized: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,6 +98,7 @@ impl Session {
             not_sent: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             incoming_dropped: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
         }))
     }
 
@@ -245,6 +248,7 @@ impl Session {
             "events_queued": lock(&self.0.events).len(),
             "events_dropped": self.0.events_dropped.load(Ordering::Relaxed),
             "incoming_dropped": self.0.incoming_dropped.load(Ordering::Relaxed),
+            "oversized": self.0.oversized.load(Ordering::Relaxed),
         })
     }
 
@@ -386,6 +390,21 @@ pub async fn drive(
             Err(e) => {
                 s.connected.store(false, Ordering::Relaxed);
                 subs = Subs::Done;
+                if let ConnectionError::MqttState(StateError::Deserialization(
+                    rumqttc::Error::PayloadSizeLimitExceeded(n),
+                )) = &e
+                {
+                    // MQTT 3.1.1 gives a client no way to decline one message: the broker must
+                    // bound them (message_size_limit in the instance broker's configuration).
+                    s.oversized.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        bytes = n,
+                        "the broker sent a message over {} bytes on a subscribed topic; the \
+                         connection was reset. Bound message sizes on the broker \
+                         (message_size_limit) and restrict who may publish (ACLs)",
+                        mqtt::MAX_PACKET
+                    );
+                }
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     warn!(broker = %mqtt::broker(&eventloop), "mqtt connection: {msg}; retrying");
