@@ -121,15 +121,14 @@ fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
         },
     );
 
-    let result = |sub: &mut betaas_e2e::Subscriber, id: &str| -> Value {
-        sub.wait_for(&format!("result {id}"), Duration::from_secs(60), |t, p| {
-            (t == "betaas/gw1/vm/result")
-                .then(|| serde_json::from_str::<Value>(p).expect("json"))
-                .filter(|v| v["id"] == id)
-        })
-    };
-    broker.publish("betaas/gw1/vm/request", r#"{"id":"r1","template":"app"}"#);
-    let r1 = result(&mut sub, "r1");
+    let ops = betaas_e2e::VmClient::admit(
+        &keys.join("instance.key"),
+        "vmlab",
+        "ops",
+        &r.join("ops"),
+        &broker,
+    );
+    let r1 = ops.request("gw1", "r1", "app", 60);
     assert_eq!(
         (r1["decision"].as_str(), r1["target"].as_str()),
         (Some("local"), Some("gw2")),
@@ -159,8 +158,7 @@ fn a_request_on_one_gateway_runs_a_vm_on_another_through_its_vm_manager() {
     // The VM manager dies: gw2 cannot start the next VM, refuses, gives the reservation back, and
     // gw1 has nowhere else to go.
     drop(vmd.take());
-    broker.publish("betaas/gw1/vm/request", r#"{"id":"r2","template":"app"}"#);
-    let r2 = result(&mut sub, "r2");
+    let r2 = ops.request("gw1", "r2", "app", 60);
     assert_eq!(r2["decision"], "cancel", "{r2}");
     sub.wait_for(
         "gw2's reservation given back",

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use betaas_e2e::libvirtd::{DomainsCleanup, Libvirtd};
-use betaas_e2e::{bin, repo, vmd_list, wait_until, KillOnDrop, Mosquitto, Subscriber};
+use betaas_e2e::{bin, repo, vmd_list, wait_until, KillOnDrop, Mosquitto, VmClient};
 use betaas_proto::blocking::Client;
 use betaas_proto::{Request, Response};
 use serde_json::Value;
@@ -190,17 +190,16 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
         health(t, "betaas/gwb/health", p)
     });
 
-    let result = |sub: &mut Subscriber, id: &str| -> Value {
-        sub.wait_for(&format!("result {id}"), Duration::from_secs(180), |t, p| {
-            (t == "betaas/gwa/vm/result")
-                .then(|| serde_json::from_str::<Value>(p).ok())
-                .flatten()
-                .filter(|v| v["id"] == id)
-        })
-    };
+    // An operator of instance A asks gwa, signed with its client key.
+    let ops = VmClient::admit(
+        &r.join("inst-a").join("instance.key"),
+        "inst-a",
+        "ops",
+        &r.join("ops"),
+        &broker,
+    );
     let t0 = Instant::now();
-    broker.publish("betaas/gwa/vm/request", r#"{"id":"r1","template":"lgw"}"#);
-    let r1 = result(&mut sub, "r1");
+    let r1 = ops.request("gwa", "r1", "lgw", 180);
     let t_result = t0.elapsed();
     assert_eq!(
         (r1["decision"].as_str(), r1["target"].as_str()),
@@ -272,8 +271,7 @@ fn a_logical_gateway_vm_joins_another_instance_as_its_own_member() {
     );
 
     // A second logical gateway: the only identity is held, vmd refuses, A cancels.
-    broker.publish("betaas/gwa/vm/request", r#"{"id":"r2","template":"lgw"}"#);
-    let r2 = result(&mut sub, "r2");
+    let r2 = ops.request("gwa", "r2", "lgw", 180);
     assert_eq!(r2["decision"], "cancel", "{r2}");
     // vmd's reason reaches the requester's result, naming the pool and who holds it.
     let refusal = r2["reason"].as_str().unwrap_or("");

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: a real mosquitto, a subscriber, the firmware under QEMU, QMP.
 //! Each helper kills exactly the process it started when dropped, and every wait is bounded.
 
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -69,6 +70,87 @@ pub fn sha256_hex(p: &Path) -> String {
 
 /// Writes `toml` to `dir/agent.toml` and starts the agent binary `bin` on it (stderr to null);
 /// killed on drop.
+/// A client of an instance (`betaas-agent instance admit --client`), sending signed VM requests
+/// the way an application or an operator does: with `betaas-agent vm request|release`.
+pub struct VmClient {
+    pub keys: PathBuf,
+    pub instance: String,
+    pub broker: String,
+}
+
+impl VmClient {
+    /// Admits client `name` with the instance key `instance_key` into `out`.
+    pub fn admit(
+        instance_key: &Path,
+        instance: &str,
+        name: &str,
+        out: &Path,
+        broker: &Mosquitto,
+    ) -> VmClient {
+        let st = Command::new(bin("betaas-agent"))
+            .args(["instance", "admit", "--instance-key"])
+            .arg(instance_key)
+            .args(["--client", name, "--out"])
+            .arg(out)
+            .status()
+            .expect("betaas-agent instance admit --client");
+        assert!(st.success(), "instance admit --client {name}");
+        VmClient {
+            keys: out.to_owned(),
+            instance: instance.to_owned(),
+            broker: format!("{}:{}", broker.host, broker.port),
+        }
+    }
+
+    /// `vm request` (or `vm release` with `["--vm", VM, "--target", CLOUD]`) to `gateway` with
+    /// request id `id`; returns the result the CLI printed and its exit code.
+    pub fn run(
+        &self,
+        verb: &str,
+        gateway: &str,
+        id: &str,
+        args: &[&str],
+        timeout_s: u64,
+    ) -> (Value, i32) {
+        let out = Command::new(bin("betaas-agent"))
+            .args([
+                "vm",
+                verb,
+                "--mqtt",
+                &self.broker,
+                "--instance",
+                &self.instance,
+                "--keys",
+            ])
+            .arg(&self.keys)
+            .args([
+                "--gateway",
+                gateway,
+                "--id",
+                id,
+                "--timeout",
+                &timeout_s.to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("betaas-agent vm");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "vm {verb}: not one JSON line ({e}): {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (v, out.status.code().unwrap_or(-1))
+    }
+
+    /// A signed request for `template`: the result object.
+    pub fn request(&self, gateway: &str, id: &str, template: &str, timeout_s: u64) -> Value {
+        self.run("request", gateway, id, &["--template", template], timeout_s)
+            .0
+    }
+}
+
 pub fn spawn_agent(bin: impl AsRef<std::ffi::OsStr>, dir: &Path, toml: &str) -> KillOnDrop {
     std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
     KillOnDrop(

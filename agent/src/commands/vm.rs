@@ -46,6 +46,9 @@ pub struct Target {
     /// A file holding the MQTT password (one line).
     #[arg(long, requires = "mqtt_user")]
     mqtt_password_file: Option<PathBuf>,
+    /// The request's id, as the result will carry it (default: a random one).
+    #[arg(long)]
+    id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -135,7 +138,9 @@ fn run(t: &Target, mut body: Value) -> ExitCode {
         },
         None => None,
     };
-    body["id"] = Value::Null;
+    if let Some(id) = &t.id {
+        body["id"] = json!(id);
+    }
     let (id, bytes) = match sign(&t.keys, &t.instance, &t.gateway, body) {
         Ok(signed) => signed,
         Err(e) => return fail(e),
