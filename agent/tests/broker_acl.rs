@@ -568,5 +568,39 @@ fn agents_with_their_own_users_form_the_instance_and_read_their_devices() {
         "{r}"
     );
     assert!(out.status.success(), "{r}");
+
+    // A member's credentials misused: a 1 MiB retained message on its own announce topic. The
+    // broker drops it, so it never reaches (and never resets) anyone's client: gw2 restarted
+    // still joins at once, nobody's connection was reset by an oversized message.
+    let junk = vec![0x5a; 1024 * 1024];
+    b.publish_as(
+        Some(&gw1),
+        &format!("betaas/lab/$instance/{gw1}/announce"),
+        &junk,
+        true,
+    );
+    agents.truncate(1); // gw2's agent stops
+    let d = root.path().join(&gw2);
+    let toml = std::fs::read_to_string(d.join("agent.toml")).expect("gw2's agent.toml");
+    agents.push(spawn_agent(env!("CARGO_BIN_EXE_betaas-agent"), &d, &toml));
+    let restarted = std::time::Instant::now();
+    let (mut ok1, mut ok2) = (false, false);
+    ha.until("both up again after the oversized retained message", |l| {
+        let Line::Message(t, p) = l else { return false };
+        let h: Value = serde_json::from_str(p).unwrap_or_default();
+        let fine = |other: &str| {
+            h["instance"]["members"][other]["state"] == "up" && h["mqtt"]["oversized"] == 0
+        };
+        if *t == format!("betaas/{gw1}/health") {
+            ok1 = fine(&gw2);
+        } else if *t == format!("betaas/{gw2}/health") {
+            ok2 = fine(&gw1) && h["uptime_s"].as_u64().is_some_and(|u| u < 60);
+        }
+        ok1 && ok2
+    });
+    println!(
+        "1 MiB retained on an announce topic: dropped by the broker; gw2 restarted and saw gw1 up {:.1} s later",
+        restarted.elapsed().as_secs_f64()
+    );
     drop(agents);
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use betaas_core::instance::membership::envelope;
 use betaas_core::instance::msg::{self, Body, Credential};
 use clap::Args;
+
+use crate::config::read_password_file;
 use ed25519_dalek::SigningKey;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -131,11 +133,9 @@ fn run(t: &Target, mut body: Value) -> ExitCode {
         Some((h, Ok(p))) if !h.is_empty() => (h.to_owned(), p),
         _ => return fail(format!("--mqtt {:?}: expected HOST:PORT", t.mqtt)),
     };
-    let password = match &t.mqtt_password_file {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_owned()),
-            Err(e) => return fail(format!("{}: {e}", p.display())),
-        },
+    let password = match t.mqtt_password_file.as_deref().map(read_password_file) {
+        Some(Ok(pw)) => Some(pw),
+        Some(Err(e)) => return fail(e),
         None => None,
     };
     if let Some(id) = &t.id {
