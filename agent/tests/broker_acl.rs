@@ -519,13 +519,20 @@ fn agents_with_their_own_users_form_the_instance_and_read_their_devices() {
         "zigbee2mqtt/room",
         &format!("{{\"temperature\":{value}}}"),
     );
-    for gw in [&gw1, &gw2] {
-        let topic = format!("betaas/{gw}/things/room/state");
-        ha.until(&format!("the reading on {topic}"), |l| {
-            matches!(l, Line::Message(t, p) if *t == topic
-                && serde_json::from_str::<Value>(p).is_ok_and(|v| v["value"] == value))
-        });
-    }
+    // Both gateways' readings, in whichever order they come.
+    let mut read = std::collections::HashSet::new();
+    ha.until("the reading on both gateways' state topics", |l| {
+        if let Line::Message(t, p) = l {
+            for gw in [&gw1, &gw2] {
+                if *t == format!("betaas/{gw}/things/room/state")
+                    && serde_json::from_str::<Value>(p).is_ok_and(|v| v["value"] == value)
+                {
+                    read.insert(gw.clone());
+                }
+            }
+        }
+        read.len() == 2
+    });
 
     // A client's signed VM request on gw1 (no room) is placed on gw2; the result comes back to
     // the client through the ACL (`betaas-agent vm request`, the client's key and MQTT user).
