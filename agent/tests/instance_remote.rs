@@ -487,7 +487,7 @@ fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across
         &mut sub,
         &["gw0"],
         "gw0 to see campus held by gw1 (unreachable) and gw2 (reachable)",
-        Duration::from_secs(25),
+        Duration::from_secs(30),
         |_, h| {
             campus_entry(h, "gw1").is_some_and(|c| c["reachable"] == false)
                 && campus_entry(h, "gw2").is_some_and(|c| c["reachable"] == true)
@@ -526,7 +526,7 @@ fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across
         &mut sub,
         &["gw0"],
         "gw0 to see gw1 reach campus and gw2 run one VM there",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         |_, h| {
             campus_entry(h, "gw1").is_some_and(|c| c["reachable"] == true)
                 && campus_entry(h, "gw2").is_some_and(|c| c["in_use"] == 1)
@@ -552,7 +552,7 @@ fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across
         &mut sub,
         &all,
         "every gateway to count the cloud's VMs across both holders",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         |_, h| campus_in_use(h) == Some(u64::from(limit)),
     );
     let holder = if fastrand::bool() { "gw1" } else { "gw2" };
