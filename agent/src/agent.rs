@@ -348,10 +348,9 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
                 };
                 let payload = json!({"thing": rec.thing, "value": value, "unit": unit, "ts": rec.ts_ms, "seq": rec.seq});
                 let topic = agent.topics.thing_state(&rec.thing);
-                if agent
+                if !agent
                     .session
                     .publish_record(&topic, payload.to_string().into_bytes(), cursor)
-                    .is_err()
                 {
                     break; // disconnected or the queue is full: read again from here later
                 }

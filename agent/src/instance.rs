@@ -30,6 +30,7 @@ use betaas_core::instance::floors::{Floors, Urgency};
 use betaas_core::instance::membership::{self, Event, Instance};
 use betaas_core::instance::msg::{self, Body, Counter, Credential, ResourceReport};
 use betaas_core::instance::trust::Observation;
+use betaas_core::lifecycle::{self, ReleaseAction, Reservations};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -56,38 +57,54 @@ fn read32(path: &Path) -> Result<[u8; 32], String> {
         .map_err(|_| format!("{}: not a 32-byte key", path.display()))
 }
 
+/// A private key file: refused if group or others may read it.
+pub fn read_secret_key(path: &Path) -> Result<SigningKey, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(SigningKey::from_bytes(&read32(path)?))
+}
+
+/// `dir/credential`, which must be for `key` (read from `key_path`). Its signature is the
+/// caller's to check: a gateway's and a client's are in different domains.
+pub fn read_credential(
+    dir: &Path,
+    key: &SigningKey,
+    key_path: &Path,
+) -> Result<Credential, String> {
+    let path = dir.join(CREDENTIAL);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let credential: Credential =
+        postcard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if credential.key != key.verifying_key().to_bytes() {
+        return Err(format!(
+            "{}: credential is for another key than {}",
+            path.display(),
+            key_path.display()
+        ));
+    }
+    Ok(credential)
+}
+
 impl Keys {
     pub fn load(dir: &Path) -> Result<Keys, String> {
-        use std::os::unix::fs::MetadataExt;
         let key_path = dir.join(GATEWAY_KEY);
-        let mode = std::fs::metadata(&key_path)
-            .map_err(|e| format!("{}: {e}", key_path.display()))?
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{}: readable by others (mode {:o}): chmod 600 it",
-                key_path.display(),
-                mode & 0o777
-            ));
-        }
+        let gateway = read_secret_key(&key_path)?;
         let instance = VerifyingKey::from_bytes(&read32(&dir.join(INSTANCE_PUB))?)
             .map_err(|e| format!("{}: {e}", dir.join(INSTANCE_PUB).display()))?;
-        let gateway = SigningKey::from_bytes(&read32(&key_path)?);
         let cred_path = dir.join(CREDENTIAL);
-        let bytes =
-            std::fs::read(&cred_path).map_err(|e| format!("{}: {e}", cred_path.display()))?;
-        let credential: Credential =
-            postcard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", cred_path.display()))?;
+        let credential = read_credential(dir, &gateway, &key_path)?;
         credential
             .verify(&instance)
             .map_err(|e| format!("{}: {e}", cred_path.display()))?;
-        if credential.key != gateway.verifying_key().to_bytes() {
-            return Err(format!(
-                "{}: credential is for another key than {}",
-                cred_path.display(),
-                key_path.display()
-            ));
-        }
         Ok(Keys {
             instance,
             gateway,
@@ -127,8 +144,11 @@ struct Placed {
 /// This gateway's own side: capacity for VMs and what is reserved on it.
 struct Local {
     capacity: Res,
-    used: Res,
-    vms: u32,
+    res: Reservations,
+    /// The reservations were rebuilt from the VM manager's list (always true without one): until
+    /// then nothing is reserved here, so VMs still running from before a restart are never
+    /// offered twice.
+    synced: bool,
 }
 
 struct State {
@@ -140,8 +160,8 @@ struct State {
     /// Requests waiting for an answer: the gateway asked, and where its answer goes. An answer
     /// from any other gateway is ignored.
     waiting: BTreeMap<u64, (String, oneshot::Sender<Result<Placed, String>>)>,
-    /// The VM manager's latest per-VM figures, for the health topic.
-    vm_stats: Vec<betaas_proto::VmStats>,
+    /// The VM manager's latest list with each VM's figures, for the health topic.
+    vm_stats: Vec<(betaas_proto::VmInfo, Option<betaas_proto::VmStats>)>,
 }
 
 pub struct Runtime {
@@ -154,6 +174,7 @@ pub struct Runtime {
     counter_path: std::path::PathBuf,
     /// The last counter accepted from each sender and client, kept across restarts.
     floors_path: std::path::PathBuf,
+    floors_io: Mutex<()>,
     state: Mutex<State>,
     templates: Vec<Template>,
     /// A VM stats request is in flight: a wedged daemon gets one waiting request, not a pile.
@@ -239,8 +260,8 @@ impl Runtime {
                 virt: cfg.virt,
                 local: Local {
                     capacity,
-                    used: Res::default(),
-                    vms: 0,
+                    res: Reservations::default(),
+                    synced: cfg.vmd_socket.is_none(),
                 },
                 counter: Counter::resume(reserved),
                 waiting: BTreeMap::new(),
@@ -250,6 +271,7 @@ impl Runtime {
             session,
             counter_path,
             floors_path,
+            floors_io: Mutex::new(()),
             templates,
             cfg,
             sampling: std::sync::atomic::AtomicBool::new(false),
@@ -262,21 +284,22 @@ impl Runtime {
     }
 
     /// Writes the replay floors (temp + fsync + rename: a power cut leaves the old or the new
-    /// file). Blocking; also called at a clean stop.
+    /// file), one writer at a time: the snapshot is taken in that order, so a write that returns
+    /// has everything accepted before it. Blocking; also called at a clean stop.
     pub fn save_floors(&self) {
+        let _one_writer = self.floors_io.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = self.state().inst.take_floors().encode();
         if let Err(e) = crate::resources::history::write_atomic(&self.floors_path, &bytes) {
             warn!(file = %self.floors_path.display(), "cannot persist the replay floors: {e}");
         }
     }
 
-    /// Persists the floors off the runtime when a message just accepted asks for it now (its
-    /// replay would act again), before anything acts on it.
-    async fn persist_floors(self: &Arc<Self>, at_least: Urgency) {
-        if self.state().inst.floors_dirty() >= at_least {
-            let me = self.clone();
-            let _ = tokio::task::spawn_blocking(move || me.save_floors()).await;
-        }
+    /// Before acting on a message whose replay would act again (a deploy request for us, a
+    /// client's request): its floor is on disk when this returns. Awaited only by the task that
+    /// acts, never by the loop that reads the bus (an fsync may take seconds on a busy card).
+    async fn floors_durable(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.save_floors()).await;
     }
 
     /// The topic filters to subscribe to after every connect.
@@ -295,11 +318,11 @@ impl Runtime {
         let latest = crate::resources::latest();
         ResourceReport {
             capacity: st.local.capacity,
-            used: st.local.used,
+            used: st.local.res.used(),
             forecast_free: latest.and_then(|l| crate::resources::forecast_res(&l.forecast)),
             virt: st.virt,
             battery: latest.and_then(|l| l.battery),
-            vms: st.local.vms,
+            vms: st.local.res.count(),
             powerful: self.cfg.powerful,
             remotes: crate::cloud::monitor::allocator_view(),
         }
@@ -366,6 +389,9 @@ impl Runtime {
                 }
             });
         }
+        // The reservations come from what the VM manager runs (an agent restart leaves its VMs
+        // running): nothing is reserved here before that list is read.
+        self.clone().sample_vms();
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
         let mut connects = self.session.connects();
         let mut last_floors = std::time::Instant::now();
@@ -395,9 +421,12 @@ impl Runtime {
             // Heartbeats, trust and announces move the floors all the time: written at most
             // every FLOORS_EVERY (an SD card wears), so after a power cut only the last few
             // seconds of such harmless messages could be replayed.
-            if last_floors.elapsed() >= FLOORS_EVERY {
+            if last_floors.elapsed() >= FLOORS_EVERY
+                && self.state().inst.floors_dirty() > Urgency::None
+            {
                 last_floors = std::time::Instant::now();
-                self.persist_floors(Urgency::Soon).await;
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.save_floors());
             }
             n += 1;
             let events = self.state().inst.tick(mono_millis());
@@ -407,7 +436,9 @@ impl Runtime {
         }
     }
 
-    /// Fetches the VM manager's per-VM stats off the runtime (a wedged daemon delays only this).
+    /// Fetches the VM manager's list and per-VM stats off the runtime (a wedged daemon delays
+    /// only this), and re-syncs the reservations to it: VMs still running from before an agent
+    /// restart are counted again, a VM whose restart budget is spent gives its share back.
     fn sample_vms(self: Arc<Self>) {
         use std::sync::atomic::Ordering;
         let Some(socket) = self.cfg.vmd_socket.clone() else {
@@ -418,8 +449,37 @@ impl Runtime {
         }
         tokio::spawn(async move {
             let vmd = crate::vm::Vmd::new(&socket);
+            let generation = self.state().local.res.generation();
             match tokio::task::spawn_blocking(move || vmd.stats()).await {
-                Ok(Ok(stats)) => self.state().vm_stats = stats,
+                Ok(Ok(stats)) => {
+                    let vms: Vec<_> = stats
+                        .iter()
+                        .map(|(v, s)| crate::vm::local_vm(v, s.as_ref()))
+                        .collect();
+                    let rebuilt = lifecycle::rebuild(&vms, &self.templates);
+                    for name in &rebuilt.no_size {
+                        warn!(vm = %name, "a running VM of a template this gateway does not configure, without figures: counted as nothing");
+                    }
+                    let changed = {
+                        let mut st = self.state();
+                        st.vm_stats = stats;
+                        let before = (st.local.res.used(), st.local.res.count());
+                        let applied = st.local.res.resync(generation, &rebuilt);
+                        let first = applied && !st.local.synced;
+                        if first {
+                            st.local.synced = true;
+                            info!(
+                                vms = st.local.res.count(),
+                                used = %st.local.res.used(),
+                                "reservations rebuilt from the VM manager's list"
+                            );
+                        }
+                        first || before != (st.local.res.used(), st.local.res.count())
+                    };
+                    if changed {
+                        self.announce();
+                    }
+                }
                 Ok(Err(e)) => warn!("VM stats: {e}"),
                 Err(e) => warn!("VM stats: {e}"),
             }
@@ -451,7 +511,6 @@ impl Runtime {
                 return;
             }
         };
-        self.persist_floors(Urgency::Now).await;
         for e in events {
             log_event(&e);
             match e {
@@ -467,6 +526,7 @@ impl Runtime {
                     // of its own.
                     let me = self.clone();
                     tokio::spawn(async move {
+                        me.floors_durable().await;
                         let done = match &cloud {
                             Some(c) => me.deploy_remote(c, &template, res).await,
                             None => me.deploy(res, &template).await,
@@ -532,8 +592,9 @@ impl Runtime {
     /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
     /// gives the reservation back and refuses, so the requester decides again.
     async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> Result<Placed, String> {
-        self.reserve(res, template)?;
+        let token = self.reserve(res, template)?;
         let Some(socket) = self.cfg.vmd_socket.clone() else {
+            self.state().local.res.keep_bare(token);
             return Ok(Placed::default());
         };
         let vmd = crate::vm::Vmd::new(&socket);
@@ -542,20 +603,17 @@ impl Runtime {
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         match started {
-            Ok(vm) => {
-                info!(template, vm = %vm.name, state = ?vm.state, "VM running");
+            Ok((vm, resumed)) => {
+                info!(template, vm = %vm.name, state = ?vm.state, resumed, "VM running");
+                self.state().local.res.started(token, &vm.name);
                 Ok(Placed {
                     vm: vm.name,
-                    resumed: false,
+                    resumed,
                 })
             }
             Err(e) => {
                 warn!(template, "VM manager failed: {e}");
-                {
-                    let mut st = self.state();
-                    st.local.used = st.local.used.saturating_sub(&res);
-                    st.local.vms = st.local.vms.saturating_sub(1);
-                }
+                self.state().local.res.abandon(token);
                 self.announce();
                 Err(e)
             }
@@ -594,17 +652,20 @@ impl Runtime {
         }
     }
 
-    /// Re-checks a request against this gateway's live capacity and reserves it.
-    fn reserve(&self, res: Res, template: &str) -> Result<(), String> {
+    /// Re-checks a request against this gateway's live capacity and reserves it (under a token).
+    fn reserve(&self, res: Res, template: &str) -> Result<u64, String> {
+        let token = random_u64();
         let accepted = {
             let mut st = self.state();
-            let free = st.local.capacity.saturating_sub(&st.local.used);
-            if res.fits_in(&free) {
-                st.local.used = st.local.used.plus(&res);
-                st.local.vms += 1;
-                Ok(())
+            if !st.local.synced {
+                Err(
+                    "the VM manager's list is not read yet (this agent just started): what still \
+                     runs here is not known"
+                        .to_owned(),
+                )
             } else {
-                Err(format!("{res} does not fit in the {free} free here"))
+                let capacity = st.local.capacity;
+                st.local.res.reserve(token, res, &capacity).map(|()| token)
             }
         };
         if accepted.is_ok() {
@@ -626,7 +687,10 @@ impl Runtime {
         };
         let id = v["id"].as_str().unwrap_or("").to_owned();
         if let Some(vm) = v.get("release") {
-            return self.release(&id, vm, &v["target"]).await;
+            return match (vm.as_str(), &v["target"]) {
+                (Some(vm), serde_json::Value::Null) => self.release_local(&id, vm).await,
+                _ => self.release(&id, vm, &v["target"]).await,
+            };
         }
         let name = v["template"].as_str().unwrap_or("");
         let Some(template) = self.templates.iter().find(|t| t.name == name).cloned() else {
@@ -753,7 +817,7 @@ impl Runtime {
             Ok(req) => req,
             Err(e) => return Err((request_id(payload), format!("refused: {e}"))),
         };
-        self.persist_floors(Urgency::Now).await;
+        self.floors_durable().await;
         let v: serde_json::Value = serde_json::from_str(&req.request).unwrap_or_default();
         let id = v["id"].as_str().unwrap_or("").to_owned();
         match v["instance"].as_str() {
@@ -823,6 +887,60 @@ impl Runtime {
         }
     }
 
+    /// `{"id","release":"<vm>"}` (no target): stops a VM this gateway runs through its VM manager
+    /// (managed save for a VM, shutdown for a container) and gives its reservation back; the next
+    /// request for its template resumes it.
+    async fn release_local(self: &Arc<Self>, id: &str, vm: &str) {
+        let me = self.gateway.clone();
+        let Some(socket) = self.cfg.vmd_socket.clone() else {
+            let why = "no VM manager on this gateway (vmd_socket): no local VM to release; \
+                       a remote VM needs \"target\": its cloud";
+            return self.result(id, "error", &me, "", None, why, 0);
+        };
+        let vmd = crate::vm::Vmd::new(&socket);
+        let name = vm.to_owned();
+        let done = tokio::task::spawn_blocking(move || {
+            let list = vmd.list()?;
+            let found = list.iter().find(|v| v.name == name);
+            let action =
+                lifecycle::release_action(found.map(|v| crate::vm::local_vm(v, None)).as_ref());
+            match action {
+                ReleaseAction::Stop => vmd.stop(&name).map(|v| (action, Some(v))),
+                _ => Ok((action, found.cloned())),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let placed = Placed {
+            vm: vm.to_owned(),
+            resumed: false,
+        };
+        match done {
+            Ok((ReleaseAction::NotHere, _)) => {
+                let why = format!("no VM {vm:?} on this gateway's VM manager");
+                self.result(id, "error", &me, "", Some(&placed), &why, 0)
+            }
+            Ok((action, info)) => {
+                let freed = self.state().local.res.release(vm);
+                self.announce();
+                let how = match info.map(|i| i.state) {
+                    Some(betaas_proto::VmState::Saved) => "stopped with a managed save",
+                    _ => "shut down",
+                };
+                let why = match (action, freed) {
+                    (ReleaseAction::Stop, Some(r)) => {
+                        format!("{how}, kept for reuse; {r} given back")
+                    }
+                    (ReleaseAction::Stop, None) => format!("{how}, kept for reuse"),
+                    _ => "already stopped".to_owned(),
+                };
+                info!(request = id, vm, "released: {why}");
+                self.result(id, "released", &me, &me, Some(&placed), &why, 0)
+            }
+            Err(e) => self.result(id, "error", &me, "", Some(&placed), &e, 0),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)] // one flat JSON object, field for field
     fn result(
         &self,
@@ -889,19 +1007,25 @@ impl Runtime {
             .iter()
             .map(|r| json!({"name": r.name, "holder": r.owner, "reachable": r.reachable, "in_use": r.in_use, "max_vms": r.max_vms}))
             .collect();
+        let used = st.local.res.used();
         json!({
             "name": self.cfg.name.to_string(),
             "members": members,
             "clouds": clouds,
             "rejected": st.inst.rejected,
-            "used": {"cpus": st.local.used.cpus, "mem_mb": st.local.used.mem_mb, "disk_gb": st.local.used.disk_gb},
-            "vms": st.local.vms,
-            "vm_stats": st.vm_stats.iter().map(|v| json!({
+            "used": {"cpus": used.cpus, "mem_mb": used.mem_mb, "disk_gb": used.disk_gb},
+            "vms": st.local.res.count(),
+            "vm_stats": st.vm_stats.iter().map(|(v, s)| json!({
                 "name": v.name,
+                "template": v.template,
                 "state": format!("{:?}", v.state).to_lowercase(),
-                "cpu_time_ns": v.cpu_time_ns,
-                "memory_kib": v.memory_kib,
-                "disk_allocation_bytes": v.disk_allocation_bytes,
+                "released": v.stopped_s.is_some(),
+                "restarts": v.restarts,
+                "failed": v.failed,
+                "held": st.local.res.held().contains_key(&v.name),
+                "cpu_time_ns": s.as_ref().map(|s| s.cpu_time_ns),
+                "memory_kib": s.as_ref().map(|s| s.memory_kib),
+                "disk_allocation_bytes": s.as_ref().map(|s| s.disk_allocation_bytes),
             })).collect::<Vec<_>>(),
         })
     }

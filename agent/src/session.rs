@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS,
-    StateError, SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, StateError,
+    SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -133,14 +133,19 @@ impl Session {
         Ok(())
     }
 
-    /// A journal record, QoS 1; its PUBACK acknowledges the journal up to `cursor`. `Err` when
+    /// A journal record, QoS 1; its PUBACK acknowledges the journal up to `cursor`. `false` when
     /// disconnected or the request queue is full: the record stays in the journal, sent later.
-    pub fn publish_record(&self, topic: &str, payload: Vec<u8>, cursor: Cursor) -> Result<(), ()> {
+    pub fn publish_record(&self, topic: &str, payload: Vec<u8>, cursor: Cursor) -> bool {
         if !self.connected() {
-            return Err(());
+            return false;
         }
-        self.queue(topic, QoS::AtLeastOnce, false, payload, Some(cursor))
-            .map_err(|e| debug!("request queue full ({e}); waiting for the broker"))
+        match self.queue(topic, QoS::AtLeastOnce, false, payload, Some(cursor)) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("request queue full ({e}); waiting for the broker");
+                false
+            }
+        }
     }
 
     /// Journal records queued or in flight and not yet acknowledged by the broker.

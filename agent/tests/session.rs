@@ -253,6 +253,33 @@ fn assert_retained(lab: &Lab, broker: &Mosquitto, what: &str) {
     }
 }
 
+/// The fast sensor's backlog once the broker is back: every seq from the first, first arrivals in
+/// order. Returns how many readings were taken while it was away (`away`: wall-clock ms).
+fn assert_backlog(
+    lab: &Lab,
+    sub: &mut Subscriber,
+    seen: &mut Seen,
+    away: (u64, u64),
+    what: &str,
+) -> usize {
+    seen.until(
+        &lab.gw.id,
+        sub,
+        &format!("readings after {what}"),
+        Duration::from_secs(60),
+        |s| s.of(THING).any(|r| r.ts > away.1 + 2000),
+    );
+    seen.during(&lab.gw.id, sub, Duration::from_millis(500));
+    let last = seen.max_seq(THING).expect("readings");
+    seen.assert_complete(THING, 0, last);
+    let during = seen
+        .of(THING)
+        .filter(|r| r.ts > away.0 && r.ts < away.1)
+        .count();
+    println!("{during} readings from {what} arrived; seqs 0..={last} complete");
+    during
+}
+
 fn outage_secs() -> u64 {
     std::env::var("OUTAGE_SECS")
         .ok()
@@ -295,22 +322,7 @@ fn minutes_without_a_broker_then_everything_is_back() {
     relay.heal();
     assert_alive(&lab, &broker, &mut sub, &mut seen, "after the outage");
     assert_retained(&lab, &broker, "after the outage");
-    // The backlog of the fast sensor: every seq, first arrivals in order.
-    seen.until(
-        &lab.gw.id,
-        &mut sub,
-        "readings after the outage",
-        Duration::from_secs(60),
-        |s| s.of(THING).any(|r| r.ts > up_ms + 2000),
-    );
-    seen.during(&lab.gw.id, &mut sub, Duration::from_millis(500));
-    let last = seen.max_seq(THING).expect("readings");
-    seen.assert_complete(THING, 0, last);
-    let during = seen
-        .of(THING)
-        .filter(|r| r.ts > down_ms && r.ts < up_ms)
-        .count();
-    println!("{during} readings taken during the outage arrived; seqs 0..={last} complete");
+    let during = assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the outage");
     assert!(
         during as u64 > secs * 10,
         "only {during} readings from the outage"
@@ -350,21 +362,7 @@ fn a_broker_restart_with_persistence() {
     let mut sub = broker.subscribe_filters(&filters, Some(&client));
     assert_alive(&lab, &broker, &mut sub, &mut seen, "after the restart");
     assert_retained(&lab, &broker, "after the restart");
-    seen.until(
-        &lab.gw.id,
-        &mut sub,
-        "readings after the restart",
-        Duration::from_secs(60),
-        |s| s.of(THING).any(|r| r.ts > up_ms + 2000),
-    );
-    seen.during(&lab.gw.id, &mut sub, Duration::from_millis(500));
-    let last = seen.max_seq(THING).expect("readings");
-    seen.assert_complete(THING, 0, last);
-    let during = seen
-        .of(THING)
-        .filter(|r| r.ts > down_ms && r.ts < up_ms)
-        .count();
-    println!("{during} readings from the restart arrived; seqs 0..={last} complete");
+    assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the restart");
     agent.assert_running();
     agent.stop();
     peer.stop();
@@ -448,22 +446,13 @@ fn a_partition_longer_than_the_keep_alive() {
     ns.link(true);
     let healed_ms = now_ms();
     assert_alive(&lab, &broker, &mut sub, &mut seen, "after the partition");
-    seen.until(
-        &lab.gw.id,
+    let during = assert_backlog(
+        &lab,
         &mut sub,
-        "readings after the partition",
-        Duration::from_secs(60),
-        |s| s.of(THING).any(|r| r.ts > healed_ms + 2000),
+        &mut seen,
+        (cut_ms, healed_ms),
+        "the partition",
     );
-    seen.during(&lab.gw.id, &mut sub, Duration::from_millis(500));
-    let first = seen.of(THING).map(|r| r.seq).min().expect("readings");
-    let last = seen.max_seq(THING).expect("readings");
-    seen.assert_complete(THING, first, last);
-    let during = seen
-        .of(THING)
-        .filter(|r| r.ts > cut_ms && r.ts < healed_ms)
-        .count();
-    println!("{during} readings from the partition arrived; seqs {first}..={last} complete");
     assert!(
         during as u64 > secs * 10,
         "only {during} readings from the partition"

@@ -149,9 +149,11 @@ fn run(items: &[Item], ack_order: &[usize]) -> Vec<Option<u64>> {
         connects.changed().await.expect("connected");
         for item in &queued {
             match item {
-                Item::Record(i) => session
-                    .publish_record("betaas/gw/things/t/state", b"{}".to_vec(), cursor(*i))
-                    .expect("queued"),
+                Item::Record(i) => assert!(session.publish_record(
+                    "betaas/gw/things/t/state",
+                    b"{}".to_vec(),
+                    cursor(*i)
+                )),
                 Item::Bus => {
                     assert!(session.publish("betaas/lab/$instance/gw/msg", false, b"hb".to_vec()))
                 }

@@ -640,21 +640,6 @@ impl Mosquitto {
 
     /// Publishes one message with mosquitto_pub (QoS 1).
     pub fn publish(&self, topic: &str, payload: &str) {
-        let st = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                &self.host,
-                "-p",
-                &self.port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                payload,
-            ])
-            .status()
-            .expect("run mosquitto_pub");
-        assert!(st.success(), "mosquitto_pub {topic} failed");
+        self.publish_bytes(topic, payload.as_bytes());
     }
 }

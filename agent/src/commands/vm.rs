@@ -229,34 +229,9 @@ async fn exchange(
 }
 
 fn load_client(dir: &Path) -> Result<(SigningKey, Credential), String> {
-    use std::os::unix::fs::MetadataExt;
     let key_path = dir.join(CLIENT_KEY);
-    let mode = std::fs::metadata(&key_path)
-        .map_err(|e| format!("{}: {e}", key_path.display()))?
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by others (mode {:o}): chmod 600 it",
-            key_path.display(),
-            mode & 0o777
-        ));
-    }
-    let bytes = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let key: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| format!("{}: not a 32-byte key", key_path.display()))?;
-    let key = SigningKey::from_bytes(&key);
-    let cred_path = dir.join(crate::instance::CREDENTIAL);
-    let bytes = std::fs::read(&cred_path).map_err(|e| format!("{}: {e}", cred_path.display()))?;
-    let credential: Credential =
-        postcard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", cred_path.display()))?;
-    if credential.key != key.verifying_key().to_bytes() {
-        return Err(format!(
-            "{}: credential is for another key than {}",
-            cred_path.display(),
-            key_path.display()
-        ));
-    }
+    let key = crate::instance::read_secret_key(&key_path)?;
+    let credential = crate::instance::read_credential(dir, &key, &key_path)?;
     Ok((key, credential))
 }
 
