@@ -6,8 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use betaas_core::allocator::Res;
+use betaas_core::lifecycle::{LocalVm, VmStatus};
 use betaas_proto::blocking::Client;
-use betaas_proto::{Request, Response, VmInfo};
+use betaas_proto::{Request, Response, VmInfo, VmState, VmStats};
 
 /// Creating and starting a VM under emulation takes seconds; past this the request has failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,13 +53,13 @@ impl Vmd {
         }
     }
 
-    /// Resumes a stopped VM of `template`, or creates and starts one. Blocking: call it off the
-    /// async runtime.
-    pub fn acquire(&self, template: &str) -> Result<VmInfo, String> {
+    /// Resumes a stopped VM of `template`, or creates and starts one; says whether it was
+    /// resumed. Blocking: call it off the async runtime.
+    pub fn acquire(&self, template: &str) -> Result<(VmInfo, bool), String> {
         match self.call(&Request::Acquire {
             template: template.to_owned(),
         })? {
-            Response::Vm(vm) => Ok(vm),
+            Response::Acquired { vm, resumed } => Ok((vm, resumed)),
             Response::Error(e) => Err(format!(
                 "betaas-vmd refused {template}: {:?}: {}",
                 e.kind, e.message
@@ -65,30 +67,72 @@ impl Vmd {
             other => Err(format!("betaas-vmd answered {other:?} to acquire")),
         }
     }
-}
 
-impl Vmd {
-    /// Every VM the daemon manages, with its CPU time, memory and disk: the per-VM figures the
-    /// gateway shares in its health. Blocking.
-    pub fn stats(&self) -> Result<Vec<betaas_proto::VmStats>, String> {
-        let vms = match self.call(&Request::List)? {
-            Response::Vms(v) => v,
-            Response::Error(e) => {
-                return Err(format!("betaas-vmd list: {:?}: {}", e.kind, e.message))
-            }
-            other => return Err(format!("betaas-vmd answered {other:?} to list")),
-        };
+    /// Stops a VM on request (managed save for a VM, shutdown for a container); it is kept for
+    /// the next request of its template. Blocking.
+    pub fn stop(&self, vm: &str) -> Result<VmInfo, String> {
+        match self.call(&Request::Stop { vm: vm.to_owned() })? {
+            Response::Vm(v) => Ok(v),
+            Response::Error(e) => Err(format!(
+                "betaas-vmd could not stop {vm}: {:?}: {}",
+                e.kind, e.message
+            )),
+            other => Err(format!("betaas-vmd answered {other:?} to stop")),
+        }
+    }
+
+    /// Every VM the daemon manages. Blocking.
+    pub fn list(&self) -> Result<Vec<VmInfo>, String> {
+        match self.call(&Request::List)? {
+            Response::Vms(v) => Ok(v),
+            Response::Error(e) => Err(format!("betaas-vmd list: {:?}: {}", e.kind, e.message)),
+            other => Err(format!("betaas-vmd answered {other:?} to list")),
+        }
+    }
+
+    /// Every VM the daemon manages, with its CPU time, memory and disk when it has them: the
+    /// per-VM figures the gateway shares in its health, and what its reservations are rebuilt
+    /// from. Blocking.
+    pub fn stats(&self) -> Result<Vec<(VmInfo, Option<VmStats>)>, String> {
+        let vms = self.list()?;
         let mut out = Vec::with_capacity(vms.len());
         for vm in vms {
-            match self.call(&Request::Stats {
+            let stats = match self.call(&Request::Stats {
                 vm: vm.name.clone(),
             })? {
-                Response::Stats(s) => out.push(s),
-                // A VM undefined between the two calls, or without stats: skip it this round.
-                Response::Error(_) => {}
+                Response::Stats(s) => Some(s),
+                // A VM undefined between the two calls, or without stats: no figures this round.
+                Response::Error(_) => None,
                 other => return Err(format!("betaas-vmd answered {other:?} to stats")),
-            }
+            };
+            out.push((vm, stats));
         }
         Ok(out)
+    }
+}
+
+/// A VM as the lifecycle rules see it (`betaas_core::lifecycle`).
+pub fn local_vm(vm: &VmInfo, stats: Option<&VmStats>) -> LocalVm {
+    let status = if vm.failed {
+        VmStatus::Failed
+    } else {
+        match vm.state {
+            VmState::Running | VmState::Paused | VmState::Other => VmStatus::Running,
+            _ if vm.stopped_s.is_none() => VmStatus::Restarting,
+            _ => VmStatus::Stopped,
+        }
+    };
+    const GIB: u64 = 1 << 30;
+    LocalVm {
+        name: vm.name.clone(),
+        template: vm.template.clone(),
+        status,
+        own: stats.map(|s| {
+            Res::new(
+                s.vcpus,
+                s.max_memory_kib.div_ceil(1024),
+                s.disk_capacity_bytes.div_ceil(GIB),
+            )
+        }),
     }
 }

@@ -5,10 +5,12 @@
 //! - [`allocator`]: the local/remote choice of the TaaS resources manager (paper §III, Figure 2).
 //! - [`scenario`], [`sim`], [`gen`]: the simulator that compares it with other schedulers.
 //! - [`instance`]: instance bus messages, membership and trust (the instance manager).
+//! - [`lifecycle`]: this gateway's reservations for its local VMs: release, rebuild after a restart.
 
 pub mod allocator;
 pub mod forecast;
 pub mod gen;
 pub mod instance;
+pub mod lifecycle;
 pub mod scenario;
 pub mod sim;

@@ -18,7 +18,8 @@ use thiserror::Error;
 use crate::msg::{ErrorKind, ErrorReply, Request, Response};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+/// 2: `VmInfo` gained `restarts` and `failed`, `Response::Acquired` answers `Acquire`.
+pub const VERSION: u8 = 2;
 /// Largest `len` accepted: a list of a few hundred VMs fits many times over; anything bigger is
 /// a broken or hostile peer, and refusing it bounds what one connection can make the daemon allocate.
 pub const MAX_FRAME: usize = 64 * 1024;

@@ -45,6 +45,12 @@ pub enum Response {
     Vms(Vec<VmInfo>),
     Stats(VmStats),
     Error(ErrorReply),
+    /// The answer to `Acquire`: the VM, running, and whether it was a stopped one brought back
+    /// (`true`) or a new one created and started.
+    Acquired {
+        vm: VmInfo,
+        resumed: bool,
+    },
 }
 
 /// How a guest runs. The allocator treats `Kvm` > `Qemu` (emulation, slow) and `Lxc` (containers,
@@ -100,8 +106,14 @@ pub struct VmInfo {
     pub state: VmState,
     /// Unix seconds when the daemon created it.
     pub created_s: u64,
-    /// Unix seconds when it was last stopped (the idle clock), if it is stopped.
+    /// Unix seconds when it was last stopped on request (the idle clock). `None` while it runs,
+    /// and for a VM that died without being stopped: the daemon restarts that one.
     pub stopped_s: Option<u64>,
+    /// Times the daemon restarted it after it died without being stopped (since it last ran for
+    /// the reset time, or was started on request).
+    pub restarts: u32,
+    /// It kept dying: the restart budget is spent and it is left stopped (its idle clock runs).
+    pub failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,8 @@ fn vm_info(name: &str) -> VmInfo {
         state: VmState::Saved,
         created_s: 1_764_000_000,
         stopped_s: Some(1_764_000_100),
+        restarts: 2,
+        failed: true,
     }
 }
 
@@ -56,6 +58,10 @@ fn all_responses() -> Vec<Response> {
         }),
         Response::Vm(vm_info("betaas-tiny-1")),
         Response::Undefined { vm: "x".into() },
+        Response::Acquired {
+            vm: vm_info("betaas-tiny-2"),
+            resumed: true,
+        },
         Response::Vms(vec![vm_info("a"), vm_info("b")]),
         Response::Stats(VmStats {
             name: "a".into(),
@@ -131,7 +137,8 @@ fn other_version_is_answered_with_unsupported_version_and_the_id() {
     match resp {
         Response::Error(e) => {
             assert_eq!(e.kind, ErrorKind::UnsupportedVersion);
-            assert!(e.message.contains("version 2"), "{}", e.message);
+            let said = format!("version {}", VERSION + 1);
+            assert!(e.message.contains(&said), "{}", e.message);
         }
         other => panic!("{other:?}"),
     }
@@ -303,15 +310,19 @@ fn arb_vm_info() -> impl Strategy<Value = VmInfo> {
         arb_state(),
         any::<u64>(),
         any::<Option<u64>>(),
+        any::<u32>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(name, template, kind, state, created_s, stopped_s)| VmInfo {
+            |(name, template, kind, state, created_s, stopped_s, restarts, failed)| VmInfo {
                 name,
                 template,
                 kind,
                 state,
                 created_s,
                 stopped_s,
+                restarts,
+                failed,
             },
         )
 }

@@ -43,6 +43,16 @@ pub struct Config {
     /// gateway.key, credential): every new VM of a `role = "gateway"` template gets a free one.
     pub logical_dir: PathBuf,
     pub probe: ProbeConfig,
+    /// A VM that dies without being stopped is restarted up to this many times, then reported
+    /// failed and left stopped.
+    pub restart_max: u32,
+    /// The wait before the first restart, doubled for each further one up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Running this long after a restart wins the whole budget back.
+    pub restart_reset_s: u64,
+    /// How often the supervisor looks for VMs that died.
+    pub supervise_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +119,11 @@ struct Raw {
     verify_checksums: Option<bool>,
     logical_dir: Option<PathBuf>,
     probe: Option<RawProbe>,
+    restart_max: Option<u32>,
+    restart_backoff_ms: Option<u64>,
+    restart_backoff_max_ms: Option<u64>,
+    restart_reset_s: Option<u64>,
+    supervise_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +161,11 @@ impl Default for Config {
                 at_start: true,
                 assume: None,
             },
+            restart_max: 3,
+            restart_backoff_ms: 1000,
+            restart_backoff_max_ms: 60_000,
+            restart_reset_s: 300,
+            supervise_interval_ms: 1000,
         }
     }
 }
@@ -269,6 +289,27 @@ impl Config {
                 "0: give at least 1 second".into(),
             ));
         }
+        let supervise_interval_ms = raw.supervise_interval_ms.unwrap_or(d.supervise_interval_ms);
+        if !(50..=3_600_000).contains(&supervise_interval_ms) {
+            return Err(field(
+                line_of(text, "supervise_interval_ms"),
+                "supervise_interval_ms",
+                format!("{supervise_interval_ms}: accepted are 50..=3600000"),
+            ));
+        }
+        let restart_backoff_ms = raw.restart_backoff_ms.unwrap_or(d.restart_backoff_ms);
+        let restart_backoff_max_ms = raw
+            .restart_backoff_max_ms
+            .unwrap_or(d.restart_backoff_max_ms);
+        if restart_backoff_max_ms < restart_backoff_ms {
+            return Err(field(
+                line_of(text, "restart_backoff_max_ms"),
+                "restart_backoff_max_ms",
+                format!(
+                    "{restart_backoff_max_ms}: below restart_backoff_ms ({restart_backoff_ms})"
+                ),
+            ));
+        }
         Ok(Config {
             socket: raw.socket.map(abs).unwrap_or(d.socket),
             uri: raw.uri.unwrap_or(d.uri),
@@ -289,6 +330,11 @@ impl Config {
             verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
             logical_dir: raw.logical_dir.map(abs).unwrap_or(d.logical_dir),
             probe,
+            restart_max: raw.restart_max.unwrap_or(d.restart_max),
+            restart_backoff_ms,
+            restart_backoff_max_ms,
+            restart_reset_s: raw.restart_reset_s.unwrap_or(d.restart_reset_s),
+            supervise_interval_ms,
         })
     }
 }
@@ -348,5 +394,17 @@ mod tests {
         );
         let e = Config::parse(Path::new("/e/vmd.toml"), "owner = \"a b\"\n").expect_err("owner");
         assert!(e.to_string().contains("field `owner`"), "{e}");
+        let e = Config::parse(
+            Path::new("/e/vmd.toml"),
+            "restart_backoff_ms = 500\nrestart_backoff_max_ms = 100\n",
+        )
+        .expect_err("backoff");
+        assert_eq!(
+            e.to_string(),
+            "/e/vmd.toml:2: field `restart_backoff_max_ms`: 100: below restart_backoff_ms (500)"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "supervise_interval_ms = 0\n")
+            .expect_err("interval");
+        assert!(e.to_string().contains("50..=3600000"), "{e}");
     }
 }

@@ -4,7 +4,8 @@
 //! CPU, memory and disk. It serves the agent over a Unix socket with `betaas-proto`.
 //!
 //! Pure parts: [`domxml`] (domain XML and our ownership mark), [`registry`] (adoption,
-//! reconciliation, idle policy, names), [`config`]. I/O: [`libvirt`] (connection with backoff),
+//! reconciliation, idle policy, resume-first, names), [`lifecycle`] (stop per kind, restart
+//! budget), [`config`]. I/O: [`libvirt`] (connection with backoff),
 //! [`overlay`] (qemu-img), [`catalog`] (template files), [`probe`] (boots a guest per kind),
 //! [`manager`] (the lifecycle), [`server`] (the socket).
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod domxml;
 pub mod identity;
 pub mod libvirt;
+pub mod lifecycle;
 pub mod manager;
 pub mod overlay;
 pub mod probe;

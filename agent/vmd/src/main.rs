@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         }
     };
     let interval = Duration::from_secs(cfg.reap_interval_s);
+    let supervise = Duration::from_millis(cfg.supervise_interval_ms);
     let probe_at_start = cfg.probe.at_start;
     let mut mgr = Manager::new(cfg);
     // Adopt what we made before a restart; libvirtd being down is not fatal (retried per request).
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
         });
     }
     server::reaper(mgr.clone(), interval);
+    server::supervisor(mgr.clone(), supervise);
     server::serve(listener, mgr);
     ExitCode::SUCCESS
 }

@@ -21,6 +21,7 @@ use crate::config::{Config, StopMode};
 use crate::domxml::{self, BootSpec, DomainSpec, Mark, XmlError, NS};
 use crate::identity::{self, Identity, IdentityError};
 use crate::libvirt::{self, HvError, Libvirt};
+use crate::lifecycle::{self, Action, Budget, Track};
 use crate::overlay::{self, OverlayError};
 use crate::probe;
 use crate::registry::{self, Observed, Vm};
@@ -28,6 +29,8 @@ use crate::registry::{self, Observed, Vm};
 const DISK: &str = "disk.qcow2";
 const SERIAL: &str = "serial.log";
 const STOPPED: &str = "stopped";
+/// Present while the VM's restart budget is spent (kept across daemon restarts).
+const FAILED: &str = "failed";
 
 #[derive(Debug, Error)]
 pub enum VmdError {
@@ -98,6 +101,12 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds on the monotonic clock since the first call (the supervisor's backoffs).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 pub struct Manager {
     cfg: Config,
     hv: Libvirt,
@@ -107,6 +116,10 @@ pub struct Manager {
     capability: Option<Capability>,
     /// Unix seconds; replaceable so the idle policy can be tested without waiting.
     clock: Box<dyn Fn() -> u64 + Send>,
+    /// The supervisor's memory of each VM (restarts, backoff).
+    tracks: BTreeMap<String, Track>,
+    /// Monotonic milliseconds for the restart backoff; replaceable for tests.
+    mono: Box<dyn Fn() -> u64 + Send>,
 }
 
 /// libvirt's view of one domain in our terms.
@@ -143,6 +156,22 @@ impl Manager {
             foreign: BTreeSet::new(),
             capability: None,
             clock: Box::new(unix_now),
+            tracks: BTreeMap::new(),
+            mono: Box::new(mono_ms),
+        }
+    }
+
+    pub fn with_mono_clock(mut self, mono: impl Fn() -> u64 + Send + 'static) -> Self {
+        self.mono = Box::new(mono);
+        self
+    }
+
+    fn budget(&self) -> Budget {
+        Budget {
+            max_restarts: self.cfg.restart_max,
+            backoff_ms: self.cfg.restart_backoff_ms,
+            backoff_max_ms: self.cfg.restart_backoff_max_ms,
+            reset_after_ms: self.cfg.restart_reset_s.saturating_mul(1000),
         }
     }
 
@@ -176,7 +205,9 @@ impl Manager {
         let r = match req {
             Request::Probe { refresh } => self.probe(refresh).map(Response::Capability),
             Request::Create { template } => self.create(&template).map(Response::Vm),
-            Request::Acquire { template } => self.acquire(&template).map(Response::Vm),
+            Request::Acquire { template } => self
+                .acquire(&template)
+                .map(|(vm, resumed)| Response::Acquired { vm, resumed }),
             Request::Start { vm } => self.start(&vm).map(Response::Vm),
             Request::Stop { vm } => self.stop(&vm).map(Response::Vm),
             Request::Resume { vm } => self.resume(&vm).map(Response::Vm),
@@ -214,15 +245,7 @@ impl Manager {
                 dirs.push(name);
             }
         }
-        let now = self.now();
-        let r = registry::reconcile(
-            &self.cfg.owner,
-            &self.vms,
-            &observed,
-            &stopped_files,
-            &dirs,
-            now,
-        );
+        let r = registry::reconcile(&self.cfg.owner, &self.vms, &observed, &stopped_files, &dirs);
         for name in &r.stale_probes {
             tracing::info!(vm = %name, "destroying a probe guest left by an earlier run");
             let _ = self.domain_op(name, "destroy stale probe guest", |d| d.destroy());
@@ -231,18 +254,29 @@ impl Manager {
             tracing::info!(vm = %name, "removing files of a VM libvirt no longer has");
             let _ = std::fs::remove_dir_all(self.dir(name));
         }
-        for (name, vm) in &r.vms {
+        let mut vms = r.vms;
+        for (name, vm) in vms.iter_mut() {
             if !self.vms.contains_key(name) {
                 tracing::info!(vm = %name, state = ?vm.state, template = %vm.mark.template, "adopted");
             }
-            // A VM that stopped on its own (guest poweroff) starts its idle clock here.
-            if vm.is_stopped() && !stopped_files.contains_key(name) {
-                self.write_stopped(name, vm.stopped_s.unwrap_or(now));
-            }
+            self.annotate(vm);
         }
-        self.vms = r.vms;
+        self.tracks.retain(|n, _| vms.contains_key(n));
+        self.vms = vms;
         self.foreign = r.foreign;
         Ok(())
+    }
+
+    /// The supervisor's figures on a VM: its restarts, and whether it failed (also from the
+    /// file, after a daemon restart).
+    fn annotate(&mut self, vm: &mut Vm) {
+        let failed_file = self.dir(&vm.name).join(FAILED).exists();
+        let t = self.tracks.entry(vm.name.clone()).or_insert_with(|| Track {
+            failed: failed_file,
+            ..Track::default()
+        });
+        vm.restarts = t.restarts;
+        vm.failed = t.failed;
     }
 
     /// Ours and current, or why not.
@@ -264,19 +298,22 @@ impl Manager {
             Some(m) if m.owner == self.cfg.owner => {
                 let stopped_s = match o.state {
                     VmState::Running | VmState::Paused | VmState::Other => None,
+                    // No record of a stop on request: it died (see `lifecycle`).
                     _ => self
                         .vms
                         .get(name)
                         .and_then(|v| v.stopped_s)
-                        .or_else(|| self.read_stopped(name))
-                        .or(Some(self.now())),
+                        .or_else(|| self.read_stopped(name)),
                 };
-                let vm = Vm {
+                let mut vm = Vm {
                     name: o.name,
                     mark: m,
                     state: o.state,
                     stopped_s,
+                    restarts: 0,
+                    failed: false,
                 };
+                self.annotate(&mut vm);
                 self.vms.insert(name.to_owned(), vm.clone());
                 Ok(vm)
             }
@@ -316,6 +353,8 @@ impl Manager {
                 state,
                 created_s: 0,
                 stopped_s: None,
+                restarts: 0,
+                failed: false,
             },
         }
     }
@@ -459,6 +498,8 @@ impl Manager {
             mark: spec.mark,
             state: VmState::ShutOff,
             stopped_s: Some(self.now()),
+            restarts: 0,
+            failed: false,
         })
     }
 
@@ -475,8 +516,21 @@ impl Manager {
         Ok(())
     }
 
+    /// A start on request: the VM is wanted running again, with its whole restart budget.
     pub fn start(&mut self, name: &str) -> Result<VmInfo, VmdError> {
         let vm = self.ours(name)?;
+        if vm.failed || vm.restarts > 0 {
+            let _ = std::fs::remove_file(self.dir(name).join(FAILED));
+        }
+        self.tracks
+            .insert(name.to_owned(), lifecycle::started_on_request());
+        if let Some(v) = self.vms.get_mut(name) {
+            (v.restarts, v.failed) = (0, false);
+        }
+        self.boot(name, vm)
+    }
+
+    fn boot(&mut self, name: &str, vm: Vm) -> Result<VmInfo, VmdError> {
         let r = match vm.state {
             VmState::Running => return Ok(vm.info()),
             VmState::Paused => self.domain_op(name, "resume paused domain", |d| d.resume()),
@@ -511,9 +565,14 @@ impl Manager {
     pub fn stop(&mut self, name: &str) -> Result<VmInfo, VmdError> {
         let vm = self.ours(name)?;
         if vm.state != VmState::Running && vm.state != VmState::Paused {
+            if vm.stopped_s.is_none() {
+                // It had died and was to be restarted: now it is stopped on request.
+                tracing::info!(vm = %name, state = ?vm.state, "stopped (was down, not restarted)");
+                return Ok(self.set_state(name, vm.state));
+            }
             return Ok(vm.info());
         }
-        if self.cfg.stop_mode == StopMode::Shutdown {
+        if lifecycle::stop_method(vm.mark.kind, self.cfg.stop_mode) == StopMode::Shutdown {
             self.shutdown(name)?;
             tracing::info!(vm = %name, "stopped (ACPI shutdown)");
             return Ok(self.set_state(name, VmState::ShutOff));
@@ -641,19 +700,60 @@ impl Manager {
         })
     }
 
-    /// The allocator's request: bring back a stopped VM of `template` if there is one, else make one.
-    pub fn acquire(&mut self, template: &str) -> Result<VmInfo, VmdError> {
+    /// The allocator's request: bring back a stopped VM of `template` if there is one, else make
+    /// one. Also says whether it was brought back.
+    pub fn acquire(&mut self, template: &str) -> Result<(VmInfo, bool), VmdError> {
         self.refresh()?;
         let pick = registry::pick_resumable(self.vms.values(), template, self.cfg.arch)
             .map(|v| v.name.clone());
-        let name = match pick {
+        let (name, resumed) = match pick {
             Some(n) => {
                 tracing::info!(vm = %n, %template, "acquire: reusing a stopped VM");
-                n
+                (n, true)
             }
-            None => self.create(template)?.name,
+            None => (self.create(template)?.name, false),
         };
-        self.start(&name)
+        Ok((self.start(&name)?, resumed))
+    }
+
+    /// The dependability manager's round: a VM that died without being stopped is started again
+    /// after its backoff, up to the restart budget; then it is reported failed and left stopped
+    /// (its idle clock starts). Returns what was done or is waited for, by VM.
+    pub fn supervise(&mut self) -> Result<Vec<(String, Action)>, VmdError> {
+        self.refresh()?;
+        let now = (self.mono)();
+        let budget = self.budget();
+        let mut done = Vec::new();
+        let names: Vec<String> = self.vms.keys().cloned().collect();
+        for name in names {
+            let Some(vm) = self.vms.get(&name).cloned() else {
+                continue;
+            };
+            let seen = lifecycle::seen(vm.state, vm.stopped_s);
+            let track = self.tracks.get(&name).cloned().unwrap_or_default();
+            let (action, next) = lifecycle::decide(seen, &track, now, &budget);
+            self.tracks.insert(name.clone(), next.clone());
+            if let Some(v) = self.vms.get_mut(&name) {
+                (v.restarts, v.failed) = (next.restarts, next.failed);
+            }
+            match action {
+                Action::Nothing => continue,
+                Action::Wait { .. } => {}
+                Action::Restart => {
+                    tracing::warn!(vm = %name, state = ?vm.state, restart = next.restarts, of = budget.max_restarts, "died without being stopped: restarting");
+                    if let Err(e) = self.boot(&name, vm) {
+                        tracing::warn!(vm = %name, error = %e, "restart failed");
+                    }
+                }
+                Action::GiveUp => {
+                    tracing::error!(vm = %name, restarts = next.restarts, "kept dying: restart budget spent, left stopped and reported failed");
+                    let _ = std::fs::write(self.dir(&name).join(FAILED), b"");
+                    self.set_state(&name, vm.state);
+                }
+            }
+            done.push((name, action));
+        }
+        Ok(done)
     }
 
     /// The idle policy: VMs stopped for `idle_destroy_s` are undefined and their files removed.

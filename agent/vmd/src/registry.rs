@@ -18,8 +18,12 @@ pub struct Vm {
     pub name: String,
     pub mark: Mark,
     pub state: VmState,
-    /// When it was last seen stopping (Unix s): the idle clock. `None` while it runs.
+    /// When it was stopped on request (Unix s): the idle clock. `None` while it runs, and when it
+    /// died without being stopped (the supervisor restarts it: [`crate::lifecycle`]).
     pub stopped_s: Option<u64>,
+    /// Restarts after dying, and whether the restart budget is spent (set by the manager).
+    pub restarts: u32,
+    pub failed: bool,
 }
 
 impl Vm {
@@ -38,6 +42,8 @@ impl Vm {
             state: self.state,
             created_s: self.mark.created_s,
             stopped_s: self.stopped_s,
+            restarts: self.restarts,
+            failed: self.failed,
         }
     }
 }
@@ -79,7 +85,6 @@ pub fn reconcile(
     observed: &[Observed],
     stopped_files: &BTreeMap<String, u64>,
     dirs: &[String],
-    now_s: u64,
 ) -> Reconciled {
     let mut out = Reconciled::default();
     for o in observed {
@@ -90,14 +95,17 @@ pub fn reconcile(
             Some(m) if m.owner == owner => {
                 let stopped_s = match o.state {
                     VmState::Running | VmState::Paused | VmState::Other => None,
-                    // Stopped: keep the clock we had, else the persisted one, else start it now (a
-                    // VM found stopped with no record must not be destroyed the moment we adopt it).
+                    // Stopped: keep the clock we had, else the persisted one. Neither: it was
+                    // running and died (or the host rebooted under it): no idle clock, the
+                    // supervisor restarts it.
                     _ => prior
                         .get(&o.name)
                         .and_then(|v| v.stopped_s)
-                        .or_else(|| stopped_files.get(&o.name).copied())
-                        .or(Some(now_s)),
+                        .or_else(|| stopped_files.get(&o.name).copied()),
                 };
+                let (restarts, failed) = prior
+                    .get(&o.name)
+                    .map_or((0, false), |v| (v.restarts, v.failed));
                 out.vms.insert(
                     o.name.clone(),
                     Vm {
@@ -105,6 +113,8 @@ pub fn reconcile(
                         mark: m.clone(),
                         state: o.state,
                         stopped_s,
+                        restarts,
+                        failed,
                     },
                 );
             }
@@ -147,7 +157,9 @@ pub fn idle_expired<'a>(
 
 /// The VM an acquire of `template` should bring back instead of creating one: a saved one first
 /// (resume is the fast path), else one shut off; the most recently stopped of those (its pages
-/// are most likely still in the host's cache). Running VMs are never shared.
+/// are most likely still in the host's cache). Only VMs stopped on request: running VMs are never
+/// shared, a VM that died is still its requester's (the supervisor restarts it), and a failed one
+/// keeps dying.
 pub fn pick_resumable<'a>(
     vms: impl IntoIterator<Item = &'a Vm>,
     template: &str,
@@ -156,6 +168,7 @@ pub fn pick_resumable<'a>(
     vms.into_iter()
         .filter(|vm| vm.mark.template == template && vm.mark.arch == arch)
         .filter(|vm| matches!(vm.state, VmState::Saved | VmState::ShutOff))
+        .filter(|vm| vm.stopped_s.is_some() && !vm.failed)
         .max_by_key(|vm| {
             (
                 vm.state == VmState::Saved,
@@ -202,6 +215,8 @@ mod tests {
             mark: mark("me", template),
             state,
             stopped_s,
+            restarts: 0,
+            failed: false,
         }
     }
 
@@ -212,14 +227,7 @@ mod tests {
             obs("b", Some("other-daemon"), VmState::Saved),
             obs("c", None, VmState::ShutOff),
         ];
-        let r = reconcile(
-            "me",
-            &BTreeMap::new(),
-            &observed,
-            &BTreeMap::new(),
-            &[],
-            100,
-        );
+        let r = reconcile("me", &BTreeMap::new(), &observed, &BTreeMap::new(), &[]);
         assert_eq!(r.vms.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(r.vms["a"].stopped_s, None);
         assert_eq!(
@@ -229,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_clock_prefers_prior_then_persisted_then_now() {
+    fn idle_clock_prefers_prior_then_persisted_and_a_vm_without_one_died() {
         let mut prior = BTreeMap::new();
         prior.insert("a".to_string(), vm("a", "tiny", VmState::Saved, Some(50)));
         let files: BTreeMap<String, u64> = [("a".to_string(), 40), ("b".to_string(), 60)]
@@ -240,10 +248,14 @@ mod tests {
             obs("b", Some("me"), VmState::Saved),
             obs("c", Some("me"), VmState::ShutOff),
         ];
-        let r = reconcile("me", &prior, &observed, &files, &[], 100);
+        let r = reconcile("me", &prior, &observed, &files, &[]);
         assert_eq!(r.vms["a"].stopped_s, Some(50));
         assert_eq!(r.vms["b"].stopped_s, Some(60));
-        assert_eq!(r.vms["c"].stopped_s, Some(100));
+        // Found stopped with no record of a stop on request: it died (restarted, never idle-destroyed).
+        assert_eq!(r.vms["c"].stopped_s, None);
+        assert!(idle_expired(r.vms.values(), u64::MAX, 0)
+            .iter()
+            .all(|n| n != "c"));
     }
 
     #[test]
@@ -265,7 +277,7 @@ mod tests {
             .into_iter()
             .map(String::from)
             .collect();
-        let r = reconcile("me", &prior, &observed, &BTreeMap::new(), &dirs, 1);
+        let r = reconcile("me", &prior, &observed, &BTreeMap::new(), &dirs);
         assert_eq!(r.vanished, ["gone"]);
         // "gone" is cleaned as vanished, "alien" belongs to a foreign domain of that name.
         assert_eq!(r.orphan_dirs, ["half-created"]);
@@ -288,7 +300,6 @@ mod tests {
             &[probe, others],
             &BTreeMap::new(),
             &[],
-            1,
         );
         assert!(r.vms.is_empty());
         assert_eq!(r.stale_probes, ["gw-probe-qemu-7"]);
@@ -332,6 +343,26 @@ mod tests {
         );
         assert!(pick_resumable(&vms[3..4], "tiny", Arch::X86_64).is_none());
         assert!(pick_resumable(&vms, "tiny", Arch::Armhf).is_none());
+    }
+
+    #[test]
+    fn acquire_never_takes_a_vm_that_died_or_failed() {
+        let mut failed = vm("f", "tiny", VmState::Saved, Some(900));
+        failed.failed = true;
+        let vms = [
+            // Died (no stop on request): its requester's, being restarted.
+            vm("d", "tiny", VmState::ShutOff, None),
+            vm("c", "tiny", VmState::Crashed, None),
+            failed,
+        ];
+        assert!(pick_resumable(&vms, "tiny", Arch::X86_64).is_none());
+        let ok = vm("s", "tiny", VmState::ShutOff, Some(1));
+        let mut all = vms.to_vec();
+        all.push(ok);
+        assert_eq!(
+            pick_resumable(&all, "tiny", Arch::X86_64).map(|v| v.name.as_str()),
+            Some("s")
+        );
     }
 
     #[test]

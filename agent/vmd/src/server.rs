@@ -85,6 +85,17 @@ fn connection(mut s: UnixStream, mgr: &Shared) -> std::io::Result<()> {
     }
 }
 
+/// The dependability manager's clock: every `interval`, VMs that died without being stopped are
+/// restarted within their budget (see [`crate::lifecycle`]).
+pub fn supervisor(mgr: Shared, interval: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(interval);
+        if let Err(e) = lock(&mgr).supervise() {
+            tracing::warn!(error = %e, "supervision run failed");
+        }
+    });
+}
+
 /// The idle policy's clock: every `interval`, stopped VMs past their idle time are destroyed.
 pub fn reaper(mgr: Shared, interval: Duration) {
     std::thread::spawn(move || loop {

@@ -60,7 +60,7 @@ fn err_kind(r: Response) -> (ErrorKind, String) {
 
 fn vm(r: Response) -> betaas_proto::VmInfo {
     match r {
-        Response::Vm(v) => v,
+        Response::Vm(v) | Response::Acquired { vm: v, .. } => v,
         other => panic!("expected a VM, got {other:?}"),
     }
 }
@@ -616,4 +616,138 @@ fn logical_gateways_each_get_their_own_identity_kept_across_stop_and_restart() {
     for v in [g2.name, a.name] {
         m.handle(Request::Undefine { vm: v });
     }
+}
+
+/// The dependability manager: a VM destroyed behind the daemon's back (as when its QEMU is
+/// killed) is restarted after each backoff, exactly `restart_max` times, then reported failed,
+/// left stopped with its idle clock running, and never handed to the next acquire; a start on
+/// request gives it its budget back; a VM released while down stays down.
+#[test]
+fn a_vm_that_dies_is_restarted_within_its_budget_then_reported_failed() {
+    let conn = virt::connect::Connect::open(Some("test:///default")).expect("test driver");
+    let tag = unique("sup");
+    let tmp = TempDir::new().expect("tmp");
+    let t = format!("{tag}a");
+    fake_template(&tmp.path().join("templates"), &t, |s| s);
+    let cfg = Config::parse(
+        &tmp.path().join("vmd.toml"),
+        &config_text(
+            &tag,
+            "restart_max = 2\nrestart_backoff_ms = 1000\nrestart_backoff_max_ms = 1500\nrestart_reset_s = 60",
+        ),
+    )
+    .expect("config");
+    let mono = Arc::new(AtomicU64::new(0));
+    let m = mono.clone();
+    let mut mgr = Manager::new(cfg).with_mono_clock(move || m.load(Ordering::SeqCst));
+    let at = |ms: u64| mono.store(ms, Ordering::SeqCst);
+    let (v, resumed) = match mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }) {
+        Response::Acquired { vm, resumed } => (vm, resumed),
+        other => panic!("{other:?}"),
+    };
+    assert!(!resumed, "nothing to resume yet");
+    let kill = || {
+        conn.lookup_domain_by_name(&v.name)
+            .expect("domain")
+            .destroy()
+            .expect("destroy behind the daemon's back")
+    };
+    let active = || {
+        conn.lookup_domain_by_name(&v.name)
+            .expect("domain")
+            .is_active()
+            .expect("state")
+    };
+    let info = |mgr: &mut Manager| match mgr.handle(Request::List) {
+        Response::Vms(l) => l.into_iter().find(|x| x.name == v.name).expect("listed"),
+        other => panic!("{other:?}"),
+    };
+    let actions = |mgr: &mut Manager| {
+        mgr.supervise()
+            .expect("supervise")
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect::<Vec<_>>()
+    };
+    use betaas_vmd::lifecycle::Action;
+    at(1000);
+    assert!(actions(&mut mgr).is_empty(), "running: nothing to do");
+    // Death 1 at 2000: restarted at 3000 (backoff 1000), not a millisecond before.
+    kill();
+    at(2000);
+    assert!(matches!(
+        actions(&mut mgr)[..],
+        [Action::Wait { until_ms: 3000 }]
+    ));
+    assert_eq!(
+        info(&mut mgr).stopped_s,
+        None,
+        "died, not stopped on request"
+    );
+    at(2999);
+    assert!(matches!(actions(&mut mgr)[..], [Action::Wait { .. }]));
+    at(3000);
+    assert_eq!(actions(&mut mgr), [Action::Restart]);
+    assert!(active());
+    assert_eq!(info(&mut mgr).restarts, 1);
+    // Death 2 at 4000: backoff 1500 (capped), restarted at 5500.
+    kill();
+    at(4000);
+    actions(&mut mgr);
+    at(5500);
+    assert_eq!(actions(&mut mgr), [Action::Restart]);
+    assert!(active());
+    // Death 3: the budget (2) is spent.
+    kill();
+    at(6000);
+    assert_eq!(actions(&mut mgr), [Action::GiveUp]);
+    let failed = info(&mut mgr);
+    assert!(failed.failed && !active(), "{failed:?}");
+    assert!(
+        failed.stopped_s.is_some(),
+        "its idle clock runs: {failed:?}"
+    );
+    at(600_000);
+    assert!(actions(&mut mgr).is_empty(), "failed: left alone");
+    // The failed flag survives a daemon restart (a file next to the overlay).
+    let cfg2 = Config::parse(&tmp.path().join("vmd.toml"), &config_text(&tag, "")).expect("cfg");
+    let mut mgr2 = Manager::new(cfg2);
+    assert!(info(&mut mgr2).failed);
+    drop(mgr2);
+    // The next acquire does not hand the failed VM out: a new one is made.
+    let other = match mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }) {
+        Response::Acquired { vm, resumed } => {
+            assert!(!resumed);
+            vm
+        }
+        r => panic!("{r:?}"),
+    };
+    assert_ne!(other.name, v.name);
+    // A start on request: wanted again, whole budget back.
+    let restarted = vm(mgr.handle(Request::Start { vm: v.name.clone() }));
+    assert_eq!((restarted.restarts, restarted.failed), (0, false));
+    // Released while down: stays down.
+    kill();
+    at(700_000);
+    actions(&mut mgr);
+    let released = vm(mgr.handle(Request::Stop { vm: v.name.clone() }));
+    assert!(released.stopped_s.is_some(), "{released:?}");
+    at(800_000);
+    assert!(actions(&mut mgr).is_empty());
+    assert!(!active());
+    // A stopped VM is what the next acquire resumes.
+    match mgr.handle(Request::Acquire {
+        template: t.clone(),
+    }) {
+        Response::Acquired { vm, resumed } => {
+            assert_eq!((vm.name, resumed), (v.name.clone(), true))
+        }
+        r => panic!("{r:?}"),
+    }
+    mgr.handle(Request::Undefine { vm: v.name.clone() });
+    mgr.handle(Request::Undefine { vm: other.name });
 }

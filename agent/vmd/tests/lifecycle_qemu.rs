@@ -30,7 +30,7 @@ fn config(tag: &str, extra: &str, probe: &str) -> String {
 
 fn vm(r: Response) -> VmInfo {
     match r {
-        Response::Vm(v) => v,
+        Response::Vm(v) | Response::Acquired { vm: v, .. } => v,
         other => panic!("expected a VM, got {other:?}"),
     }
 }
