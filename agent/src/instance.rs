@@ -437,8 +437,7 @@ impl Runtime {
     }
 
     /// Fetches the VM manager's list and per-VM stats off the runtime (a wedged daemon delays
-    /// only this), and re-syncs the reservations to it: VMs still running from before an agent
-    /// restart are counted again, a VM whose restart budget is spent gives its share back.
+    /// only this) and re-syncs the reservations to it, in a task of its own (one at a time).
     fn sample_vms(self: Arc<Self>) {
         use std::sync::atomic::Ordering;
         let Some(socket) = self.cfg.vmd_socket.clone() else {
@@ -448,43 +447,51 @@ impl Runtime {
             return;
         }
         tokio::spawn(async move {
-            let vmd = crate::vm::Vmd::new(&socket);
-            let generation = self.state().local.res.generation();
-            match tokio::task::spawn_blocking(move || vmd.stats()).await {
-                Ok(Ok(stats)) => {
-                    let vms: Vec<_> = stats
-                        .iter()
-                        .map(|(v, s)| crate::vm::local_vm(v, s.as_ref()))
-                        .collect();
-                    let rebuilt = lifecycle::rebuild(&vms, &self.templates);
-                    for name in &rebuilt.no_size {
-                        warn!(vm = %name, "a running VM of a template this gateway does not configure, without figures: counted as nothing");
-                    }
-                    let changed = {
-                        let mut st = self.state();
-                        st.vm_stats = stats;
-                        let before = (st.local.res.used(), st.local.res.count());
-                        let applied = st.local.res.resync(generation, &rebuilt);
-                        let first = applied && !st.local.synced;
-                        if first {
-                            st.local.synced = true;
-                            info!(
-                                vms = st.local.res.count(),
-                                used = %st.local.res.used(),
-                                "reservations rebuilt from the VM manager's list"
-                            );
-                        }
-                        first || before != (st.local.res.used(), st.local.res.count())
-                    };
-                    if changed {
-                        self.announce();
-                    }
-                }
-                Ok(Err(e)) => warn!("VM stats: {e}"),
-                Err(e) => warn!("VM stats: {e}"),
+            if let Err(e) = self.sync_vms(&socket).await {
+                warn!("VM stats: {e}");
             }
             self.sampling.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Reads the VM manager's list and figures, and re-syncs the reservations to it: VMs still
+    /// running from before an agent restart are counted again, a VM whose restart budget is spent
+    /// gives its share back. A list fetched while a deployment or release changed the
+    /// reservations is not applied.
+    async fn sync_vms(self: &Arc<Self>, socket: &Path) -> Result<(), String> {
+        let vmd = crate::vm::Vmd::new(socket);
+        let generation = self.state().local.res.generation();
+        let stats = tokio::task::spawn_blocking(move || vmd.stats())
+            .await
+            .map_err(|e| e.to_string())??;
+        let vms: Vec<_> = stats
+            .iter()
+            .map(|(v, s)| crate::vm::local_vm(v, s.as_ref()))
+            .collect();
+        let rebuilt = lifecycle::rebuild(&vms, &self.templates);
+        for name in &rebuilt.no_size {
+            warn!(vm = %name, "a running VM of a template this gateway does not configure, without figures: counted as nothing");
+        }
+        let changed = {
+            let mut st = self.state();
+            st.vm_stats = stats;
+            let before = (st.local.res.used(), st.local.res.count());
+            let applied = st.local.res.resync(generation, &rebuilt);
+            let first = applied && !st.local.synced;
+            if first {
+                st.local.synced = true;
+                info!(
+                    vms = st.local.res.count(),
+                    used = %st.local.res.used(),
+                    "reservations rebuilt from the VM manager's list"
+                );
+            }
+            first || before != (st.local.res.used(), st.local.res.count())
+        };
+        if changed {
+            self.announce();
+        }
+        Ok(())
     }
 
     /// One message on an instance topic or a VM request.
@@ -592,6 +599,15 @@ impl Runtime {
     /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
     /// gives the reservation back and refuses, so the requester decides again.
     async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> Result<Placed, String> {
+        // Just started: what still runs here comes first (it may have been running all along).
+        let unsynced = self
+            .cfg
+            .vmd_socket
+            .clone()
+            .filter(|_| !self.state().local.synced);
+        if let Some(socket) = unsynced {
+            self.sync_vms(&socket).await?;
+        }
         let token = self.reserve(res, template)?;
         let Some(socket) = self.cfg.vmd_socket.clone() else {
             self.state().local.res.keep_bare(token);
@@ -659,8 +675,8 @@ impl Runtime {
             let mut st = self.state();
             if !st.local.synced {
                 Err(
-                    "the VM manager's list is not read yet (this agent just started): what still \
-                     runs here is not known"
+                    "the VM manager's list is not applied yet (this agent just started): what \
+                     still runs here is not known"
                         .to_owned(),
                 )
             } else {
@@ -1015,6 +1031,7 @@ impl Runtime {
             "rejected": st.inst.rejected,
             "used": {"cpus": used.cpus, "mem_mb": used.mem_mb, "disk_gb": used.disk_gb},
             "vms": st.local.res.count(),
+            "synced": st.local.synced,
             "vm_stats": st.vm_stats.iter().map(|(v, s)| json!({
                 "name": v.name,
                 "template": v.template,
