@@ -186,6 +186,10 @@ pub enum ErrorKind {
     /// A logical gateway needs an identity from the pool (`logical_dir`) and none is free or usable
     /// (the message names the directory or the file).
     NoIdentity,
+    /// The peer's user may not use the daemon (`SO_PEERCRED`); the connection is closed.
+    NotAllowed,
+    /// The daemon serves its maximum of connections; the connection is closed: retry later.
+    Busy,
 }
 
 impl ErrorReply {

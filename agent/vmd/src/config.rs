@@ -11,6 +11,15 @@ use thiserror::Error;
 pub struct Config {
     /// Where the agent connects.
     pub socket: PathBuf,
+    /// The user (name or uid) allowed to connect besides root and the daemon's own: the agent's.
+    /// The socket file is made theirs.
+    pub socket_user: Option<String>,
+    /// The socket file's mode (0600: its owner only).
+    pub socket_mode: u32,
+    /// Connections served at once; one more is answered `Busy` and closed.
+    pub max_connections: usize,
+    /// A connection that sends nothing, or leaves a frame incomplete, for this long is closed.
+    pub read_timeout_ms: u64,
     /// libvirt for VMs (kvm and qemu kinds).
     pub uri: String,
     /// libvirt for containers (lxc kind).
@@ -104,6 +113,10 @@ pub fn host_arch() -> Arch {
 #[serde(deny_unknown_fields)]
 struct Raw {
     socket: Option<PathBuf>,
+    socket_user: Option<String>,
+    socket_mode: Option<u32>,
+    max_connections: Option<usize>,
+    read_timeout_ms: Option<u64>,
     uri: Option<String>,
     lxc_uri: Option<String>,
     owner: Option<String>,
@@ -140,6 +153,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: "/run/betaas/vmd.sock".into(),
+            socket_user: None,
+            socket_mode: 0o600,
+            max_connections: 8,
+            read_timeout_ms: 30_000,
             uri: "qemu:///system".into(),
             lxc_uri: "lxc:///system".into(),
             owner: "betaas-vmd".into(),
@@ -310,8 +327,38 @@ impl Config {
                 ),
             ));
         }
+        let socket_mode = raw.socket_mode.unwrap_or(d.socket_mode);
+        if socket_mode & !0o777 != 0 || socket_mode & 0o600 != 0o600 {
+            return Err(field(
+                line_of(text, "socket_mode"),
+                "socket_mode",
+                format!(
+                    "{socket_mode:#o}: permission bits (at most 0o777) with read and write for the owner"
+                ),
+            ));
+        }
+        let max_connections = raw.max_connections.unwrap_or(d.max_connections);
+        if !(1..=1024).contains(&max_connections) {
+            return Err(field(
+                line_of(text, "max_connections"),
+                "max_connections",
+                format!("{max_connections}: accepted are 1..=1024"),
+            ));
+        }
+        let read_timeout_ms = raw.read_timeout_ms.unwrap_or(d.read_timeout_ms);
+        if !(100..=3_600_000).contains(&read_timeout_ms) {
+            return Err(field(
+                line_of(text, "read_timeout_ms"),
+                "read_timeout_ms",
+                format!("{read_timeout_ms}: accepted are 100..=3600000"),
+            ));
+        }
         Ok(Config {
             socket: raw.socket.map(abs).unwrap_or(d.socket),
+            socket_user: raw.socket_user,
+            socket_mode,
+            max_connections,
+            read_timeout_ms,
             uri: raw.uri.unwrap_or(d.uri),
             lxc_uri: raw.lxc_uri.unwrap_or(d.lxc_uri),
             owner,
@@ -406,5 +453,24 @@ mod tests {
         let e = Config::parse(Path::new("/e/vmd.toml"), "supervise_interval_ms = 0\n")
             .expect_err("interval");
         assert!(e.to_string().contains("50..=3600000"), "{e}");
+        let e =
+            Config::parse(Path::new("/e/vmd.toml"), "socket_mode = 0o4777\n").expect_err("mode");
+        assert!(
+            e.to_string()
+                .starts_with("/e/vmd.toml:1: field `socket_mode`: 0o4777"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("/e/vmd.toml"), "socket_mode = 0o066\n").expect_err("mode");
+        assert!(e.to_string().contains("for the owner"), "{e}");
+        let e =
+            Config::parse(Path::new("/e/vmd.toml"), "\nmax_connections = 0\n").expect_err("max");
+        assert!(
+            e.to_string()
+                .starts_with("/e/vmd.toml:2: field `max_connections`"),
+            "{e}"
+        );
+        let e =
+            Config::parse(Path::new("/e/vmd.toml"), "read_timeout_ms = 5\n").expect_err("timeout");
+        assert!(e.to_string().contains("100..=3600000"), "{e}");
     }
 }

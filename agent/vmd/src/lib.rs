@@ -5,10 +5,11 @@
 //!
 //! Pure parts: [`domxml`] (domain XML and our ownership mark), [`registry`] (adoption,
 //! reconciliation, idle policy, resume-first, names), [`lifecycle`] (stop per kind, restart
-//! budget), [`config`]. I/O: [`libvirt`] (connection with backoff),
+//! budget), [`access`] (who may connect), [`config`]. I/O: [`libvirt`] (connection with backoff),
 //! [`overlay`] (qemu-img), [`catalog`] (template files), [`probe`] (boots a guest per kind),
 //! [`manager`] (the lifecycle), [`server`] (the socket).
 
+pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod domxml;

@@ -54,7 +54,14 @@ fn main() -> ExitCode {
         eprintln!("betaas-vmd: {}: {e}", cfg.state_dir.display());
         return ExitCode::from(1);
     }
-    let listener = match server::bind(&cfg.socket) {
+    let (limits, owner) = match server::Limits::from_config(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("betaas-vmd: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match server::bind(&cfg.socket, cfg.socket_mode, owner) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("betaas-vmd: cannot listen on {}: {e}", cfg.socket.display());
@@ -89,6 +96,6 @@ fn main() -> ExitCode {
     }
     server::reaper(mgr.clone(), interval);
     server::supervisor(mgr.clone(), supervise);
-    server::serve(listener, mgr);
+    server::serve(listener, mgr, limits);
     ExitCode::SUCCESS
 }

@@ -397,9 +397,9 @@ fn unreachable_libvirt_is_a_clear_error_after_bounded_retries() {
 fn socket_answers_requests_and_rejects_bad_frames() {
     let s = setup("sock");
     let sock = s.tmp.path().join("vmd.sock");
-    let listener = server::bind(&sock).expect("bind");
+    let listener = server::bind(&sock, 0o600, None).expect("bind");
     let shared = Arc::new(Mutex::new(s.mgr));
-    std::thread::spawn(move || server::serve(listener, shared));
+    std::thread::spawn(move || server::serve(listener, shared, limits(8, 30_000, None)));
     let t = format!("{}a", s.tag);
 
     let mut c = Client::new(UnixStream::connect(&sock).expect("connect"));
@@ -750,4 +750,174 @@ fn a_vm_that_dies_is_restarted_within_its_budget_then_reported_failed() {
     }
     mgr.handle(Request::Undefine { vm: v.name.clone() });
     mgr.handle(Request::Undefine { vm: other.name });
+}
+
+fn limits(max: usize, timeout_ms: u64, user_uid: Option<u32>) -> server::Limits {
+    server::Limits {
+        access: betaas_vmd::access::Access {
+            own_uid: own_euid(),
+            user_uid,
+        },
+        max_connections: max,
+        read_timeout: Duration::from_millis(timeout_ms),
+    }
+}
+
+fn own_euid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of a file this process just made is its effective uid.
+    let f = tempfile::NamedTempFile::new().expect("temp file");
+    f.as_file().metadata().expect("metadata").uid()
+}
+
+const NOBODY: u32 = 65534;
+
+/// Runs [`helper_connect_as_another_user`] in a copy of this test binary as uid/gid `NOBODY`
+/// (std's `CommandExt::uid`: no unsafe), connecting to `sock`; returns what it printed.
+fn connect_as_nobody(sock: &Path) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "helper_connect_as_another_user",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BETAAS_VMD_TEST_CONNECT", sock)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run the helper");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.split_once("HELPER: ").map(|(_, said)| said))
+        .unwrap_or_else(|| panic!("helper printed nothing: {text}"))
+        .to_owned()
+}
+
+#[test]
+#[ignore = "helper of the_socket_admits_only_root_the_daemon_and_its_user, run as another user"]
+fn helper_connect_as_another_user() {
+    let Some(sock) = std::env::var_os("BETAAS_VMD_TEST_CONNECT") else {
+        return;
+    };
+    let said = match UnixStream::connect(&sock) {
+        Err(e) => format!("connect: {:?}", e.kind()),
+        Ok(s) => match Client::new(s).read_reply_after(&Request::List) {
+            Ok((_, Response::Vms(v))) => format!("vms {}", v.len()),
+            Ok((_, Response::Error(e))) => format!("error {:?}", e.kind),
+            Ok((_, other)) => format!("other {other:?}"),
+            Err(e) => format!("call: {e}"),
+        },
+    };
+    println!("HELPER: {said}");
+}
+
+trait CallRaw {
+    fn read_reply_after(
+        self,
+        req: &Request,
+    ) -> Result<(u32, Response), betaas_proto::blocking::CallError>;
+}
+
+impl CallRaw for Client<UnixStream> {
+    /// Sends `req` and reads one reply whatever its id (a refusal comes under id 0, maybe before
+    /// the request could be written: the daemon closes refused connections at once).
+    fn read_reply_after(
+        mut self,
+        req: &Request,
+    ) -> Result<(u32, Response), betaas_proto::blocking::CallError> {
+        let _ = self.send_raw(&encode_request(1, req).expect("encode"));
+        self.read_reply()
+    }
+}
+
+/// SO_PEERCRED: with the socket file open to everyone, another user's connection is answered
+/// `NotAllowed` and closed; with the default 0600 it cannot even connect; the configured
+/// `socket_user` owns the file and is served.
+#[test]
+fn the_socket_admits_only_root_the_daemon_and_its_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = setup("peer");
+    // The temp dir is 0700: let the other user reach the sockets in it.
+    std::fs::set_permissions(s.tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shared = Arc::new(Mutex::new(s.mgr));
+    let serve = |name: &str, mode: u32, user: Option<u32>| {
+        let sock = s.tmp.path().join(name);
+        let listener = server::bind(&sock, mode, user.map(|u| (u, u))).expect("bind");
+        let m = shared.clone();
+        std::thread::spawn(move || server::serve(listener, m, limits(8, 5_000, user)));
+        sock
+    };
+    let open = serve("open.sock", 0o666, None);
+    let closed = serve("closed.sock", 0o600, None);
+    let theirs = serve("theirs.sock", 0o600, Some(NOBODY));
+
+    assert_eq!(connect_as_nobody(&open), "error NotAllowed");
+    assert_eq!(connect_as_nobody(&closed), "connect: PermissionDenied");
+    assert_eq!(connect_as_nobody(&theirs), "vms 0");
+    let meta = std::fs::metadata(&theirs).expect("socket file");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+    assert_eq!(
+        std::fs::metadata(&closed).expect("socket").mode() & 0o777,
+        0o600
+    );
+    // Root (this test) is always served.
+    let mut c = Client::new(UnixStream::connect(&open).expect("connect"));
+    assert!(matches!(c.call(&Request::List), Ok(Response::Vms(_))));
+}
+
+/// At most `max_connections` at once (one more: `Busy`, closed); a silent connection, and one
+/// trickling a frame a byte at a time, are closed after the read timeout; then there is room again.
+#[test]
+fn connections_are_bounded_and_silent_or_trickling_ones_closed() {
+    use std::io::{Read, Write};
+    let s = setup("bound");
+    let sock = s.tmp.path().join("vmd.sock");
+    let listener = server::bind(&sock, 0o600, None).expect("bind");
+    let shared = Arc::new(Mutex::new(s.mgr));
+    std::thread::spawn(move || server::serve(listener, shared, limits(2, 600, None)));
+
+    let t0 = Instant::now();
+    let mut a = Client::new(UnixStream::connect(&sock).expect("connect"));
+    assert!(matches!(a.call(&Request::List), Ok(Response::Vms(_))));
+    let mut b = UnixStream::connect(&sock).expect("connect");
+    std::thread::sleep(Duration::from_millis(50));
+    let third = Client::new(UnixStream::connect(&sock).expect("connect"));
+    match third.read_reply_after(&Request::List) {
+        Ok((0, Response::Error(e))) => assert_eq!(e.kind, ErrorKind::Busy, "{e}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // b trickles a List frame one byte every 200 ms: the frame never completes in time.
+    let frame = encode_request(5, &Request::List).expect("encode");
+    let mut closed_after = None;
+    for byte in frame.iter().take(frame.len() - 1) {
+        if b.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    if let Ok(0) = b.read(&mut buf) {
+        closed_after = Some(t0.elapsed());
+    }
+    // Closed at the 600 ms deadline counted from the first byte waited for: a timeout restarted
+    // by every byte would close it only ~600 ms after the last one (~1.6 s).
+    let closed_after = closed_after.expect("trickling connection not closed");
+    assert!(
+        closed_after < Duration::from_millis(1100),
+        "closed after {closed_after:?}"
+    );
+    // a was silent since its List: closed too.
+    assert!(matches!(
+        a.read_reply(),
+        Err(betaas_proto::blocking::CallError::Closed)
+            | Err(betaas_proto::blocking::CallError::Io(_))
+    ));
+    // Room again.
+    let mut c = Client::new(UnixStream::connect(&sock).expect("connect"));
+    assert!(matches!(c.call(&Request::List), Ok(Response::Vms(_))));
 }
