@@ -21,6 +21,15 @@ pub fn stop_method(kind: VirtKind, mode: StopMode) -> StopMode {
     }
 }
 
+/// The kind a new VM gets, among the kinds the probe saw work and the template supports: KVM when
+/// it works, else a container before emulation (a 32-bit ARM gateway has no KVM since Linux 5.7,
+/// and a container costs a fraction of a TCG guest), else QEMU TCG.
+pub fn choose_kind(working: &[VirtKind], supported: &[VirtKind]) -> Option<VirtKind> {
+    [VirtKind::Kvm, VirtKind::Lxc, VirtKind::Qemu]
+        .into_iter()
+        .find(|k| working.contains(k) && supported.contains(k))
+}
+
 /// The restart budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
@@ -156,6 +165,18 @@ mod tests {
                 assert_eq!(stop_method(k, m), m);
             }
         }
+    }
+
+    #[test]
+    fn kvm_then_a_container_then_emulation() {
+        use VirtKind::*;
+        let all = [Kvm, Qemu, Lxc];
+        assert_eq!(choose_kind(&all, &all), Some(Kvm));
+        // A Cubietruck on a maintained kernel: QEMU and LXC work.
+        assert_eq!(choose_kind(&[Qemu, Lxc], &all), Some(Lxc));
+        assert_eq!(choose_kind(&[Qemu, Lxc], &[Kvm, Qemu]), Some(Qemu));
+        assert_eq!(choose_kind(&[Qemu], &[Lxc]), None);
+        assert_eq!(choose_kind(&[], &all), None);
     }
 
     #[test]

@@ -374,28 +374,29 @@ impl Manager {
     fn kind_for(&mut self, t: &Template) -> Result<VirtKind, VmdError> {
         let cap = self.probe(false)?;
         let working: Vec<VirtKind> = cap.probes.iter().filter(|p| p.ok).map(|p| p.kind).collect();
-        working
+        let supports: Vec<VirtKind> = t
+            .kinds
             .iter()
-            .copied()
-            .find(|k| t.kinds.iter().any(|tk| tk.as_str() == k.as_str()))
-            .ok_or_else(|| VmdError::NoCapability {
-                template: t.name.clone(),
-                needs: t
-                    .kinds
+            .filter_map(|k| VirtKind::parse(k.as_str()))
+            .collect();
+        lifecycle::choose_kind(&working, &supports).ok_or_else(|| VmdError::NoCapability {
+            template: t.name.clone(),
+            needs: t
+                .kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join("/"),
+            have: if working.is_empty() {
+                "nothing (the probe booted no guest)".into()
+            } else {
+                working
                     .iter()
                     .map(|k| k.as_str())
                     .collect::<Vec<_>>()
-                    .join("/"),
-                have: if working.is_empty() {
-                    "nothing (the probe booted no guest)".into()
-                } else {
-                    working
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                },
-            })
+                    .join("/")
+            },
+        })
     }
 
     pub fn create(&mut self, template: &str) -> Result<VmInfo, VmdError> {
