@@ -2,6 +2,7 @@
 #   make qemu                 boot the firmware in QEMU with an emulated I2C sensor and a local broker
 #   make test                 unit tests + end-to-end test under QEMU (installs what it needs)
 #   make agent-arm            the static ARM agent
+#   make vmd-arm              betaas-vmd for armhf, linked against Debian's armhf libvirt (out/sysroot-armhf)
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
 #   make bench                benchmarks (figures with their baselines)
 #   make flash BOARD=<board> DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]
@@ -18,7 +19,7 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
 
 all: agent-arm
 
@@ -39,6 +40,11 @@ agent-arm: $(STAMP)
 	@f=$$(file $(AGENT_ARM)); echo "$$f"; echo "$$f" | grep -q 'ARM, EABI5.*statically linked' \
 	  || { echo "error: $(AGENT_ARM) is not a static ARM EABI5 binary" >&2; exit 1; }
 	@echo "==> $(AGENT_ARM): $$(stat -c %s $(AGENT_ARM)) bytes (stripped)"
+
+# Dynamic (libvirt cannot be linked statically), its own target dir: the agent's stays static.
+vmd-arm: $(STAMP)
+	@echo "==> building betaas-vmd for armhf against Debian's armhf libvirt"
+	bash image/vmd-armhf.sh
 
 image: agent-arm flash-tool
 	@echo "==> building image for $(BOARD)"
@@ -73,6 +79,7 @@ test-e2e: $(STAMP)
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml
 	$(MAKE) lgw LGW_ARCH=x86_64
+	$(MAKE) vmd-arm
 	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
 	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture
