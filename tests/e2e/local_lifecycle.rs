@@ -6,7 +6,8 @@
 //! again → the same VM resumed (`"resumed": true`), faster than the cold start (both printed);
 //! the agent killed and started again → the same VM adopted, used capacity unchanged, and no
 //! room offered twice (a further request is cancelled); the VM's QEMU killed → restarted by
-//! the VM manager within its budget, visible in `health.instance.vm_stats`, reservation kept.
+//! the VM manager within its budget, visible in `health.instance.vm_stats`, reservation kept;
+//! released again → destroyed by the idle policy after `idle_destroy_s`, gone from the agent's view.
 //!
 //!   cargo build --workspace --bins && cargo test -p betaas-e2e --test local_lifecycle -- --ignored --nocapture
 
@@ -86,7 +87,7 @@ fn release_resume_restart_agent_and_kill_qemu_through_the_agent() {
         r.join("vmd.toml"),
         format!(
             "socket = \"{}\"\nuri = \"qemu:///system\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\n\
-             state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\nidle_destroy_s = 3600\n\
+             state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\nidle_destroy_s = 15\nreap_interval_s = 1\n\
              libvirt_retry_s = 30\nshutdown_timeout_s = 20\nrestart_max = 3\nrestart_backoff_ms = 500\n\
              supervise_interval_ms = 250\n[probe]\nkinds = [\"qemu\"]\ntimeout_s = 90\n",
             socket.display(),
@@ -273,11 +274,28 @@ fn release_resume_restart_agent_and_kill_qemu_through_the_agent() {
     let listed = vmd_list(&socket);
     assert_eq!((listed[0].restarts, listed[0].state), (1, VmState::Running));
 
+    // 6. Released for good: stopped, and destroyed by the idle policy after idle_destroy_s (15 s);
+    // the agent's view follows.
     let (rel, code) = ops.run("release", "gw1", "rel2", &["--vm", &name], 120);
     assert_eq!(
         (rel["decision"].as_str(), code),
         (Some("released"), 0),
         "{rel}"
     );
+    let t3 = Instant::now();
+    health(&mut sub, "the idle VM destroyed, nothing used", |i| {
+        used_cpus(i) == Some(0) && i["vm_stats"].as_array().is_some_and(|a| a.is_empty())
+    });
+    let idle = t3.elapsed();
+    eprintln!(
+        "released → destroyed by the idle policy after {:.1} s",
+        idle.as_secs_f64()
+    );
+    assert!(
+        idle >= Duration::from_secs(13),
+        "destroyed before its idle time: {idle:?}"
+    );
+    assert!(vmd_list(&socket).is_empty());
+    assert!(!r.join("vms").join(&name).exists(), "its files removed");
     drop(gw1);
 }
