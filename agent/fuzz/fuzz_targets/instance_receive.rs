@@ -1,6 +1,8 @@
 //! Arbitrary bytes from the instance bus into the instance manager (`betaas-core`'s
 //! `instance::membership::Instance::receive`): decode, credential and signature checks, replay
-//! window. It must reject or accept, never panic; nothing unverified may make a member.
+//! window; the same bytes as a client's VM request (`receive_client`) and as a persisted floors
+//! file (`Floors::decode`). It must reject or accept, never panic; nothing unverified may make a
+//! member or pass as a client's request.
 #![no_main]
 
 use betaas_core::instance::membership::{Instance, Settings};
@@ -14,5 +16,12 @@ fuzz_target!(|data: &[u8]| {
     if me.receive(data, 1).is_ok() {
         // Only a message signed under a credential from the instance key could have joined.
         assert!(me.members().is_empty(), "unsigned bytes made a member");
+    }
+    // No client key of this instance exists: nothing may verify as a client's request.
+    assert!(me.receive_client(data).is_err(), "unsigned bytes passed as a client request");
+    if let Ok(floors) = betaas_core::instance::floors::Floors::decode(data) {
+        // What decodes re-encodes to bytes that decode to the same table.
+        let again = betaas_core::instance::floors::Floors::decode(&floors.encode());
+        assert_eq!(again.ok(), Some(floors), "floors do not round-trip");
     }
 });
