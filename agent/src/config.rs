@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod files;
-pub use files::read_password_file;
+pub use files::{private_file, read_password_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

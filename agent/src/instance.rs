@@ -59,17 +59,7 @@ fn read32(path: &Path) -> Result<[u8; 32], String> {
 
 /// A private key file: refused if group or others may read it.
 pub fn read_secret_key(path: &Path) -> Result<SigningKey, String> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by others (mode {:o}): chmod 600 it",
-            path.display(),
-            mode & 0o777
-        ));
-    }
+    crate::config::private_file(path)?;
     Ok(SigningKey::from_bytes(&read32(path)?))
 }
 

@@ -61,17 +61,7 @@ fn tls_transport(tls: &crate::config::Tls) -> Result<Transport, String> {
     let ca = read(&tls.ca)?;
     let client_auth = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
-            use std::os::unix::fs::MetadataExt;
-            let mode = std::fs::metadata(key)
-                .map_err(|e| format!("{}: {e}", key.display()))?
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(format!(
-                    "{}: private key is readable by others (mode {:o}): chmod 600 it",
-                    key.display(),
-                    mode & 0o777
-                ));
-            }
+            crate::config::private_file(key)?;
             Some((read(cert)?, read(key)?))
         }
         _ => None,

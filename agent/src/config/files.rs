@@ -38,7 +38,8 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 }
 
 /// A regular file with no group or other permission bits.
-fn private_file(path: &Path) -> Result<(), String> {
+/// A file holding a secret: a regular file that neither group nor others may read.
+pub fn private_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{}: not a regular file", path.display()));
