@@ -126,6 +126,9 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         }
         None => None,
     };
+    if let Some(api) = &config.api {
+        crate::api::hub::init(api.readings);
+    }
     let agent = Arc::new(Agent {
         session: session.clone(),
         status: Arc::new(ThingStatus::new(session.clone(), topics.clone())),
@@ -164,11 +167,20 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     ));
     tokio::spawn(publish(agent.clone(), acks_rx));
     tokio::spawn(housekeeping(agent.clone(), config.health.interval_secs.0));
+    // Clouds configured through the API (data partition) over agent.toml's of the same name.
+    let clouds = match &config.api {
+        Some(_) => crate::api::clouds::merge(
+            config.clouds.clone(),
+            crate::api::clouds::load(&config.data_dir),
+        ),
+        None => config.clouds.clone(),
+    };
     crate::cloud::monitor::start(
         &config.gateway_id.to_string(),
-        &config.clouds,
+        &clouds,
         &config.data_dir,
         config.health.interval_secs.0,
+        config.api.is_some(),
     );
     tokio::spawn(crate::resources::run(
         config.resources.clone(),
@@ -196,6 +208,26 @@ pub async fn run(config: Config) -> std::process::ExitCode {
             }
         }
     }
+    if let Some(api) = config.api.clone() {
+        let a = agent.clone();
+        crate::api::start(
+            api,
+            crate::api::Context {
+                gateway: config.gateway_id.to_string(),
+                data_dir: config.data_dir.clone(),
+                health: Box::new(move || a.health()),
+                things: things.clone(),
+                status: agent.status.clone(),
+                actuators: actuators.clone(),
+                instance: agent.instance.clone(),
+                templates: config
+                    .instance
+                    .as_ref()
+                    .map(|i| i.templates.iter().map(|t| t.name.to_string()).collect())
+                    .unwrap_or_default(),
+            },
+        );
+    }
     tokio::spawn(route(agent.clone(), things.clone(), actuators, incoming_rx));
 
     shutdown_signal().await;
@@ -222,6 +254,7 @@ impl Agent {
         let done = tokio::task::spawn_blocking(move || {
             let mut guard = lock(&journal);
             let j = guard.as_mut().ok_or("journal closed")?;
+            let mut kept = Vec::with_capacity(values.len());
             for v in values {
                 let seq = j.next_seq(&v.thing);
                 let rec = Record {
@@ -234,13 +267,20 @@ impl Agent {
                     thing: v.thing,
                 };
                 j.append(&rec).map_err(|e| e.to_string())?;
+                kept.push(rec);
             }
-            Ok::<_, String>(())
+            Ok::<_, String>(kept)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         self.wake.notify_one();
-        done
+        // Journaled: now the API may show them.
+        for rec in done.as_deref().unwrap_or_default() {
+            if let Body::Reading { value, unit } = &rec.body {
+                crate::api::hub::reading(&rec.thing, *value, unit, rec.ts_ms, rec.seq);
+            }
+        }
+        done.map(|_| ())
     }
 
     fn health(&self) -> serde_json::Value {
@@ -260,6 +300,7 @@ impl Agent {
             "things": things,
             "clouds": crate::cloud::monitor::health(),
             "instance": self.instance.as_ref().map(|rt| rt.health()),
+            "api": crate::api::health(),
         })
     }
 }

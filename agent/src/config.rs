@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod api;
 mod files;
 pub use files::{private_file, read_password_file};
 
@@ -40,6 +41,8 @@ pub struct Config {
     /// `[[clouds]]`: remote clouds this gateway holds credentials for, tried in order.
     #[serde(default)]
     pub clouds: Vec<crate::cloud::config::CloudConfig>,
+    /// `[api]`: the local REST API and web UI (absent: off).
+    pub api: Option<api::ApiConfig>,
 }
 
 /// `[instance]`: the local cloud this gateway belongs to.
@@ -917,6 +920,14 @@ impl Config {
                 "device_class",
                 format!("Home Assistant discovery: {e}"),
             ));
+        }
+        if let Some((key, message)) = self.api.as_ref().and_then(api::ApiConfig::problem) {
+            return Err(ConfigError {
+                file: path.to_owned(),
+                line: at("api", key),
+                field: format!("api.{key}"),
+                message,
+            });
         }
         if let Some((i, key, message)) = crate::cloud::config::problem(&self.clouds) {
             return Err(ConfigError {

@@ -491,7 +491,8 @@ impl Runtime {
             if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 let why = format!("busy: {MAX_REQUESTS} VM requests in flight; try again later");
-                return self.result(&request_id(&payload), "cancel", "", "", None, &why, 0);
+                self.result(&request_id(&payload), "cancel", "", "", None, &why, 0);
+                return;
             }
             let slot = InFlight(self.clone());
             tokio::spawn(async move {
@@ -688,9 +689,38 @@ impl Runtime {
             Ok(v) => v,
             Err((id, why)) => {
                 warn!(request = %id, "VM request refused: {why}");
-                return self.result(&id, "cancel", "", "", None, &why, 0);
+                self.result(&id, "cancel", "", "", None, &why, 0);
+                return;
             }
         };
+        self.carry_out(v).await;
+    }
+
+    /// A request from the local API (`POST /api/v1/vms`, `DELETE /api/v1/vms/{vm}`): the API's
+    /// bearer token stands for the client key, so it is carried out like a signed request, within
+    /// the same [`MAX_REQUESTS`], in a task of its own (a client that goes away cancels nothing).
+    /// Returns the `vm/result` object, also published on the bus.
+    pub async fn local_request(self: &Arc<Self>, v: serde_json::Value) -> serde_json::Value {
+        use std::sync::atomic::Ordering;
+        let id = v["id"].as_str().unwrap_or("").to_owned();
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let why = format!("busy: {MAX_REQUESTS} VM requests in flight; try again later");
+            return self.result(&id, "cancel", "", "", None, &why, 0);
+        }
+        let slot = InFlight(self.clone());
+        let task = tokio::spawn(async move {
+            let r = slot.0.clone().carry_out(v).await;
+            drop(slot);
+            r
+        });
+        task.await.unwrap_or_else(|e| {
+            json!({"id": id, "decision": "error", "reason": format!("request task failed: {e}")})
+        })
+    }
+
+    /// An authorized request or release object: decided and carried out; the result published.
+    async fn carry_out(self: Arc<Self>, v: serde_json::Value) -> serde_json::Value {
         let id = v["id"].as_str().unwrap_or("").to_owned();
         if let Some(vm) = v.get("release") {
             return match (vm.as_str(), &v["target"]) {
@@ -802,7 +832,7 @@ impl Runtime {
             "every chosen gateway or cloud refused or did not answer; refused: {}",
             refusals.join("; ")
         );
-        self.result(&id, "cancel", "", "", None, &why, 8);
+        self.result(&id, "cancel", "", "", None, &why, 8)
     }
 
     /// A VM request or release is carried out only when signed by a client key the instance
@@ -866,7 +896,12 @@ impl Runtime {
     }
 
     /// `{"id","release":"<vm>","target":"<cloud>"}`: stops a remote VM this gateway created.
-    async fn release(&self, id: &str, vm: &serde_json::Value, target: &serde_json::Value) {
+    async fn release(
+        &self,
+        id: &str,
+        vm: &serde_json::Value,
+        target: &serde_json::Value,
+    ) -> serde_json::Value {
         let (Some(vm), Some(cloud)) = (vm.as_str(), target.as_str()) else {
             let why = "a release needs \"release\": the VM id and \"target\": its cloud (strings)";
             return self.result(id, "error", "", "", None, why, 0);
@@ -896,7 +931,7 @@ impl Runtime {
     /// `{"id","release":"<vm>"}` (no target): stops a VM this gateway runs through its VM manager
     /// (managed save for a VM, shutdown for a container) and gives its reservation back; the next
     /// request for its template resumes it.
-    async fn release_local(self: &Arc<Self>, id: &str, vm: &str) {
+    async fn release_local(self: &Arc<Self>, id: &str, vm: &str) -> serde_json::Value {
         let me = self.gateway.clone();
         let Some(socket) = self.cfg.vmd_socket.clone() else {
             let why = "no VM manager on this gateway (vmd_socket): no local VM to release; \
@@ -957,7 +992,7 @@ impl Runtime {
         placed: Option<&Placed>,
         reason: &str,
         attempts: u32,
-    ) {
+    ) -> serde_json::Value {
         let vm = placed.map(|p| p.vm.as_str()).filter(|v| !v.is_empty());
         info!(
             request = id,
@@ -975,6 +1010,8 @@ impl Runtime {
         });
         self.session
             .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
+        crate::api::hub::vm_result(&payload);
+        payload
     }
 
     /// For the health topic.
@@ -1055,6 +1092,17 @@ fn request_id(payload: &[u8]) -> String {
 }
 
 fn log_event(e: &Event) {
+    let change = match e {
+        Event::Joined(g) => Some((g, "joined")),
+        Event::Back(g) => Some((g, "up")),
+        Event::Left(g) => Some((g, "left")),
+        Event::Down(g) => Some((g, "down")),
+        Event::Dismissed(g) => Some((g, "dismissed")),
+        Event::DeployRequest { .. } | Event::DeployAnswer { .. } => None,
+    };
+    if let Some((g, what)) = change {
+        crate::api::hub::member(&g.to_string(), what);
+    }
     match e {
         Event::Joined(g) => info!(gateway = %g, "joined the instance"),
         Event::Back(g) => info!(gateway = %g, "back up"),

@@ -3,6 +3,7 @@
 
 pub mod actuators;
 pub mod agent;
+pub mod api;
 pub mod clock;
 pub mod cloud;
 pub mod commands;

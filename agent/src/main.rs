@@ -133,7 +133,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => {
-            init_logging(config.log_level);
+            init_logging(config.log_level, config.api.as_ref().map(|a| a.log_lines));
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -149,7 +149,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: LogLevel) {
+/// Log lines go to stderr; with `[api]` the last `keep` are also kept for `GET /api/v1/logs`.
+fn init_logging(level: LogLevel, keep: Option<usize>) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match level {
         LogLevel::Error => LevelFilter::ERROR,
@@ -158,9 +159,12 @@ fn init_logging(level: LogLevel) {
         LogLevel::Debug => LevelFilter::DEBUG,
         LogLevel::Trace => LevelFilter::TRACE,
     };
+    if let Some(n) = keep {
+        betaas_agent::api::logs::init(n);
+    }
     tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(betaas_agent::api::logs::Tee)
         .with_ansi(false)
         .init();
 }

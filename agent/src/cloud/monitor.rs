@@ -8,6 +8,10 @@
 //! One remote operation at a time holds the registry (deployments are rare and a plan must see
 //! the VMs the previous one created, or two could exceed the VM limit); health and the allocator
 //! read the copy saved last, so they never wait on a cloud.
+//!
+//! The list of clouds may change while the agent runs ([`upsert`]: a cloud configured through the
+//! local API): each operation takes the cloud it works on out of the list first, so one that is
+//! replaced meanwhile finishes on the old definition.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -104,13 +108,20 @@ struct Seen {
     checked_ms: u64,
 }
 
+/// One configured cloud.
+struct Entry {
+    config: CloudConfig,
+    /// `None`: disabled (its credentials could not be loaded; the error is in `seen`).
+    cloud: Option<Arc<AnyCloud>>,
+    seen: Seen,
+}
+
 struct Monitor {
     /// This gateway: the owner of every cloud configured here.
     me: String,
-    configs: Vec<CloudConfig>,
-    /// `None`: disabled at start (its error is in `seen`).
-    clouds: Vec<Option<AnyCloud>>,
-    seen: Mutex<Vec<Seen>>,
+    entries: Mutex<Vec<Entry>>,
+    /// Wakes the checking loop: a cloud was added or replaced.
+    changed: tokio::sync::Notify,
     /// The working registry, held across a whole remote operation.
     registry: tokio::sync::Mutex<Registry>,
     /// The registry as last saved.
@@ -130,25 +141,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts watching the clouds configured on gateway `me` (nothing when there are none). Call
-/// once, inside the tokio runtime.
-pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration) {
-    if clouds.is_empty() || MONITOR.get().is_some() {
+fn entry(c: &CloudConfig) -> Entry {
+    let mut seen = Seen::default();
+    let cloud = match AnyCloud::from_config(c, c.timeouts()) {
+        Ok(cloud) => Some(Arc::new(cloud)),
+        Err(e) => {
+            // The error names the file and what is wrong with it, never its content.
+            warn!(cloud = %c.name, "remote cloud disabled: {e}");
+            seen.error = Some(e);
+            None
+        }
+    };
+    Entry {
+        config: c.clone(),
+        cloud,
+        seen,
+    }
+}
+
+/// Starts watching the clouds configured on gateway `me` (nothing when there are none, unless
+/// `changeable`: clouds may then be added later with [`upsert`]). Call once, inside the tokio
+/// runtime.
+pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration, changeable: bool) {
+    if (clouds.is_empty() && !changeable) || MONITOR.get().is_some() {
         return;
     }
-    let mut seen = vec![Seen::default(); clouds.len()];
-    let mut live = Vec::new();
-    for (i, c) in clouds.iter().enumerate() {
-        match AnyCloud::from_config(c, c.timeouts()) {
-            Ok(cloud) => live.push(Some(cloud)),
-            Err(e) => {
-                // The error names the file and what is wrong with it, never its content.
-                warn!(cloud = %c.name, "remote cloud disabled: {e}");
-                seen[i].error = Some(e);
-                live.push(None);
-            }
-        }
-    }
+    let entries: Vec<Entry> = clouds.iter().map(entry).collect();
     let store = match Store::open(data_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -163,9 +181,8 @@ pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration)
     registry.after_restart(unix_secs());
     let m = Arc::new(Monitor {
         me: me.to_owned(),
-        configs: clouds.to_vec(),
-        clouds: live,
-        seen: Mutex::new(seen),
+        entries: Mutex::new(entries),
+        changed: tokio::sync::Notify::new(),
         saved: Mutex::new(registry.clone()),
         registry: tokio::sync::Mutex::new(registry),
         store,
@@ -175,16 +192,61 @@ pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration)
     }
     tokio::spawn(async move {
         loop {
-            for i in 0..m.clouds.len() {
-                check(&m, i).await;
+            let names: Vec<String> = lock(&m.entries)
+                .iter()
+                .map(|e| e.config.name.to_string())
+                .collect();
+            for name in names {
+                check(&m, &name).await;
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = m.changed.notified() => {}
+            }
         }
     });
 }
 
-async fn check(m: &Monitor, i: usize) {
-    let Some(cloud) = &m.clouds[i] else { return };
+/// Adds cloud `c`, or replaces the cloud of its name (its credentials loaded again); it is checked
+/// at once. Err: the monitor does not run.
+pub fn upsert(c: &CloudConfig) -> Result<(), String> {
+    let m = MONITOR
+        .get()
+        .ok_or("remote clouds are not managed on this gateway")?;
+    let e = entry(c);
+    {
+        let mut entries = lock(&m.entries);
+        match entries.iter_mut().find(|x| x.config.name == c.name) {
+            Some(slot) => *slot = e,
+            None => entries.push(e),
+        }
+    }
+    info!(cloud = %c.name, provider = ?c.provider, "remote cloud configured");
+    m.changed.notify_one();
+    Ok(())
+}
+
+/// Cloud `name`'s config, live client and idle time, taken out of the list.
+fn get(m: &Monitor, name: &str) -> Option<(CloudConfig, Option<Arc<AnyCloud>>)> {
+    lock(&m.entries)
+        .iter()
+        .find(|e| e.config.name.to_string() == name)
+        .map(|e| (e.config.clone(), e.cloud.clone()))
+}
+
+fn set_seen(m: &Monitor, name: &str, f: impl FnOnce(&mut Seen)) {
+    if let Some(e) = lock(&m.entries)
+        .iter_mut()
+        .find(|e| e.config.name.to_string() == name)
+    {
+        f(&mut e.seen);
+    }
+}
+
+async fn check(m: &Monitor, name: &str) {
+    let Some((config, Some(cloud))) = get(m, name) else {
+        return;
+    };
     let reach = cloud.reachable().await;
     let mut s = Seen {
         reachable: Some(reach.is_ok()),
@@ -199,8 +261,8 @@ async fn check(m: &Monitor, i: usize) {
                 Err(e) => s.error = Some(e.to_string()),
             }
             let mut reg = m.registry.lock().await;
-            let idle = m.configs[i].idle_destroy_secs;
-            match sweep(cloud, &mut reg, &m.store, idle, unix_secs()).await {
+            let idle = config.idle_destroy_secs;
+            match sweep(cloud.as_ref(), &mut reg, &m.store, idle, unix_secs()).await {
                 Ok(gone) if !gone.is_empty() => {
                     info!(cloud = %cloud.name(), destroyed = gone.len(), "idle remote VMs destroyed")
                 }
@@ -210,15 +272,13 @@ async fn check(m: &Monitor, i: usize) {
             *lock(&m.saved) = reg.clone();
         }
     }
-    if let Some(slot) = lock(&m.seen).get_mut(i) {
-        *slot = s;
-    }
+    set_seen(m, name, |slot| *slot = s);
 }
 
-/// The policy's picture of cloud `i` now.
-fn cloud_view(m: &Monitor, i: usize, res: Option<Res>) -> CloudView {
-    let c = &m.configs[i];
-    let s = lock(&m.seen)[i].clone();
+/// The policy's picture of a cloud now.
+fn cloud_view(m: &Monitor, e: &Entry, res: Option<Res>) -> CloudView {
+    let c = &e.config;
+    let s = &e.seen;
     CloudView {
         name: c.name.to_string(),
         provider: c.provider,
@@ -226,7 +286,7 @@ fn cloud_view(m: &Monitor, i: usize, res: Option<Res>) -> CloudView {
         vm_limit: c.vm_limit,
         cost_per_vm: c.cost_per_vm,
         cost_limit: c.cost_limit,
-        reachable: m.clouds[i].is_some() && s.reachable == Some(true),
+        reachable: e.cloud.is_some() && s.reachable == Some(true),
         quota_room: s.capacity.map(|q| match res {
             Some(r) => q.room_for(r.cpus, r.mem_mb),
             None => q
@@ -242,26 +302,25 @@ pub fn allocator_view() -> Vec<Remote> {
     let Some(m) = MONITOR.get() else {
         return Vec::new();
     };
-    let views: Vec<CloudView> = (0..m.configs.len())
-        .map(|i| cloud_view(m, i, None))
+    let views: Vec<CloudView> = lock(&m.entries)
+        .iter()
+        .map(|e| cloud_view(m, e, None))
         .collect();
     policy::allocator_view(&lock(&m.saved), &views)
 }
 
-fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, usize, &'static AnyCloud), DeployError> {
+#[allow(clippy::type_complexity)]
+fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, CloudConfig, Arc<AnyCloud>), DeployError> {
     let not_here = || {
         DeployError::Cloud(CloudError::Client(format!(
             "cloud {cloud} is not configured (or disabled) on this gateway"
         )))
     };
     let m = MONITOR.get().ok_or_else(not_here)?;
-    let i = m
-        .configs
-        .iter()
-        .position(|c| c.name.to_string() == cloud)
-        .ok_or_else(not_here)?;
-    let c = m.clouds[i].as_ref().ok_or_else(not_here)?;
-    Ok((m, i, c))
+    match get(m, cloud) {
+        Some((config, Some(c))) => Ok((m, config, c)),
+        _ => Err(not_here()),
+    }
 }
 
 /// Carries out the allocator's Remote decision for `template` on `cloud`: resumes a stopped VM of
@@ -274,8 +333,7 @@ pub async fn deploy(
     res: Res,
     others: u32,
 ) -> Result<Deployed, DeployError> {
-    let (m, i, c) = find(cloud)?;
-    let conf = &m.configs[i];
+    let (m, conf, c) = find(cloud)?;
     let image = conf.images.get(template).cloned().ok_or_else(|| {
         DeployError::Cloud(CloudError::Client(format!(
             "cloud {cloud}: no image configured for template {template} (images = {{ {template} = \"...\" }})"
@@ -294,11 +352,21 @@ pub async fn deploy(
         disk_gb: res.disk_gb,
     };
     let mut reg = m.registry.lock().await;
-    let mut view = cloud_view(m, i, Some(res));
+    let mut view = {
+        let entries = lock(&m.entries);
+        match entries.iter().find(|e| e.config.name == conf.name) {
+            Some(e) => cloud_view(m, e, Some(res)),
+            None => {
+                return Err(DeployError::Cloud(CloudError::Client(format!(
+                    "cloud {cloud} was removed"
+                ))))
+            }
+        }
+    };
     view.vm_limit = view.vm_limit.saturating_sub(others);
     let plan = policy::plan(&reg, &[view], template, &[m.me.as_str()]);
     let result = super::deploy(
-        c,
+        c.as_ref(),
         &plan,
         &mut reg,
         &m.store,
@@ -310,10 +378,10 @@ pub async fn deploy(
     *lock(&m.saved) = reg.clone();
     if let Err(e) = &result {
         if e.unreachable() {
-            if let Some(s) = lock(&m.seen).get_mut(i) {
+            set_seen(m, cloud, |s| {
                 s.reachable = Some(false);
                 s.error = Some(e.to_string());
-            }
+            });
         }
     }
     result
@@ -322,7 +390,7 @@ pub async fn deploy(
 /// Stops a remote VM that is no longer needed (kept stopped for a later request of its template
 /// until its idle time is up).
 pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
-    let (m, i, c) = find(cloud)?;
+    let (m, conf, c) = find(cloud)?;
     let mut reg = m.registry.lock().await;
     if !reg.on_cloud(cloud).any(|v| v.id.as_deref() == Some(id)) {
         return Err(DeployError::Cloud(CloudError::NotFound {
@@ -331,12 +399,12 @@ pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
         }));
     }
     let r = super::release(
-        c,
+        c.as_ref(),
         &mut reg,
         &m.store,
         id,
         unix_secs(),
-        &m.configs[i].timeouts(),
+        &conf.timeouts(),
     )
     .await;
     *lock(&m.saved) = reg.clone();
@@ -346,12 +414,16 @@ pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
 /// The `clouds` member of the health message; `None` when no cloud is configured.
 pub fn health() -> Option<Value> {
     let m = MONITOR.get()?;
-    let seen = lock(&m.seen).clone();
     let reg = lock(&m.saved).clone();
-    let list: Vec<Value> = m
-        .configs
+    let entries: Vec<(CloudConfig, Seen)> = lock(&m.entries)
         .iter()
-        .zip(seen)
+        .map(|e| (e.config.clone(), e.seen.clone()))
+        .collect();
+    if entries.is_empty() {
+        return None;
+    }
+    let list: Vec<Value> = entries
+        .into_iter()
         .map(|(c, s)| {
             let name = c.name.to_string();
             let count = |st: RemoteState| reg.on_cloud(&name).filter(|v| v.state == st).count();

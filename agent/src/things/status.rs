@@ -76,12 +76,14 @@ impl ThingStatus {
         let payload = crate::actuators::state_payload(thing, state, command);
         self.session
             .set_retained(&self.topics.thing_state(thing), payload);
+        crate::api::hub::state(thing, state, command, crate::clock::unix_millis());
     }
 
     /// A command's outcome on the thing's result topic (kept for the broker if it is away).
     pub fn publish_result(&self, thing: &str, outcome_json: &str) {
         self.session
             .publish_event(&self.topics.thing_result(thing), outcome_json);
+        crate::api::hub::result(thing, outcome_json);
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ThingHealth> {

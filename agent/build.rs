@@ -1,0 +1,15 @@
+//! Embeds the web UI gzipped (src/api/ui/index.html → $OUT_DIR/index.html.gz): served as is with
+//! `Content-Encoding: gzip`, so the agent carries no compressor.
+
+use std::io::Write;
+
+fn main() {
+    let src = "src/api/ui/index.html";
+    println!("cargo:rerun-if-changed={src}");
+    let html = std::fs::read(src).expect("read the web UI");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&html).expect("gzip the web UI");
+    let bytes = gz.finish().expect("gzip the web UI");
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    std::fs::write(out.join("index.html.gz"), bytes).expect("write the gzipped web UI");
+}
