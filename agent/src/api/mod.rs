@@ -258,7 +258,7 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
     let q = req.uri().query().map(str::to_owned);
     let q = q.as_deref();
     let result = match (&method, segs.as_slice()) {
-        (&Method::GET, ["health"]) => Ok(json_response(200, &(s.ctx.health)())),
+        (&Method::GET, ["health"]) => Ok(json_response(200, &health_now(s))),
         (&Method::GET, ["openapi.json"]) => Ok(respond(200, "application/json", full(OPENAPI))),
         (&Method::GET, ["things"]) => Ok(json_response(200, &things(s))),
         (&Method::GET, ["things", id, "readings"]) => readings(s, id, q),
@@ -266,7 +266,11 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
             Ok(b) => set(s, id, &b).await,
             Err(e) => Err(e),
         },
-        (&Method::GET, ["instance"]) => instance(s).map(|rt| json_response(200, &rt.health())),
+        (&Method::GET, ["instance"]) => instance(s).map(|rt| {
+            let mut h = rt.health();
+            h["templates"] = json!(s.ctx.templates);
+            json_response(200, &h)
+        }),
         (&Method::POST, ["vms"]) => match body(req).await {
             Ok(b) => vm_request(s, &b).await,
             Err(e) => Err(e),
@@ -301,6 +305,25 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
         )),
     };
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// The health topic's object, with the version and the resource monitor's latest sample and
+/// forecast for the status page.
+fn health_now(s: &Shared) -> Value {
+    let mut h = (s.ctx.health)();
+    h["version"] = json!(env!("CARGO_PKG_VERSION"));
+    h["gateway"] = json!(s.ctx.gateway);
+    let latest = crate::resources::latest();
+    h["resources"] = json!({
+        "now": crate::resources::now(),
+        "battery": latest.and_then(|l| l.battery),
+        "forecast": latest.map(|l| json!({
+            "mem_available_mb": l.forecast.mem_available_mb,
+            "disk_free_mb": l.forecast.disk_free_mb,
+            "cpu_idle": l.forecast.cpu_idle,
+        })),
+    });
+    h
 }
 
 /// The bearer token, after the address's allowance of wrong ones (429 beyond it).

@@ -106,6 +106,13 @@ pub struct Latest {
 }
 
 static LATEST: Mutex<Option<Latest>> = Mutex::new(None);
+/// The latest sample itself (the API's status page shows it next to the forecast).
+static NOW: Mutex<Option<Sample>> = Mutex::new(None);
+
+/// The monitor's latest sample (`None` before the first).
+pub fn now() -> Option<Sample> {
+    NOW.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// The monitor's latest figures (`None` before its first sample).
 pub fn latest() -> Option<Latest> {
@@ -148,6 +155,7 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
         let f = forecast_free(&history, alpha, beta, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
         let battery = history.last().and_then(|s| s.battery.filter(|_| !s.mains));
+        *NOW.lock().unwrap_or_else(|p| p.into_inner()) = history.last().cloned();
         *LATEST.lock().unwrap_or_else(|p| p.into_inner()) = Some(Latest {
             battery,
             forecast: f,
