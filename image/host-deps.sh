@@ -73,3 +73,11 @@ fi
 
 qemu_ok || { echo "host-deps: qemu-system-arm >= 10 is required" >&2; exit 1; }
 echo "==> host dependencies present ($(qemu-system-arm --version | head -1))"
+
+# --- The web UI's browser test (agent/tests/api_ui.rs, issue 14): Debian's headless Chromium
+# and its WebDriver server (chromedriver). Kept apart from the list above on purpose.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_update
+  echo "==> installing chromium chromium-driver (the web UI test)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
+fi
