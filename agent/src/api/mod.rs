@@ -51,7 +51,8 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The web UI, gzipped at build time (`build.rs`).
 const UI_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/index.html.gz"));
-const OPENAPI: &str = include_str!("openapi.json");
+/// `openapi.json`, minified at build time.
+const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
 
 /// What the API works on, handed over by the agent at start.
 pub struct Context {
