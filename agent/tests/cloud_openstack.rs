@@ -773,6 +773,7 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
         &config.clouds,
         &config.data_dir,
         Duration::from_millis(100),
+        false,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let health = loop {
