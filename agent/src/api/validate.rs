@@ -290,7 +290,7 @@ pub fn cloud_body(
         // serde names the key in its message only sometimes: find which key the span is on.
         let field = e
             .span()
-            .and_then(|s| config_toml[..s.start.min(config_toml.len())].lines().last())
+            .and_then(|s| config_toml.get(..s.start)?.lines().last())
             .and_then(|l| l.split_once('=').map(|(k, _)| k.trim().to_owned()))
             .filter(|k| CLOUD_KEYS.contains(&k.as_str()))
             .unwrap_or_else(|| "body".into());

@@ -149,6 +149,24 @@ impl Config {
             });
             check("instance", 0, "keys", "instance.keys".into(), r);
         }
+        if let Some(api) = &self.api {
+            // A token file that is not there yet is made at first start.
+            if let Some(file) = api.token_file.as_ref().filter(|f| f.exists()) {
+                let r = crate::api::auth::load_or_make(file).map(drop);
+                check("api", 0, "token_file", "api.token_file".into(), r);
+            }
+            if let (Some(cert), Some(key)) = (&api.cert, &api.key) {
+                check(
+                    "api",
+                    0,
+                    "cert",
+                    "api.cert".into(),
+                    pem(cert, Pem::Certificates),
+                );
+                let r = private_file(key).and_then(|()| pem(key, Pem::PrivateKey));
+                check("api", 0, "key", "api.key".into(), r);
+            }
+        }
         for (i, cloud) in self.clouds.iter().enumerate() {
             let r = crate::cloud::Credentials::load(&cloud.credentials_path())
                 .map(drop)
@@ -275,5 +293,47 @@ mod tests {
             0o600,
         );
         assert_eq!(cfg.check_files(&cfg_path), []);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod api_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn check_config_names_the_api_files() {
+        let d = tempfile::tempdir().unwrap();
+        let tok = d.path().join("api.token");
+        let cfg_path = d.path().join("agent.toml");
+        let text = format!(
+            "gateway_id = \"g\"\n[mqtt]\nhost = \"h\"\n[api]\nlisten = \"127.0.0.1:1\"\n\
+             token_file = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            tok.display(),
+            d.path().join("c.pem").display(),
+            d.path().join("k.pem").display(),
+        );
+        std::fs::write(&cfg_path, &text).unwrap();
+        let config = Config::parse(&cfg_path, &text).unwrap();
+        let fields = |c: &Config| -> Vec<(String, usize)> {
+            c.check_files(&cfg_path)
+                .into_iter()
+                .map(|e| (e.field, e.line))
+                .collect()
+        };
+        // No token yet (made at first start); no certificate files.
+        assert_eq!(
+            fields(&config),
+            [("api.cert".to_owned(), 7), ("api.key".to_owned(), 8)]
+        );
+        std::fs::write(&tok, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(fields(&config)[0], ("api.token_file".to_owned(), 6));
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        crate::api::tls::load(None, d.path(), &["g".to_owned()]).unwrap();
+        std::fs::rename(d.path().join("cert.pem"), d.path().join("c.pem")).unwrap();
+        std::fs::rename(d.path().join("key.pem"), d.path().join("k.pem")).unwrap();
+        assert!(fields(&config).is_empty(), "{:?}", fields(&config));
     }
 }
