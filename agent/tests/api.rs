@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_support::{mode, ApiGw, Client, Events};
+use betaas_core::allocator::Res;
 use betaas_e2e::Mosquitto;
 use cloud_support::openstack::{fixture, Model, COMPUTE};
 use serde_json::{json, Value};
@@ -272,6 +273,23 @@ fn every_endpoint_against_a_real_agent() {
     assert_eq!(model.lock().unwrap().servers[&vm].status, "ACTIVE");
     events.until("the VM result", Duration::from_secs(5), |n, d| {
         n == "vm" && d["vm"] == vm.as_str()
+    });
+    // Member changes on the stream: a second gateway joins, is seen in GET instance, goes down.
+    let keys = gw.root.path().join("instance");
+    let gw2 = instance_support::member(&keys, gw.root.path(), "gwapi2", Res::new(0, 0, 0));
+    let second = instance_support::start_edited(&gw2, broker.port, |t| t);
+    events.until("gwapi2 joined", Duration::from_secs(15), |n, d| {
+        n == "member" && d["gateway"] == "gwapi2" && d["change"] == "joined"
+    });
+    let inst = api.get("/api/v1/instance");
+    assert_eq!(
+        inst.body["members"]["gwapi2"]["state"], "up",
+        "{}",
+        inst.text
+    );
+    drop(second); // killed: silent past timeout_ms (3 s)
+    events.until("gwapi2 down", Duration::from_secs(15), |n, d| {
+        n == "member" && d["gateway"] == "gwapi2" && d["change"] == "down"
     });
     let rel = api.delete(&format!("/api/v1/vms/{vm}?target=campus"));
     assert_eq!(rel.body["decision"], "released", "{}", rel.text);
