@@ -22,8 +22,14 @@ file "$AGENT" | grep -q 'ARM, EABI5.*statically linked' || { echo "image: $AGENT
 
 OUT=out/$BOARD
 ST=$OUT/staging
-BOOT_MB=32 ROOT_MB=96 DATA_MB=120     # 1 + 32 + 96 + 120 + GPT-free tail < 256 MiB
-IMG_MB=256
+# 1 + boot + rootfs + data < the image size, a power of two (QEMU's SD card model requires it).
+# With virtualization the rootfs holds libvirt, QEMU and the templates, and the data partition the
+# VMs' overlays, unpacked container roots and saved states (a 128 MiB guest saves ~130 MiB).
+if [ "${VIRT:-1}" = 1 ]; then
+  BOOT_MB=32 ROOT_MB=160 DATA_MB=824 IMG_MB=1024
+else
+  BOOT_MB=32 ROOT_MB=96 DATA_MB=120 IMG_MB=256
+fi
 step() { echo "==> [$BOARD] $*"; }
 
 step "resolving Debian armhf packages"
@@ -96,6 +102,7 @@ install_modules "$RF" $MODULES $BASE_MODULES
 tty=${CONSOLE%%,*}
 sed -i "s/@CONSOLE_TTY@/$tty/" "$RF/etc/inittab"
 echo "betaas-$BOARD" > "$RF/etc/hostname"
+echo "127.0.1.1	betaas-$BOARD" >> "$RF/etc/hosts"   # the hostname resolves (libvirt asks)
 ln -sfn /run/resolv.conf "$RF/etc/resolv.conf"
 ln -sfn /run "$RF/var/run"
 mkdir -p "$RF/boot"
@@ -108,8 +115,10 @@ install -m 0755 "$AGENT" "$RF/usr/bin/betaas-agent"
 
 # A dynamically linked Debian program with exactly the shared objects it links (NEEDED, followed),
 # taken from the unpacked library packages; the loader goes where PT_INTERP says (/lib).
-install_dynamic() { # PKG PATH: installs dl/pkgs/PKG/PATH at PATH, and its libraries
-  install -D -m 0755 "$PK/$1/$2" "$RF/$2"
+install_dynamic() { # PKG|FILE PATH: installs dl/pkgs/PKG/PATH (or FILE) at PATH, and its libraries
+  local from=$PK/$1/$2
+  [ -f "$1" ] && from=$1
+  install -D -m 0755 "$from" "$RF/$2"
   local todo=("$RF/$2") seen=" " f so src
   while [ ${#todo[@]} -gt 0 ]; do
     f=${todo[0]} todo=("${todo[@]:1}")
@@ -128,6 +137,55 @@ step "mosquitto (started only when /boot/betaas/mosquitto.conf is provisioned)"
 install_dynamic mosquitto usr/sbin/mosquitto
 usage=$(qemu-arm-static -L "$RF" "$RF/usr/sbin/mosquitto" -h 2>&1 || true)   # -h exits 3
 case "$usage" in "mosquitto version"*) ;; *) echo "image: the installed mosquitto does not run: $usage" >&2; exit 1 ;; esac
+
+# The local cloud on the gateway itself (paper §II): libvirtd with its LXC and QEMU drivers,
+# qemu-system-arm (TCG: 32-bit ARM has no KVM host support since Linux 5.7) and qemu-img for the
+# overlays, betaas-vmd (image/vmd-armhf.sh: linked against these same libvirt packages), and the
+# tiny template as a container and as an emulated VM. VIRT=0 builds the lite image without them.
+if [ "${VIRT:-1}" = 1 ]; then
+  step "virtualization: libvirtd (LXC + QEMU drivers), qemu-system-arm, qemu-img, betaas-vmd"
+  bash image/debs.sh --libs libvirt-daemon libvirt-daemon-driver-lxc libvirt-daemon-driver-qemu \
+    libvirt-clients libvirt-common qemu-system-arm qemu-utils >> "$OUT/packages.txt"
+  VMD=${VMD:-target/vmd-armhf/armv7-unknown-linux-gnueabihf/release/betaas-vmd}
+  [ -x "$VMD" ] || { echo "image: $VMD missing: run 'make vmd-arm'" >&2; exit 1; }
+  lvdrv=usr/lib/arm-linux-gnueabihf/libvirt/connection-driver
+  install_dynamic libvirt-daemon usr/sbin/libvirtd
+  install_dynamic libvirt-daemon-driver-lxc usr/lib/libvirt/libvirt_lxc
+  install_dynamic libvirt-daemon-driver-lxc $lvdrv/libvirt_driver_lxc.so
+  install_dynamic libvirt-daemon-driver-qemu $lvdrv/libvirt_driver_qemu.so
+  install_dynamic libvirt-clients usr/bin/virsh
+  install_dynamic qemu-system-arm usr/bin/qemu-system-arm
+  install_dynamic qemu-utils usr/bin/qemu-img
+  install_dynamic "$VMD" usr/bin/betaas-vmd
+  # libvirt's CPU models (the ARM ones and the index that names them).
+  mkdir -p "$RF/usr/share/libvirt/cpu_map"
+  cp "$PK"/libvirt-common/usr/share/libvirt/cpu_map/{index.xml,arm_*.xml} "$RF/usr/share/libvirt/cpu_map/"
+  # What libvirt writes lives on the data partition (rcS makes the directories, copies the configs).
+  mkdir -p "$RF/var/lib" "$RF/var/cache"
+  ln -sfn /var/lib/betaas/libvirt/etc "$RF/etc/libvirt"
+  ln -sfn /var/lib/betaas/libvirt/lib "$RF/var/lib/libvirt"
+  ln -sfn /var/lib/betaas/libvirt/cache "$RF/var/cache/libvirt"
+  for p in usr/sbin/libvirtd usr/bin/virsh usr/bin/qemu-system-arm usr/bin/qemu-img usr/bin/betaas-vmd; do
+    b=${p##*/}
+    out=$(qemu-arm-static -L "$RF" "$RF/$p" --version 2>&1) \
+      || { echo "image: the installed $b does not run: $out" >&2; exit 1; }
+    echo "    $b: $(echo "$out" | head -1)"
+  done
+  step "templates the gateway runs: tiny as a container and as an emulated VM"
+  TINY=out/templates/tiny-armhf
+  [ -f $TINY/template.toml ] || { echo "image: $TINY missing: run 'make out/templates/tiny-armhf/template.toml'" >&2; exit 1; }
+  TD=$RF/usr/share/betaas/templates
+  mkdir -p "$TD/tiny-armhf" "$TD/tiny-vm-armhf"
+  cp $TINY/{template.toml,vmlinuz,initrd.img,disk.qcow2,rootfs.tar.gz} "$TD/tiny-armhf/"
+  # tiny-vm: the same files, as an emulated VM only (a gateway prefers a container for `tiny`).
+  sed -e 's/^name = "tiny"$/name = "tiny-vm"/' -e 's/^kinds = .*/kinds = ["qemu"]/' \
+    -e '/^\[lxc\]/,/^$/d' -e 's/^description = "/description = "As a QEMU VM only. /' \
+    $TINY/template.toml > "$TD/tiny-vm-armhf/template.toml"
+  for f in vmlinuz initrd.img disk.qcow2; do ln -s ../tiny-armhf/$f "$TD/tiny-vm-armhf/$f"; done
+  grep -q '^name = "tiny-vm"' "$TD/tiny-vm-armhf/template.toml" || { echo "image: tiny-vm descriptor not made" >&2; exit 1; }
+else
+  rm -f "$RF/etc/betaas/vmd.toml"
+fi
 install -m 0644 "boards/$BOARD/agent.toml" "$RF/etc/betaas/agent.toml"
 step "checking the shipped agent config with the ARM agent itself"
 qemu-arm-static "$RF/usr/bin/betaas-agent" check-config --config "$RF/etc/betaas/agent.toml"
@@ -179,7 +237,7 @@ start=1MiB, size=${BOOT_MB}MiB, type=c, bootable
 size=${ROOT_MB}MiB, type=83
 size=${DATA_MB}MiB, type=83
 SF
-put() { dd if="$1" of="$IMG" bs=1M seek="$2" conv=notrunc,fsync status=none; }
+put() { dd if="$1" of="$IMG" bs=1M seek="$2" conv=notrunc,sparse,fsync status=none; }
 put "$ST/boot.vfat" 1
 put "$ST/rootfs.ext4" $((1 + BOOT_MB))
 put "$ST/data.ext4" $((1 + BOOT_MB + ROOT_MB))
@@ -238,7 +296,16 @@ step "manifest"
   cat "$OUT/packages.txt"
   echo "kernel $KVER"
   echo "agent $(sha256sum "$AGENT" | cut -d' ' -f1) $(stat -c %s "$AGENT") bytes"
-  echo "mosquitto and its libraries: $(du -cb "$RF/usr/sbin/mosquitto" "$RF"/lib/arm-linux-gnueabihf/* | tail -1 | cut -f1) bytes"
+  echo "shared libraries (mosquitto, libvirt, QEMU): $(du -cb "$RF"/lib/arm-linux-gnueabihf/* | tail -1 | cut -f1) bytes"
+  echo "mosquitto: $(stat -c %s "$RF/usr/sbin/mosquitto") bytes"
+  if [ "${VIRT:-1}" = 1 ]; then
+    echo "betaas-vmd $(sha256sum "$VMD" | cut -d' ' -f1) $(stat -c %s "$VMD") bytes"
+    echo "libvirt (libvirtd, drivers, libvirt_lxc, virsh, cpu_map): $(du -cb "$RF/usr/sbin/libvirtd" "$RF/$lvdrv" "$RF/usr/lib/libvirt" "$RF/usr/bin/virsh" "$RF/usr/share/libvirt" | tail -1 | cut -f1) bytes"
+    echo "qemu-system-arm + qemu-img: $(du -cb "$RF/usr/bin/qemu-system-arm" "$RF/usr/bin/qemu-img" | tail -1 | cut -f1) bytes"
+    echo "templates (/usr/share/betaas/templates): $(du -sb "$RF/usr/share/betaas/templates" | cut -f1) bytes"
+  fi
+  echo "rootfs contents: $(du -sb "$RF" | cut -f1) bytes"
+  echo "image: $IMG_MB MiB; partitions: boot $BOOT_MB MiB, rootfs $ROOT_MB MiB, data $DATA_MB MiB"
   (cd "$OUT" && sha256sum sdcard.img zImage initrd.img ${DTB:+$DTB})
 } > "$OUT/manifest.txt"
 rm -f "$OUT/packages.txt"

@@ -38,19 +38,41 @@ resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-imag
   echo "${dep:-$name}"
 }
 
+# The same request again, with the same package lists, every package still downloaded and unpacked:
+# the previous answer (apt-cache takes a second per call; libvirt and QEMU need a hundred packages).
+answer=$W/answer-$(echo "$ARCH $*" | sha256sum | cut -c1-16)
+newest=$(ls -t "$W"/lists/*Packages* | head -1)
+if [ -f "$answer" ] && [ "$answer" -nt "$newest" ]; then
+  ok=1
+  while read -r name ver _ deb; do
+    [ -f "$DL/debs/$deb" ] && [ "$(cat "$PK/$name/.version" 2>/dev/null)" = "$ver" ] || { ok=0; break; }
+  done < "$answer"
+  [ $ok = 1 ] && { cat "$answer"; exit 0; }
+fi
+
+answer_all() {
 if [ "${1:-}" = --libs ]; then
   shift
-  todo=("$@") seen=" "
-  set --
-  while [ ${#todo[@]} -gt 0 ]; do
-    p=${todo[0]} todo=("${todo[@]:1}")
-    case "$seen" in *" $p "*) continue ;; esac
-    seen="$seen$p " && set -- "$@" "$p"
-    for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "$p" 2>/dev/null \
-               | awk '/^ *(Pre)?Depends: [^<]/ {print $2}'); do
-      case "$d" in lib*|zlib1g) todo+=("${d%%:*}") ;; esac
+  # The closure is remembered until the package lists change (one apt-cache call per package
+  # takes a second: a hundred for libvirt and QEMU).
+  memo=$W/libs-$(echo "$*" | sha256sum | cut -c1-16)
+  if [ -f "$memo" ] && [ "$memo" -nt "$newest" ]; then
+    read -r -a closure < "$memo"
+    set -- "${closure[@]}"
+  else
+    todo=("$@") seen=" "
+    set --
+    while [ ${#todo[@]} -gt 0 ]; do
+      p=${todo[0]} todo=("${todo[@]:1}")
+      case "$seen" in *" $p "*) continue ;; esac
+      seen="$seen$p " && set -- "$@" "$p"
+      for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "$p" 2>/dev/null \
+                 | awk '/^ *(Pre)?Depends: [^<]/ {print $2}'); do
+        case "$d" in lib*|zlib1g) todo+=("${d%%:*}") ;; esac
+      done
     done
-  done
+    echo "$*" > "$memo.tmp" && mv "$memo.tmp" "$memo"
+  fi
 fi
 
 for want in "$@"; do
@@ -73,3 +95,7 @@ for want in "$@"; do
   [ "$want" = "$name" ] || ln -sfn "$name" "$PK/$want"
   echo "$name $ver $(sha256sum "$deb" | cut -d' ' -f1) $(basename "$deb")"
 done
+}
+answer_all "$@" > "$answer.tmp"
+mv "$answer.tmp" "$answer"
+cat "$answer"

@@ -8,6 +8,7 @@
 #                              modules (dependencies first) listed in /etc/modules
 #   (the caller adds its own files under $IR here)
 #   ir_pack                    $OUT/initrd.img (fixed mtimes, sorted: same inputs, same bytes)
+#   ir_rootfs                  (optional) the same tree as $OUT/rootfs.tar.gz, a container's root
 #   ir_finish SRC_DESCRIPTOR   the kernel, an empty 1 GiB qcow2 base disk, template.toml with the
 #                              sha256s, manifest.txt; removes the staging directory
 # Kernel modules per arch are the caller's: everything else the guest needs is built into Debian's
@@ -63,6 +64,13 @@ ir_pack() {
   (cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner 0:0 --reproducible) | gzip -9n > "$OUT/initrd.img"
 }
 
+# ir_rootfs: the same tree as $OUT/rootfs.tar.gz, a container's root (libvirt lxc) for templates
+# whose descriptor has an [lxc] section (sorted, fixed owner and mtimes: reproducible).
+ir_rootfs() {
+  step "container rootfs (the initramfs tree)"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$IR" -cf - . | gzip -9n > "$OUT/rootfs.tar.gz"
+}
+
 ir_finish() { # SRC_DESCRIPTOR [extra manifest lines on stdin are not read]
   local src=$1
   step "kernel and empty base disk"
@@ -73,8 +81,10 @@ ir_finish() { # SRC_DESCRIPTOR [extra manifest lines on stdin are not read]
   step "template.toml"
   . templates/lib/descriptor.sh
   tpl_descriptor "$src" "$OUT" "$ARCH"
-  [ "$(grep -c '_\?sha256 = "[0-9a-f]\{64\}"' "$OUT/template.toml")" = 3 ] \
-    || { echo "$NAME: $OUT/template.toml did not get its three sha256 lines" >&2; exit 1; }
+  local want=3
+  grep -q '^\[lxc\]' "$src" && want=4
+  [ "$(grep -c '_\?sha256 = "[0-9a-f]\{64\}"' "$OUT/template.toml")" = $want ] \
+    || { echo "$NAME: $OUT/template.toml did not get its $want sha256 lines" >&2; exit 1; }
 
   {
     echo "# out/templates/$NAME-$ARCH built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git describe --always --dirty 2>/dev/null || echo unknown)"
@@ -83,7 +93,7 @@ ir_finish() { # SRC_DESCRIPTOR [extra manifest lines on stdin are not read]
     echo "kernel $KVER"
     echo "modules $MODULES"
     [ -z "${MANIFEST_EXTRA:-}" ] || echo "$MANIFEST_EXTRA"
-    (cd "$OUT" && sha256sum vmlinuz initrd.img disk.qcow2)
+    (cd "$OUT" && sha256sum vmlinuz initrd.img disk.qcow2 $(ls rootfs.tar.gz 2>/dev/null))
   } > "$OUT/manifest.txt"
   rm -rf "$OUT/packages.txt" "$ST"
   step "done: $OUT ($(du -sh "$OUT" | cut -f1))"

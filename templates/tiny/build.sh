@@ -4,7 +4,8 @@
 #   kernel      linux-image-amd64 (x86_64) or linux-image-armmp (armhf), resolved by name
 #   initramfs   busybox-static + templates/tiny/init + the few modules the kernel does not build in
 #   disk        an empty 1 GiB qcow2 (the base image every VM overlays; nothing reads it yet)
-# Output: out/templates/tiny-<arch>/{vmlinuz,initrd.img,disk.qcow2,template.toml,manifest.txt}; the
+#   rootfs      the initramfs tree as a tarball: the template as a container (libvirt lxc)
+# Output: out/templates/tiny-<arch>/{vmlinuz,initrd.img,disk.qcow2,rootfs.tar.gz,template.toml,manifest.txt}; the
 # template.toml is templates/tiny/template.toml with this arch and the sha256 of every file.
 # The steps are shared with the logical-gateway template: templates/lib/initramfs.sh.
 # Usage: templates/tiny/build.sh x86_64|armhf
@@ -21,4 +22,5 @@ esac
 ir_setup
 ir_tree templates/tiny/init "${MODS:?}" sh mount modprobe cat dd poweroff sleep uname
 ir_pack
+ir_rootfs
 ir_finish templates/tiny/template.toml

@@ -394,6 +394,10 @@ pub struct Qemu {
     pub dir: tempfile::TempDir,
     qmp: Option<Qmp>,
     board: String,
+    /// The serial console's input (the board's getty): [`Qemu::shell`] types into it.
+    console_in: Option<std::process::ChildStdin>,
+    logged_in: bool,
+    shell_seq: u32,
 }
 
 impl Qemu {
@@ -447,16 +451,21 @@ impl Qemu {
             .args(extra)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start run-qemu.sh");
+        let mut child = child;
+        let console_in = child.stdin.take();
         let mut vm = Qemu {
             child,
             dir,
             qmp: None,
             board: board.to_owned(),
+            console_in,
+            logged_in: false,
+            shell_seq: 0,
         };
         let qmp = wait_until("QMP socket", Duration::from_secs(30), || {
             Qmp::connect(&sock).ok()
@@ -470,7 +479,57 @@ impl Qemu {
     }
 
     pub fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        String::from_utf8_lossy(
+            &std::fs::read(self.dir.path().join("console.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let w = self.console_in.as_mut().expect("console input");
+        w.write_all(line.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.flush())
+            .expect("type on the serial console");
+    }
+
+    /// Runs `cmd` in a root shell on the serial console (logging in at the board's getty first)
+    /// and returns what it printed and its exit status. The end marker is computed by the shell
+    /// (`$((…))`), so the echo of the typed line never matches it.
+    pub fn shell(&mut self, cmd: &str, timeout: Duration) -> (String, i32) {
+        if !self.logged_in {
+            wait_until("the console's login prompt", Duration::from_secs(300), || {
+                self.console().contains("login:").then_some(())
+            });
+            self.type_line("root");
+            self.logged_in = true;
+            // Quiet kernel messages on the console: they would interleave with the output.
+            self.type_line("dmesg -n 1; stty -echo 2>/dev/null");
+        }
+        self.shell_seq += 1;
+        let n = 1000 + self.shell_seq;
+        let start = self.console().len();
+        self.type_line(&format!(
+            "echo \"@@BEGIN$((0+{n}))@@\"; {cmd}; echo \"@@END$((0+{n})) $?@@\""
+        ));
+        let (begin, end) = (format!("@@BEGIN{n}@@"), format!("@@END{n} "));
+        wait_until(&format!("`{cmd}` on the console"), timeout, || {
+            let text = self.console();
+            let text = text.get(start..)?;
+            let b = text.find(&begin)? + begin.len();
+            let e = b + text[b..].find(&end)?;
+            let rc: String = text[e + end.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            let rc = rc.parse().ok()?;
+            text[e + end.len()..].contains("@@").then(|| {
+                (
+                    text[b..e].trim_matches(|c| c == '\r' || c == '\n').replace('\r', ""),
+                    rc,
+                )
+            })
+        })
     }
 
     /// Stops QEMU at once (like pulling the power).

@@ -82,6 +82,10 @@ pub struct ProbeConfig {
     pub at_start: bool,
     /// Skip the probe and report this kind: for libvirt's test driver, which boots nothing.
     pub assume: Option<VirtKind>,
+    /// Kinds proven by starting the guest (its QEMU still alive after a few seconds) instead of
+    /// by its booted marker: emulation does not hang the way a broken KVM does, and on a slow
+    /// gateway (or an emulated one) an emulated guest takes minutes to boot.
+    pub start_only: Vec<VirtKind>,
 }
 
 #[derive(Debug, Error)]
@@ -147,6 +151,7 @@ struct RawProbe {
     timeout_s: Option<u64>,
     at_start: Option<bool>,
     assume: Option<String>,
+    start_only: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -177,6 +182,7 @@ impl Default for Config {
                 timeout_s: 30,
                 at_start: true,
                 assume: None,
+                start_only: Vec::new(),
             },
             restart_max: 3,
             restart_backoff_ms: 1000,
@@ -242,19 +248,24 @@ impl Config {
             if let Some(t) = p.template {
                 probe.template = t;
             }
-            if let Some(ks) = p.kinds {
-                probe.kinds = ks
-                    .iter()
+            let kinds = |ks: Vec<String>, key: &str| {
+                ks.iter()
                     .map(|k| {
                         VirtKind::parse(k).ok_or_else(|| {
                             field(
-                                line_of(text, "kinds"),
-                                "probe.kinds",
+                                line_of(text, key),
+                                &format!("probe.{key}"),
                                 format!("{k:?}: accepted are kvm, qemu, lxc"),
                             )
                         })
                     })
-                    .collect::<Result<_, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            if let Some(ks) = p.kinds {
+                probe.kinds = kinds(ks, "kinds")?;
+            }
+            if let Some(ks) = p.start_only {
+                probe.start_only = kinds(ks, "start_only")?;
             }
             if let Some(t) = p.timeout_s {
                 probe.timeout_s = t;

@@ -256,12 +256,13 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
     }
     let log = path_str(&spec.serial_log);
     if container {
-        // lxc has no serial port: its console goes to the same log file.
+        // lxc has no serial port and only PTY consoles: vmd copies the console into the same
+        // log file (console.rs).
         w.write_event(Event::Start(
-            BytesStart::new("console").with_attributes([("type", "file")]),
+            BytesStart::new("console").with_attributes([("type", "pty")]),
         ))?;
         w.write_event(Event::Empty(
-            BytesStart::new("source").with_attributes([("path", log.as_str()), ("append", "on")]),
+            BytesStart::new("target").with_attributes([("type", "lxc"), ("port", "0")]),
         ))?;
         w.write_event(Event::End(BytesEnd::new("console")))?;
     } else {
@@ -528,7 +529,8 @@ mod tests {
             "<init>/sbin/init</init>",
             "<filesystem type=\"mount\">",
             "<source dir=\"/var/lib/betaas/vms/c/rootfs\"/>",
-            "<console type=\"file\">",
+            "<console type=\"pty\">",
+            "<target type=\"lxc\" port=\"0\"/>",
         ] {
             assert!(x.contains(want), "missing {want} in\n{x}");
         }

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod domxml;
 pub mod identity;
 pub mod libvirt;

@@ -13,6 +13,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     name = "betaas-vmd",
+    version,
     about = "BETaaS VM manager: templates -> libvirt domains, served on a Unix socket"
 )]
 struct Args {

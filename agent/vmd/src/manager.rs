@@ -110,6 +110,12 @@ pub fn mono_ms() -> u64 {
 pub struct Manager {
     cfg: Config,
     hv: Libvirt,
+    /// Containers live on libvirt's LXC driver, a connection of their own.
+    lxc: Libvirt,
+    /// The LXC driver did not answer: not asked again before this (a host without it).
+    lxc_down_until: Option<Instant>,
+    /// Threads copying each running container's console into its serial log.
+    consoles: crate::console::Followers,
     catalog: Catalog,
     vms: BTreeMap<String, Vm>,
     foreign: BTreeSet<String>,
@@ -148,9 +154,13 @@ impl Manager {
     pub fn new(cfg: Config) -> Self {
         let hv = Libvirt::new(&cfg.uri, Duration::from_secs(cfg.libvirt_retry_s));
         let catalog = Catalog::new(cfg.templates.clone());
+        let lxc = Libvirt::new(&cfg.lxc_uri, Duration::from_secs(cfg.libvirt_retry_s.min(2)));
         Manager {
             cfg,
             hv,
+            lxc,
+            lxc_down_until: None,
+            consoles: Default::default(),
             catalog,
             vms: BTreeMap::new(),
             foreign: BTreeSet::new(),
@@ -224,10 +234,60 @@ impl Manager {
 
     /// Rebuilds the registry from libvirt (adoption after a restart, VMs that stopped on their
     /// own, domains undefined behind our back) and removes files nothing owns any more.
+    /// The connection a domain of `kind` lives on.
+    fn hv_of(&mut self, kind: VirtKind) -> &mut Libvirt {
+        if kind == VirtKind::Lxc {
+            &mut self.lxc
+        } else {
+            &mut self.hv
+        }
+    }
+
+    fn kind_of(&self, name: &str) -> VirtKind {
+        self.vms.get(name).map_or(VirtKind::Qemu, |v| v.mark.kind)
+    }
+
+    /// Whether containers may exist: the probe found the LXC driver working (or has not run yet
+    /// with lxc among its kinds), or we have one.
+    fn lxc_wanted(&self) -> bool {
+        let probed_ok = match &self.capability {
+            Some(c) => c.probes.iter().any(|p| p.kind == VirtKind::Lxc && p.ok),
+            None => self.cfg.probe.kinds.contains(&VirtKind::Lxc),
+        };
+        probed_ok
+            || self.cfg.probe.assume == Some(VirtKind::Lxc)
+            || self.vms.values().any(|v| v.mark.kind == VirtKind::Lxc)
+    }
+
+    /// The containers, or None when the LXC driver is not wanted or did not answer.
+    fn list_lxc(&mut self) -> Option<Vec<Observed>> {
+        if !self.lxc_wanted() || self.lxc_down_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        match self.lxc.with("list containers", |c: &Connect| {
+            c.list_all_domains(0)?.iter().map(observe).collect()
+        }) {
+            Ok(v) => {
+                self.lxc_down_until = None;
+                Some(v)
+            }
+            Err(e) => {
+                if self.lxc_down_until.is_none() {
+                    tracing::warn!(error = %e, "the LXC driver does not answer: containers not listed");
+                }
+                self.lxc_down_until = Some(Instant::now() + Duration::from_secs(30));
+                None
+            }
+        }
+    }
+
     pub fn refresh(&mut self) -> Result<(), VmdError> {
-        let observed: Vec<Observed> = self.hv.with("list domains", |c: &Connect| {
+        let mut observed: Vec<Observed> = self.hv.with("list domains", |c: &Connect| {
             c.list_all_domains(0)?.iter().map(observe).collect()
         })?;
+        let containers = self.list_lxc();
+        let lxc_listed = containers.is_some();
+        observed.extend(containers.unwrap_or_default());
         let mut stopped_files = BTreeMap::new();
         let mut dirs = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&self.cfg.state_dir) {
@@ -250,11 +310,32 @@ impl Manager {
             tracing::info!(vm = %name, "destroying a probe guest left by an earlier run");
             let _ = self.domain_op(name, "destroy stale probe guest", |d| d.destroy());
         }
+        // Containers unlisted (the LXC driver did not answer) are not gone: keep them and their files.
+        let unlisted = |m: &Manager, name: &str| {
+            !lxc_listed
+                && (m.kind_of(name) == VirtKind::Lxc || m.dir(name).join("rootfs").is_dir())
+        };
         for name in r.vanished.iter().chain(&r.orphan_dirs) {
+            if unlisted(self, name) {
+                continue;
+            }
             tracing::info!(vm = %name, "removing files of a VM libvirt no longer has");
             let _ = std::fs::remove_dir_all(self.dir(name));
         }
         let mut vms = r.vms;
+        if !lxc_listed {
+            for (name, vm) in &self.vms {
+                if vm.mark.kind == VirtKind::Lxc && !vms.contains_key(name) {
+                    vms.insert(name.clone(), vm.clone());
+                }
+            }
+        }
+        for (name, vm) in &vms {
+            if vm.mark.kind == VirtKind::Lxc && vm.state == VmState::Running {
+                self.consoles
+                    .follow(&self.cfg.lxc_uri, name, &self.dir(name).join(SERIAL));
+            }
+        }
         for (name, vm) in vms.iter_mut() {
             if !self.vms.contains_key(name) {
                 tracing::info!(vm = %name, state = ?vm.state, template = %vm.mark.template, "adopted");
@@ -361,7 +442,10 @@ impl Manager {
 
     pub fn probe(&mut self, refresh: bool) -> Result<Capability, VmdError> {
         if let (Some(c), false) = (&self.capability, refresh) {
-            return Ok(c.clone());
+            // Nothing worked (libvirtd still starting at boot, say): probe again, at most once a minute.
+            if c.best.is_some() || self.now().saturating_sub(c.probed_s) < 60 {
+                return Ok(c.clone());
+            }
         }
         let now = self.now();
         let cap = probe::run(&self.cfg, &mut self.hv, &mut self.catalog, now)?;
@@ -491,7 +575,7 @@ impl Manager {
             overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
         }
         let xml = domxml::domain_xml(&spec)?;
-        self.hv.with("define domain", |c: &Connect| {
+        self.hv_of(kind).with("define domain", |c: &Connect| {
             c.define_domain_xml(&xml).map(drop)
         })?;
         Ok(Vm {
@@ -510,7 +594,8 @@ impl Manager {
         what: &str,
         mut op: impl FnMut(&Domain) -> Result<(), virt::error::Error>,
     ) -> Result<(), VmdError> {
-        self.hv.with(what, |c: &Connect| {
+        let kind = self.kind_of(name);
+        self.hv_of(kind).with(what, |c: &Connect| {
             let d = c.lookup_domain_by_name(name)?;
             op(&d)
         })?;
@@ -547,6 +632,10 @@ impl Manager {
             }
         }
         tracing::info!(vm = %name, from = ?vm.state, "started");
+        if vm.mark.kind == VirtKind::Lxc {
+            self.consoles
+                .follow(&self.cfg.lxc_uri, name, &self.serial_log(name));
+        }
         Ok(self.set_state(name, VmState::Running))
     }
 
@@ -608,8 +697,9 @@ impl Manager {
                 .or_else(|_| d.shutdown())
         })?;
         let deadline = Instant::now() + Duration::from_secs(self.cfg.shutdown_timeout_s);
+        let kind = self.kind_of(name);
         while Instant::now() < deadline {
-            let active = self.hv.with("poll domain", |c: &Connect| {
+            let active = self.hv_of(kind).with("poll domain", |c: &Connect| {
                 c.lookup_domain_by_name(name)?.is_active()
             })?;
             if !active {
@@ -675,7 +765,8 @@ impl Manager {
     pub fn stats(&mut self, name: &str) -> Result<VmStats, VmdError> {
         let vm = self.ours(name)?;
         let overlay = self.dir(name).join(DISK);
-        let (info, block) = self.hv.with("domain stats", |c: &Connect| {
+        let kind = self.kind_of(name);
+        let (info, block) = self.hv_of(kind).with("domain stats", |c: &Connect| {
             let d = c.lookup_domain_by_name(name)?;
             let info = d.info()?;
             // Block info needs a running QEMU for some formats; the file answers otherwise.

@@ -59,8 +59,14 @@ pub fn unpack_rootfs(tarball: &Path, into: &Path) -> Result<(), OverlayError> {
         source,
     };
     std::fs::create_dir_all(into).map_err(spawn)?;
+    // GNU tar finds the compression itself; busybox tar (the gateway's) needs to be told.
+    let mut magic = [0u8; 2];
+    let gzip = std::fs::File::open(tarball)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b];
     let out = Command::new("tar")
-        .arg("-xpf")
+        .arg(if gzip { "-xzpf" } else { "-xpf" })
         .arg(tarball)
         .arg("-C")
         .arg(into)

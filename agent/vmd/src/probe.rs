@@ -98,6 +98,7 @@ fn probe_one(
             overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs).map_err(|e| e.to_string())?;
         }
         let xml = domxml::domain_xml(&spec).map_err(|e| e.to_string())?;
+        let start_only = cfg.probe.start_only.contains(&kind);
         let t0 = Instant::now();
         match kind {
             VirtKind::Lxc => {
@@ -110,15 +111,36 @@ fn probe_one(
                     &spec.serial_log,
                     &t.booted_marker,
                     cfg,
+                    start_only,
                 )
             }
-            _ => boot_and_watch(hv, &xml, &name, &spec.serial_log, &t.booted_marker, cfg),
+            _ => boot_and_watch(
+                hv,
+                &xml,
+                &name,
+                &spec.serial_log,
+                &t.booted_marker,
+                cfg,
+                start_only,
+            ),
         }
-        .map(|()| format!("marker after {} ms", t0.elapsed().as_millis()))
+        .map(|()| {
+            if start_only {
+                format!(
+                    "started, alive after {} ms (probe.start_only: boot not awaited)",
+                    t0.elapsed().as_millis()
+                )
+            } else {
+                format!("marker after {} ms", t0.elapsed().as_millis())
+            }
+        })
     })();
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
+
+/// How long a guest probed by starting only must stay alive.
+const START_ONLY_ALIVE_S: u64 = 5;
 
 /// Starts a transient domain (gone from libvirt once destroyed, even if we die before that) and
 /// waits for `marker` in its console log.
@@ -129,13 +151,25 @@ fn boot_and_watch(
     log: &Path,
     marker: &str,
     cfg: &Config,
+    start_only: bool,
 ) -> Result<(), String> {
     hv.with("start probe guest", |c: &Connect| {
         c.lookup_domain_by_name(name).map(|d| d.destroy()).ok();
         c.create_domain_xml(xml, 0).map(drop)
     })
     .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(cfg.probe.timeout_s);
+    if hv.uri() == cfg.lxc_uri {
+        // A container's console is a PTY: copy it to the log the marker is looked for in.
+        crate::console::Followers::default().follow(&cfg.lxc_uri, name, log);
+    }
+    // Started only: alive this long counts (a guest that dies at once, or a QEMU that cannot run
+    // the machine, still fails).
+    let wait = if start_only {
+        Duration::from_secs(cfg.probe.timeout_s.min(START_ONLY_ALIVE_S))
+    } else {
+        Duration::from_secs(cfg.probe.timeout_s)
+    };
+    let deadline = Instant::now() + wait;
     let mut seen = false;
     let mut alive = true;
     while Instant::now() < deadline {
@@ -159,6 +193,7 @@ fn boot_and_watch(
     });
     match (seen, alive) {
         (true, _) => Ok(()),
+        (false, true) if start_only => Ok(()),
         (false, false) => Err("the guest stopped before printing its booted marker".into()),
         (false, true) => Err(format!(
             "no booted marker within {} s (a hung guest)",

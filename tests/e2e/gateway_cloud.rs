@@ -1,0 +1,284 @@
+//! The gateway hosts the local cloud itself: the qemu-virt image (armhf, booted under QEMU TCG),
+//! given only a provisioned `agent.toml` and its instance keys, runs a container for a signed VM
+//! request from the host with its own libvirtd (LXC driver) and betaas-vmd, and releases,
+//! resumes, restarts and adopts it; then the same with the emulated `tiny-vm` (QEMU TCG inside
+//! QEMU TCG). Nothing is faked: the image's libvirtd, vmd, agent and a real mosquitto on the host.
+//! What happens inside the gateway is read through its serial console (a root shell on getty).
+//!
+//!   make image BOARD=qemu-virt && cargo test -p betaas-e2e --test gateway_cloud -- --ignored --nocapture
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use betaas_e2e::{bin, Mosquitto, Qemu, Subscriber, VmClient};
+use serde_json::Value;
+
+const BOOTED: &str = "BETAAS-TINY-BOOTED";
+
+fn cli(args: &[&str]) {
+    let st = Command::new(bin("betaas-agent"))
+        .args(args)
+        .status()
+        .expect("betaas-agent");
+    assert!(st.success(), "betaas-agent {args:?}");
+}
+
+fn agent_toml(gw: &str, port: u16) -> String {
+    // Room for exactly one 128 MiB guest: a second one is refused, never over-committed.
+    format!(
+        "gateway_id = \"{gw}\"\ndata_dir = \"/var/lib/betaas\"\n\
+         [mqtt]\nhost = \"10.0.2.2\"\nport = {port}\nkeep_alive_secs = 5\n[health]\ninterval_secs = 1\n\
+         [instance]\nname = \"edge\"\nkeys = \"/boot/betaas/instance\"\nheartbeat_ms = 500\ntimeout_ms = 6000\n\
+         deploy_timeout_ms = 600000\nvirt = \"lxc\"\nvmd_socket = \"/run/betaas/vmd.sock\"\n\
+         capacity = {{ cpus = 1, mem_mb = 192, disk_gb = 4 }}\n\
+         [[instance.templates]]\nname = \"tiny\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n\
+         [[instance.templates]]\nname = \"tiny-vm\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n"
+    )
+}
+
+fn health(sub: &mut Subscriber, gw: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let topic = format!("betaas/{gw}/health");
+    sub.wait_for(what, Duration::from_secs(600), |t, p| {
+        (t == topic)
+            .then(|| serde_json::from_str::<Value>(p).ok())
+            .flatten()
+            .map(|h| h["instance"].clone())
+            .filter(|i| f(i))
+    })
+}
+
+/// Waits until `needle` appears in the guest's console log on the gateway (at least `count` times).
+fn wait_marker(vm: &mut Qemu, name: &str, needle: &str, count: usize, timeout: Duration) {
+    let log = format!("/var/lib/betaas/vms/{name}/serial.log");
+    let end = Instant::now() + timeout;
+    loop {
+        let (out, _) = vm.shell(
+            &format!("grep -c '{needle}' {log} 2>/dev/null"),
+            Duration::from_secs(60),
+        );
+        let n: usize = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        if n >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{needle} ×{count} not in {log} after {timeout:?} (seen {n})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn used_cpus(i: &Value) -> Option<u64> {
+    i["used"]["cpus"].as_u64()
+}
+
+fn vm0<'a>(i: &'a Value) -> &'a Value {
+    &i["vm_stats"][0]
+}
+
+/// The boot partition's betaas/ (agent.toml, instance keys); returns the instance key.
+fn provision(dir: &Path, gw: &str, port: u16) -> PathBuf {
+    let keys = dir.join("keys");
+    cli(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    let prov = dir.join("provision");
+    cli(&[
+        "instance",
+        "admit",
+        "--instance-key",
+        keys.join("instance.key").to_str().expect("utf8"),
+        "--gateway",
+        gw,
+        "--out",
+        prov.join("instance").to_str().expect("utf8"),
+    ]);
+    std::fs::write(prov.join("agent.toml"), agent_toml(gw, port)).expect("agent.toml");
+    keys.join("instance.key")
+}
+
+#[test]
+#[ignore = "boots the qemu-virt image (libvirt, vmd, containers, nested QEMU): make test-e2e"]
+fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_vms() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let gw = format!("edge-{}", fastrand::u32(..100_000));
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe(&format!("betaas/{gw}/health"));
+    let key = provision(r, &gw, broker.port);
+    let ops = VmClient::admit(&key, "edge", "ops", &r.join("ops"), &broker);
+
+    let booted = Instant::now();
+    let prov = r.join("provision");
+    let mut vm = Qemu::boot_env(
+        "qemu-virt",
+        &agent_toml(&gw, broker.port),
+        &[("PROVISION", prov.to_str().expect("utf8"))],
+    );
+    // vmd probed (a container and an emulated guest really started on the gateway) and the agent
+    // read its list: nothing running, nothing used.
+    let i = health(&mut sub, &gw, "the gateway's VM manager ready", |i| {
+        i["synced"] == true && used_cpus(i) == Some(0)
+    });
+    let ready = booted.elapsed();
+    eprintln!("FIGURES qemu-virt boot → vmd probed and the agent synced: {:.1} s", ready.as_secs_f64());
+    eprintln!("instance at ready: {i}");
+    let (probe, _) = vm.shell(
+        "logread | grep -E 'betaas-vmd.*(probe|capability)' | tail -n 5",
+        Duration::from_secs(30),
+    );
+    eprintln!("vmd's probe on the gateway:\n{probe}");
+    let (rss, _) = vm.shell(
+        "for p in $(pidof betaas-vmd libvirtd); do echo $(cat /proc/$p/comm) $(grep VmRSS /proc/$p/status); done; \
+         grep -E 'MemTotal|MemAvailable' /proc/meminfo; df -k /var/lib/betaas | tail -n 1",
+        Duration::from_secs(30),
+    );
+    eprintln!("FIGURES on the gateway at rest (no guest):\n{rss}");
+
+    // 1. A request from the host: placed on this gateway, started as a container.
+    let t0 = Instant::now();
+    let r1 = ops.request(&gw, "r1", "tiny", 600);
+    let r1_reply = t0.elapsed();
+    assert_eq!(
+        (r1["decision"].as_str(), r1["host"].as_str(), r1["resumed"].as_bool()),
+        (Some("local"), Some(gw.as_str()), Some(false)),
+        "{r1}"
+    );
+    let name = r1["vm"].as_str().expect("vm name").to_owned();
+    wait_marker(&mut vm, &name, BOOTED, 1, Duration::from_secs(120));
+    let cold = t0.elapsed();
+    let i = health(&mut sub, &gw, "the container running, its share used", |i| {
+        used_cpus(i) == Some(1) && vm0(i)["name"] == name.as_str() && vm0(i)["state"] == "running"
+    });
+    eprintln!("after the first request: {}", i["vm_stats"]);
+    let (virsh, _) = vm.shell("virsh -c lxc:///system list --all", Duration::from_secs(60));
+    assert!(virsh.contains(&name), "{name} is an LXC domain: {virsh}");
+
+    // 2. Released: the container stopped, the reservation given back.
+    let (rel, code) = ops.run("release", &gw, "rel1", &["--vm", &name], 300);
+    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    health(&mut sub, &gw, "the reservation given back", |i| {
+        used_cpus(i) == Some(0) && i["vms"] == 0
+    });
+
+    // 3. Requested again: the same container started again (resumed), faster than the first time.
+    let t1 = Instant::now();
+    let r2 = ops.request(&gw, "r2", "tiny", 600);
+    let r2_reply = t1.elapsed();
+    assert_eq!(
+        (r2["decision"].as_str(), r2["vm"].as_str(), r2["resumed"].as_bool()),
+        (Some("local"), Some(name.as_str()), Some(true)),
+        "{r2}"
+    );
+    wait_marker(&mut vm, &name, BOOTED, 2, Duration::from_secs(120));
+    let resumed = t1.elapsed();
+    eprintln!(
+        "FIGURES container on the gateway: request→result cold {:.2} s, resumed {:.2} s; \
+         request→boot marker seen cold {:.2} s, resumed {:.2} s",
+        r1_reply.as_secs_f64(),
+        r2_reply.as_secs_f64(),
+        cold.as_secs_f64(),
+        resumed.as_secs_f64()
+    );
+    let before = health(&mut sub, &gw, "the share used again", |i| {
+        used_cpus(i) == Some(1) && i["vms"] == 1 && vm0(i)["state"] == "running"
+    });
+
+    // 4. The container's init killed from inside the gateway: vmd restarts it within its budget.
+    let (out, rc) = vm.shell(
+        "kill -9 $(pgrep -P $(pidof libvirt_lxc))",
+        Duration::from_secs(30),
+    );
+    assert_eq!(rc, 0, "kill the container's init: {out}");
+    let t2 = Instant::now();
+    wait_marker(&mut vm, &name, BOOTED, 3, Duration::from_secs(120));
+    let i = health(&mut sub, &gw, "the restart in vm_stats", |i| {
+        vm0(i)["restarts"] == 1 && vm0(i)["state"] == "running" && vm0(i)["failed"] == false
+    });
+    eprintln!("container init killed → running again after {:.1} s", t2.elapsed().as_secs_f64());
+    assert_eq!(used_cpus(&i), Some(1), "a restart keeps its share: {i}");
+
+    // 5. The agent restarted (init respawns it): the same container adopted, the same share used,
+    // and the room it takes not offered again.
+    let (_, rc) = vm.shell("killall betaas-agent", Duration::from_secs(30));
+    assert_eq!(rc, 0);
+    let after = health(&mut sub, &gw, "the restarted agent's rebuilt reservations", |i| {
+        i["synced"] == true && vm0(i)["name"] == name.as_str() && vm0(i)["held"] == true
+    });
+    assert_eq!(after["used"], before["used"], "{after}");
+    let r3 = ops.request(&gw, "r3", "tiny-vm", 120);
+    assert_eq!(r3["decision"], "cancel", "no room for a second guest: {r3}");
+
+    // 6. Released for good; then the emulated VM (QEMU TCG on the gateway, itself emulated here):
+    // placed, started, saved on release and resumed on the next request. Its boot inside two
+    // layers of emulation takes many minutes: `nested_tcg_vm_boots_on_the_gateway` waits for it.
+    let (rel, code) = ops.run("release", &gw, "rel2", &["--vm", &name], 300);
+    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    let t3 = Instant::now();
+    let r4 = ops.request(&gw, "r4", "tiny-vm", 600);
+    let tcg_start = t3.elapsed();
+    assert_eq!(
+        (r4["decision"].as_str(), r4["host"].as_str(), r4["resumed"].as_bool()),
+        (Some("local"), Some(gw.as_str()), Some(false)),
+        "{r4}"
+    );
+    let vm_name = r4["vm"].as_str().expect("vm name").to_owned();
+    let (virsh, _) = vm.shell("virsh -c qemu:///system list --all", Duration::from_secs(120));
+    assert!(
+        virsh.lines().any(|l| l.contains(&vm_name) && l.contains("running")),
+        "{vm_name} is a running QEMU domain: {virsh}"
+    );
+    health(&mut sub, &gw, "the emulated VM running", |i| {
+        vm0(i)["name"] == vm_name.as_str() && vm0(i)["state"] == "running"
+    });
+    let t4 = Instant::now();
+    let (rel, code) = ops.run("release", &gw, "rel3", &["--vm", &vm_name], 600);
+    let tcg_save = t4.elapsed();
+    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    let t5 = Instant::now();
+    let r5 = ops.request(&gw, "r5", "tiny-vm", 600);
+    let tcg_resume = t5.elapsed();
+    assert_eq!(
+        (r5["vm"].as_str(), r5["resumed"].as_bool()),
+        (Some(vm_name.as_str()), Some(true)),
+        "{r5}"
+    );
+    eprintln!(
+        "FIGURES emulated VM on the (emulated) gateway: request→result (QEMU started) {:.1} s, \
+         release (managed save) {:.1} s, request→resumed result {:.1} s",
+        tcg_start.as_secs_f64(),
+        tcg_save.as_secs_f64(),
+        tcg_resume.as_secs_f64()
+    );
+}
+
+/// The emulated `tiny-vm` boots to its marker on the emulated gateway: QEMU TCG inside QEMU TCG.
+/// Seen: many minutes on a 2-core host, beyond what `make test` can spend; `make test-e2e` skips
+/// it (`--skip nested_tcg`), run it by hand:
+///   cargo test -p betaas-e2e --test gateway_cloud nested_tcg -- --ignored --nocapture
+#[test]
+#[ignore = "nested emulation, many minutes: run by hand (make test-e2e skips it)"]
+fn nested_tcg_vm_boots_on_the_gateway() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let gw = format!("edge-{}", fastrand::u32(..100_000));
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe(&format!("betaas/{gw}/health"));
+    let key = provision(r, &gw, broker.port);
+    let ops = VmClient::admit(&key, "edge", "ops", &r.join("ops"), &broker);
+    let prov = r.join("provision");
+    let mut vm = Qemu::boot_env(
+        "qemu-virt",
+        &agent_toml(&gw, broker.port),
+        &[("PROVISION", prov.to_str().expect("utf8"))],
+    );
+    health(&mut sub, &gw, "the gateway's VM manager ready", |i| i["synced"] == true);
+    let t0 = Instant::now();
+    let r1 = ops.request(&gw, "r1", "tiny-vm", 600);
+    assert_eq!(r1["decision"], "local", "{r1}");
+    let name = r1["vm"].as_str().expect("vm name").to_owned();
+    wait_marker(&mut vm, &name, BOOTED, 1, Duration::from_secs(3600));
+    eprintln!(
+        "FIGURES nested TCG: request → tiny-vm's boot marker on the emulated gateway {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
