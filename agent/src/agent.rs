@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     };
 
     let topics = Topics::new(&config);
-    let (client, eventloop) = match mqtt::connect(&config, &topics) {
+    let (client, eventloop, nodes) = match mqtt::connect(&config, &topics) {
         Ok(c) => c,
         Err(e) => {
             error!("mqtt: {e}");
@@ -102,7 +102,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     let session = Session::new(client);
     info!(
         gateway = %config.gateway_id,
-        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        broker = %config.mqtt.nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         things = config.things.len(),
         "starting"
     );
@@ -159,6 +159,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     tokio::spawn(session::drive(
         session.clone(),
         eventloop,
+        nodes,
         subscriptions,
         session::Channels {
             incoming: incoming_tx,

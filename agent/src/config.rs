@@ -386,9 +386,26 @@ impl TryFrom<i64> for Count {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mqtt {
+    /// One broker: `host` with `port` (1883). Either this or `hosts`.
+    #[serde(rename = "host", default)]
+    host_key: Option<String>,
+    #[serde(rename = "port", default)]
+    port_key: Option<u16>,
+    /// Several nodes of one (clustered) broker, `"host:port"` each, tried in order: the agent
+    /// connects to the first that answers and moves to the next when its node fails.
+    #[serde(rename = "hosts", default)]
+    hosts_key: Option<Vec<Node>>,
+    /// The first node (the only one with `host`/`port`); filled in by [`Config::parse`].
+    #[serde(skip)]
     pub host: String,
-    #[serde(default = "default_port")]
+    #[serde(skip)]
     pub port: u16,
+    /// Every node, in the order tried; never empty after [`Config::parse`].
+    #[serde(skip)]
+    pub nodes: Vec<Node>,
+    /// A node that has not completed TCP, TLS and CONNECT/CONNACK in this long is skipped.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: Seconds,
     /// The first level of every topic.
     #[serde(default = "default_prefix")]
     pub prefix: TopicLevel,
@@ -403,6 +420,65 @@ pub struct Mqtt {
     /// The password on one line (a trailing newline is ignored); refused when group or others
     /// may read it (see [`read_password_file`]).
     pub password_file: Option<PathBuf>,
+}
+
+/// One broker node, `host:port` (`[v6addr]:port`; the port defaults to 1883).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+}
+
+impl TryFrom<String> for Node {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        let bad = |why: &str| format!("{v:?}: {why}; expected \"host:port\", e.g. \"node-a:1883\"");
+        let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            match after {
+                "" => (h, None),
+                p => (
+                    h,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+                ),
+            }
+        } else {
+            match v.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => return Err(bad("an IPv6 address goes in [ ]")),
+                Some((h, p)) => (h, Some(p)),
+                None => (v.as_str(), None),
+            }
+        };
+        if host.is_empty()
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(bad("no host name"));
+        }
+        let port = match port {
+            None => default_port(),
+            Some(p) => match p.parse::<u16>() {
+                Ok(n @ 1..) => n,
+                _ => return Err(bad("the port must be 1..=65535")),
+            },
+        };
+        Ok(Node {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// PEM files, normally under `/etc/betaas/credentials/`. A private key readable by group or others
@@ -777,6 +853,9 @@ fn default_log_level() -> LogLevel {
 fn default_port() -> u16 {
     1883
 }
+fn default_connect_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
 fn default_prefix() -> TopicLevel {
     TopicLevel("betaas".into())
 }
@@ -803,6 +882,42 @@ fn default_scale() -> f64 {
 }
 fn default_interval() -> Millis {
     Millis(Duration::from_secs(5))
+}
+
+impl Mqtt {
+    /// `host`/`port` (one broker) or `hosts` (its nodes), never both.
+    fn resolve_nodes(&self, path: &Path, text: &str) -> Result<Vec<Node>, ConfigError> {
+        let err = |key: &str, message: &str| ConfigError {
+            file: path.to_owned(),
+            line: key_line(text, "mqtt", 0, key),
+            field: format!("mqtt.{key}"),
+            message: message.to_owned(),
+        };
+        match (&self.host_key, &self.hosts_key) {
+            (Some(_), Some(_)) => Err(err(
+                "hosts",
+                "give `host` (with `port`: one broker) or `hosts` (\"host:port\" of each node), not both",
+            )),
+            (None, Some(_)) if self.port_key.is_some() => Err(err(
+                "port",
+                "`port` goes with `host`; with `hosts` give each node as \"host:port\"",
+            )),
+            (None, Some(h)) if h.is_empty() => Err(err("hosts", "the list is empty: name at least one node")),
+            (None, Some(h)) if h.len() > 64 => Err(err("hosts", "at most 64 nodes")),
+            (None, Some(h)) => Ok(h.clone()),
+            (Some(host), None) if host.trim().is_empty() => Err(err("host", "an empty host name")),
+            (Some(host), None) => Ok(vec![Node {
+                host: host.clone(),
+                port: self.port_key.unwrap_or_else(default_port),
+            }]),
+            (None, None) => Err(ConfigError {
+                file: path.to_owned(),
+                line: text.lines().position(|l| l.trim() == "[mqtt]").map_or(0, |i| i + 1),
+                field: "mqtt".into(),
+                message: "missing field `host` (one broker) or `hosts` (the nodes of a clustered broker)".into(),
+            }),
+        }
+    }
 }
 
 /// A config error with its place in the file.
@@ -832,6 +947,10 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        let mut config = config;
+        config.mqtt.nodes = config.mqtt.resolve_nodes(path, text)?;
+        config.mqtt.host = config.mqtt.nodes[0].host.clone();
+        config.mqtt.port = config.mqtt.nodes[0].port;
         config.check(path, text)?;
         Ok(config)
     }
@@ -1016,6 +1135,55 @@ device = "/dev/i2c-0"
         let e = err("gateway_id = \"g\"\n[mqtt]\nport = 1\n");
         assert_eq!(e.field, "mqtt");
         assert!(e.message.contains("missing field `host`"), "{}", e.message);
+    }
+
+    #[test]
+    fn hosts_lists_the_nodes_of_a_clustered_broker() {
+        let c = Config::parse(
+            Path::new("a.toml"),
+            &GOOD.replace(
+                "host = \"10.0.2.2\"",
+                "hosts = [\"node-a:1884\", \"10.0.0.2\", \"[fd00::3]:8883\"]\nconnect_timeout_secs = 2",
+            ),
+        )
+        .unwrap();
+        let nodes: Vec<String> = c.mqtt.nodes.iter().map(ToString::to_string).collect();
+        assert_eq!(nodes, ["node-a:1884", "10.0.0.2:1883", "[fd00::3]:8883"]);
+        assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("node-a", 1884));
+        assert_eq!(c.mqtt.connect_timeout_secs.0, Duration::from_secs(2));
+        // The one-host form is one node, with the default timeout.
+        let c = Config::parse(Path::new("a.toml"), GOOD).unwrap();
+        assert_eq!(
+            c.mqtt.nodes,
+            [Node {
+                host: "10.0.2.2".into(),
+                port: 1883
+            }]
+        );
+        assert_eq!(c.mqtt.connect_timeout_secs.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn host_and_hosts_together_or_bad_nodes_are_named() {
+        let e = err(&GOOD.replace(
+            "host = \"10.0.2.2\"",
+            "host = \"10.0.2.2\"\nhosts = [\"a:1883\"]",
+        ));
+        assert_eq!((e.line, e.field.as_str()), (6, "mqtt.hosts"));
+        assert!(e.message.contains("not both"), "{}", e.message);
+        let e = err(&GOOD.replace("host = \"10.0.2.2\"", "hosts = [\"a:1883\"]\nport = 1884"));
+        assert_eq!((e.line, e.field.as_str()), (6, "mqtt.port"));
+        let e = err(&GOOD.replace("host = \"10.0.2.2\"", "hosts = []"));
+        assert_eq!((e.line, e.field.as_str()), (5, "mqtt.hosts"));
+        for bad in ["a:0", "a:x", ":1883", "fd00::1:1883", "[fd00::1"] {
+            let e = err(&GOOD.replace(
+                "host = \"10.0.2.2\"",
+                &format!("hosts = [\"ok:1\", \"{bad}\"]"),
+            ));
+            assert_eq!(e.line, 5, "{bad}: {e}");
+            assert!(e.field.starts_with("mqtt.hosts"), "{bad}: {e}");
+            assert!(e.message.contains("host:port"), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

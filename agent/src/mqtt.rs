@@ -73,36 +73,199 @@ fn tls_transport(tls: &crate::config::Tls) -> Result<Transport, String> {
     }))
 }
 
-pub fn connect(config: &Config, topics: &Topics) -> Result<(AsyncClient, EventLoop), String> {
+/// The broker's nodes as the event loop connects to them: one set of options per node, the same
+/// client id, last will, credentials and TLS settings (the CA checks each node's own name).
+pub struct Nodes {
+    options: Vec<MqttOptions>,
+}
+
+impl Nodes {
+    /// Options of each node, in the order tried (what [`connect`] builds from the config).
+    pub fn new(options: Vec<MqttOptions>) -> Nodes {
+        Nodes { options }
+    }
+    pub fn len(&self) -> usize {
+        self.options.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.options.is_empty()
+    }
+    /// Points the event loop at node `i`: its next connect goes there.
+    pub fn select(&self, eventloop: &mut EventLoop, i: usize) {
+        if let Some(o) = self.options.get(i) {
+            eventloop.mqtt_options = o.clone();
+        }
+    }
+}
+
+/// The client, its event loop (pointed at the first node) and every node's options.
+pub fn connect(
+    config: &Config,
+    topics: &Topics,
+) -> Result<(AsyncClient, EventLoop, Nodes), String> {
     let client_id = config
         .mqtt
         .client_id
         .clone()
         .unwrap_or_else(|| format!("betaas-{}", config.gateway_id));
-    let mut opts = MqttOptions::new(client_id, config.mqtt.host.clone(), config.mqtt.port);
-    opts.set_keep_alive(config.mqtt.keep_alive_secs.0);
-    opts.set_last_will(LastWill::new(
-        topics.availability(),
-        OFFLINE,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(tls) = &config.mqtt.tls {
-        opts.set_transport(tls_transport(tls)?);
-    }
+    let transport = match &config.mqtt.tls {
+        Some(tls) => Some(tls_transport(tls)?),
+        None => None,
+    };
     // A broker with a user per gateway (the instance's broker); the config checks they go together.
-    if let (Some(user), Some(file)) = (&config.mqtt.username, &config.mqtt.password_file) {
-        opts.set_credentials(user.clone(), crate::config::read_password_file(file)?);
-    }
-    // Incoming payloads above this are refused by rumqttc (and the connection reset); MQTT things'
-    // payloads are capped lower, at things::payload::MAX_PAYLOAD, with a clear error.
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    Ok(AsyncClient::new(opts, REQUEST_QUEUE))
+    let credentials = match (&config.mqtt.username, &config.mqtt.password_file) {
+        (Some(user), Some(file)) => Some((user.clone(), crate::config::read_password_file(file)?)),
+        _ => None,
+    };
+    let options: Vec<MqttOptions> = config
+        .mqtt
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut opts = MqttOptions::new(client_id.clone(), node.host.clone(), node.port);
+            opts.set_keep_alive(config.mqtt.keep_alive_secs.0);
+            opts.set_last_will(LastWill::new(
+                topics.availability(),
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+            if let Some(t) = &transport {
+                opts.set_transport(t.clone());
+            }
+            if let Some((user, password)) = &credentials {
+                opts.set_credentials(user.clone(), password.clone());
+            }
+            // Incoming payloads above this are refused by rumqttc (and the connection reset); MQTT
+            // things' payloads are capped lower, at things::payload::MAX_PAYLOAD, with a clear error.
+            opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+            opts
+        })
+        .collect();
+    let first = options
+        .first()
+        .cloned()
+        .ok_or("no broker node configured")?;
+    let (client, mut eventloop) = AsyncClient::new(first, REQUEST_QUEUE);
+    // TCP, TLS and CONNECT/CONNACK together: a node that accepts TCP and never answers is left
+    // after this long.
+    eventloop
+        .network_options
+        .set_connection_timeout(config.mqtt.connect_timeout_secs.0.as_secs());
+    Ok((client, eventloop, Nodes { options }))
 }
 
 pub fn broker(eventloop: &EventLoop) -> String {
     let (host, port) = eventloop.mqtt_options.broker_address();
-    format!("{host}:{port}")
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Which node to connect to next and how long to wait first: the nodes are tried in turn, from
+/// the one after the node that failed; a round over all of them without a connection waits the
+/// next [`Backoff`] delay. With one node this is the plain reconnect backoff.
+pub struct Rotation {
+    nodes: usize,
+    current: usize,
+    /// Failures since the last connection, within the current round.
+    tried: usize,
+    backoff: Backoff,
+}
+
+impl Rotation {
+    pub fn new(nodes: usize) -> Rotation {
+        Rotation {
+            nodes: nodes.max(1),
+            current: 0,
+            tried: 0,
+            backoff: Backoff::default(),
+        }
+    }
+
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The current node answered (CONNACK).
+    pub fn connected(&mut self) {
+        self.tried = 0;
+        self.backoff.reset();
+    }
+
+    /// The current node failed (a connect attempt, or an established connection): the node to
+    /// try next, after the returned delay.
+    pub fn failed(&mut self) -> (usize, Duration) {
+        self.current = (self.current + 1) % self.nodes;
+        self.tried += 1;
+        if self.tried >= self.nodes {
+            self.tried = 0;
+            (self.current, self.backoff.next())
+        } else {
+            (self.current, Duration::ZERO)
+        }
+    }
+}
+
+/// What to log about failed connect attempts: the first of an outage at once, then a summary at
+/// most once per [`FailLog::EVERY`] with how many attempts failed, so minutes of failures leave
+/// a trace without flooding the log.
+#[derive(Default)]
+pub struct FailLog {
+    /// When the current outage started (the first failure since the last connection).
+    since: Option<std::time::Instant>,
+    last_line: Option<std::time::Instant>,
+    /// Failures not yet reported in a line.
+    unreported: u64,
+    /// Failures in the current outage.
+    total: u64,
+}
+
+/// A line to log about connect failures.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FailLine {
+    /// The first failure of an outage.
+    First,
+    /// `failed` attempts since the last line, `total` over `secs` seconds of outage.
+    Summary { failed: u64, total: u64, secs: u64 },
+}
+
+impl FailLog {
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    /// One more failed attempt at `now`: the line to log, if any.
+    pub fn failed(&mut self, now: std::time::Instant) -> Option<FailLine> {
+        self.total += 1;
+        let since = *self.since.get_or_insert(now);
+        match self.last_line {
+            None => {
+                self.last_line = Some(now);
+                Some(FailLine::First)
+            }
+            Some(at) if now.duration_since(at) >= Self::EVERY => {
+                self.last_line = Some(now);
+                let failed = std::mem::take(&mut self.unreported) + 1;
+                Some(FailLine::Summary {
+                    failed,
+                    total: self.total,
+                    secs: now.duration_since(since).as_secs(),
+                })
+            }
+            Some(_) => {
+                self.unreported += 1;
+                None
+            }
+        }
+    }
+
+    /// Connected at `now`: the failed attempts and the length of the outage that ended, if any.
+    pub fn connected(&mut self, now: std::time::Instant) -> Option<(u64, Duration)> {
+        let ended = self.since.map(|s| (self.total, now.duration_since(s)));
+        *self = FailLog::default();
+        ended
+    }
 }
 
 /// Reconnect delays: 1 s doubling to 30 s, each with jitter so a fleet of gateways does not
@@ -153,5 +316,66 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn one_node_waits_the_backoff_after_every_failure() {
+        let mut r = Rotation::new(1);
+        let (n, d) = r.failed();
+        assert_eq!(n, 0);
+        assert!(d >= Duration::from_millis(750), "{d:?}");
+        let (_, d) = r.failed();
+        assert!(d >= Duration::from_millis(1500), "{d:?}");
+        r.connected();
+        assert!(r.failed().1 <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn nodes_are_tried_in_turn_with_a_backoff_per_round() {
+        let mut r = Rotation::new(3);
+        assert_eq!(r.current(), 0);
+        // Node 0 fails: 1 and 2 at once, then a wait before the next round starts at 0.
+        assert_eq!(r.failed(), (1, Duration::ZERO));
+        assert_eq!(r.failed(), (2, Duration::ZERO));
+        let (n, d) = r.failed();
+        assert_eq!(n, 0);
+        assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1250));
+        assert_eq!(r.failed(), (1, Duration::ZERO));
+        assert_eq!(r.failed(), (2, Duration::ZERO));
+        let (n, d) = r.failed();
+        assert_eq!(n, 0);
+        assert!(
+            d >= Duration::from_millis(1500),
+            "the backoff grows per round: {d:?}"
+        );
+        // Connected to 0, which later drops: straight on to 1, and the backoff starts over.
+        r.connected();
+        assert_eq!(r.failed(), (1, Duration::ZERO));
+        assert_eq!(r.failed(), (2, Duration::ZERO));
+        assert!(r.failed().1 <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn connect_failures_are_logged_first_then_once_a_minute_with_a_count() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut l = FailLog::default();
+        assert_eq!(l.failed(at(0)), Some(FailLine::First));
+        for s in 1..60 {
+            assert_eq!(l.failed(at(s)), None, "at {s} s");
+        }
+        let summary = |failed, total, secs| {
+            Some(FailLine::Summary {
+                failed,
+                total,
+                secs,
+            })
+        };
+        assert_eq!(l.failed(at(60)), summary(60, 61, 60));
+        assert_eq!(l.failed(at(100)), None);
+        assert_eq!(l.failed(at(125)), summary(2, 63, 125));
+        assert_eq!(l.connected(at(130)), Some((63, Duration::from_secs(130))));
+        assert_eq!(l.connected(at(131)), None);
+        assert_eq!(l.failed(at(200)), Some(FailLine::First), "a new outage");
     }
 }

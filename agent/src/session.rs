@@ -69,6 +69,12 @@ struct Inner {
     incoming_dropped: AtomicU64,
     /// Connections reset by a message over the packet size limit.
     oversized: AtomicU64,
+    /// The broker node of the current connection (`host:port`), None while disconnected.
+    node: Mutex<Option<String>>,
+    /// Connections to a node other than the one connected before.
+    failovers: AtomicU64,
+    /// Connect attempts (and established connections) that failed.
+    connect_failures: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +105,9 @@ impl Session {
             events_dropped: AtomicU64::new(0),
             incoming_dropped: AtomicU64::new(0),
             oversized: AtomicU64::new(0),
+            node: Mutex::new(None),
+            failovers: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
         }))
     }
 
@@ -254,6 +263,9 @@ impl Session {
             "events_dropped": self.0.events_dropped.load(Ordering::Relaxed),
             "incoming_dropped": self.0.incoming_dropped.load(Ordering::Relaxed),
             "oversized": self.0.oversized.load(Ordering::Relaxed),
+            "node": *lock(&self.0.node),
+            "failovers": self.0.failovers.load(Ordering::Relaxed),
+            "connect_failures": self.0.connect_failures.load(Ordering::Relaxed),
         })
     }
 
@@ -276,17 +288,21 @@ enum Subs {
     },
 }
 
-/// Drives the connection forever: reconnects with backoff, subscribes and waits for SUBACKs,
-/// maps packet ids to journal records and hands PUBACKs and incoming messages on.
+/// Drives the connection forever: connects to the broker's nodes in turn (the next one when the
+/// current one fails or does not complete CONNECT in time, a backoff per round over all of them),
+/// subscribes and waits for SUBACKs, maps packet ids to journal records and hands PUBACKs and
+/// incoming messages on.
 pub async fn drive(
     session: Session,
     mut eventloop: EventLoop,
+    nodes: mqtt::Nodes,
     filters: Vec<String>,
     out: Channels,
 ) {
-    let mut backoff = Backoff::default();
+    let mut rotation = mqtt::Rotation::new(nodes.len());
+    let mut fail_log = mqtt::FailLog::default();
     let mut sub_backoff = Backoff::default();
-    let mut last_error: Option<String> = None;
+    let mut last_node: Option<String> = None;
     let mut connected_once = false;
     let mut subs = Subs::Done;
     let s = &session.0;
@@ -312,13 +328,26 @@ pub async fn drive(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!(broker = %mqtt::broker(&eventloop), "connected");
+                let node = mqtt::broker(&eventloop);
+                match fail_log.connected(std::time::Instant::now()) {
+                    Some((failed, outage)) => info!(
+                        broker = %node,
+                        "connected after {failed} failed attempts over {:.1} s",
+                        outage.as_secs_f64()
+                    ),
+                    None => info!(broker = %node, "connected"),
+                }
                 if connected_once {
                     s.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
+                if last_node.as_ref().is_some_and(|n| *n != node) {
+                    s.failovers.fetch_add(1, Ordering::Relaxed);
+                    info!(broker = %node, from = ?last_node, "failed over to another node");
+                }
+                *lock(&s.node) = Some(node.clone());
+                last_node = Some(node);
                 connected_once = true;
-                last_error = None;
-                backoff.reset();
+                rotation.connected();
                 sub_backoff.reset();
                 s.connected.store(true, Ordering::Relaxed);
                 s.progress.notify_one();
@@ -393,7 +422,9 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
-                s.connected.store(false, Ordering::Relaxed);
+                let was_connected = s.connected.swap(false, Ordering::Relaxed);
+                *lock(&s.node) = None;
+                s.connect_failures.fetch_add(1, Ordering::Relaxed);
                 subs = Subs::Done;
                 if let ConnectionError::MqttState(StateError::Deserialization(
                     rumqttc::Error::PayloadSizeLimitExceeded(n),
@@ -410,14 +441,33 @@ pub async fn drive(
                         mqtt::MAX_PACKET
                     );
                 }
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!(broker = %mqtt::broker(&eventloop), "mqtt connection: {msg}; retrying");
-                    last_error = Some(msg);
+                let failed = mqtt::broker(&eventloop);
+                let (next, wait) = rotation.failed();
+                nodes.select(&mut eventloop, next);
+                let then = mqtt::broker(&eventloop);
+                let what = if was_connected {
+                    "connection lost"
                 } else {
-                    debug!(broker = %mqtt::broker(&eventloop), "mqtt connection: {msg}; retrying");
+                    "cannot connect"
+                };
+                match fail_log.failed(std::time::Instant::now()) {
+                    Some(mqtt::FailLine::First) => warn!(
+                        broker = %failed,
+                        "mqtt {what}: {e}; next: {then} in {:.1} s",
+                        wait.as_secs_f64()
+                    ),
+                    Some(mqtt::FailLine::Summary {
+                        failed: n,
+                        total,
+                        secs,
+                    }) => warn!(
+                        broker = %failed,
+                        "mqtt still not connected after {secs} s: {n} more failed attempts \
+                         ({total} in all), the last: {e}; next: {then}"
+                    ),
+                    None => debug!(broker = %failed, "mqtt {what}: {e}; next: {then}"),
                 }
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -134,12 +134,13 @@ fn run(items: &[Item], ack_order: &[usize]) -> Vec<Option<u64>> {
     let seen = rt.block_on(async move {
         let mut opts = MqttOptions::new("bookkeeping", "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
-        let (client, eventloop) = AsyncClient::new(opts, 64);
+        let (client, eventloop) = AsyncClient::new(opts.clone(), 64);
         let session = Session::new(client);
         let mut connects = session.connects();
         tokio::spawn(session::drive(
             session.clone(),
             eventloop,
+            betaas_agent::mqtt::Nodes::new(vec![opts]),
             Vec::new(),
             Channels {
                 incoming: incoming_tx,
