@@ -26,7 +26,7 @@ ST=$OUT/staging
 # With virtualization the rootfs holds libvirt, QEMU and the templates, and the data partition the
 # VMs' overlays, unpacked container roots and saved states (a 128 MiB guest saves ~130 MiB).
 if [ "${VIRT:-1}" = 1 ]; then
-  BOOT_MB=32 ROOT_MB=160 DATA_MB=824 IMG_MB=1024
+  BOOT_MB=32 ROOT_MB=160 DATA_MB=1848 IMG_MB=2048
 else
   BOOT_MB=32 ROOT_MB=96 DATA_MB=120 IMG_MB=256
 fi

@@ -185,7 +185,10 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
 
     // 4. The container's init killed from inside the gateway: vmd restarts it within its budget.
     let (out, rc) = vm.shell(
-        "kill -9 $(pgrep -P $(pidof libvirt_lxc))",
+        // The container's init is libvirt_lxc's child (busybox here has no pgrep -P).
+        "lp=$(pidof libvirt_lxc); n=0; for p in /proc/[0-9]*; do \
+         if [ \"$(cut -d' ' -f4 $p/stat 2>/dev/null)\" = \"$lp\" ]; then kill -9 ${p#/proc/} && n=$((n+1)); fi; \
+         done; [ $n -ge 1 ]",
         Duration::from_secs(30),
     );
     assert_eq!(rc, 0, "kill the container's init: {out}");

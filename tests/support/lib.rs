@@ -501,7 +501,16 @@ impl Qemu {
             wait_until("the console's login prompt", Duration::from_secs(300), || {
                 self.console().contains("login:").then_some(())
             });
+            let at = self.console().len();
             self.type_line("root");
+            // login flushes what was typed before the shell starts: wait for the shell's banner.
+            wait_until("the root shell", Duration::from_secs(60), || {
+                self.console()
+                    .get(at..)
+                    .is_some_and(|t| t.contains("built-in shell"))
+                    .then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(500));
             self.logged_in = true;
             // Quiet kernel messages on the console: they would interleave with the output.
             self.type_line("dmesg -n 1; stty -echo 2>/dev/null");

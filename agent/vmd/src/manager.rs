@@ -362,7 +362,8 @@ impl Manager {
 
     /// Ours and current, or why not.
     fn ours(&mut self, name: &str) -> Result<Vm, VmdError> {
-        let o = self.hv.with("look up domain", |c: &Connect| {
+        let kind = self.kind_of(name);
+        let o = self.hv_of(kind).with("look up domain", |c: &Connect| {
             match c.lookup_domain_by_name(name) {
                 Ok(d) => observe(&d).map(Some),
                 Err(e) if e.code() == Enum::Known(ErrorNumber::NoDomain) => Ok(None),
