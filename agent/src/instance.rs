@@ -5,7 +5,9 @@
 //! Topics, under `<prefix>/<instance>/$instance/<gateway>/`:
 //! - `announce` (retained): the signed `Announce` (credential + resource report), on change and
 //!   every `announce_secs`; a newcomer learns every member from these at once;
-//! - `msg`: heartbeats, deploy requests/answers (addressed), trust reports.
+//! - `msg`: heartbeats, deploy requests/answers (addressed), trust reports, and the `Join` sent on
+//!   every connect: every member that is up answers it with its announce (jittered, at most one
+//!   answer per [`ANSWER_GAP_MS`]), so a member learns the others without retained delivery.
 //!
 //! VM requests come in on `<prefix>/<gateway>/vm/request` as `{"id":"r1","template":"app"}` and
 //! every outcome is published on `<prefix>/<gateway>/vm/result`:
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use betaas_core::allocator::{self, Outcome, Policy, Request, Res, Template};
+use betaas_core::instance::answer::{Answers, Scheduled};
 use betaas_core::instance::floors::{Floors, Urgency};
 use betaas_core::instance::membership::{self, Event, Instance};
 use betaas_core::instance::msg::{self, Body, Counter, Credential, ResourceReport};
@@ -34,7 +37,7 @@ use betaas_core::lifecycle::{self, ReleaseAction, Reservations};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::json;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::mono_millis;
 use crate::config::InstanceConfig;
@@ -152,6 +155,11 @@ struct State {
     waiting: BTreeMap<u64, (String, oneshot::Sender<Result<Placed, String>>)>,
     /// The VM manager's latest list with each VM's figures, for the health topic.
     vm_stats: Vec<(betaas_proto::VmInfo, Option<betaas_proto::VmStats>)>,
+    /// When to answer join requests with our announce.
+    answers: Answers,
+    /// Join requests answered, and joins sent, for the health topic.
+    answered: u64,
+    joins_sent: u64,
 }
 
 pub struct Runtime {
@@ -183,6 +191,11 @@ impl Drop for InFlight {
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// At most one announce in answer to join requests per this long, however many arrive.
+pub const ANSWER_GAP_MS: u64 = 500;
+/// Each answer waits a random 0..this, so the members do not all announce at once.
+pub const ANSWER_JITTER_MS: u64 = 200;
 
 /// How often floors moved only by harmless messages are written.
 const FLOORS_EVERY: Duration = Duration::from_secs(30);
@@ -256,6 +269,9 @@ impl Runtime {
                 counter: Counter::resume(reserved),
                 waiting: BTreeMap::new(),
                 vm_stats: Vec::new(),
+                answers: Answers::new(ANSWER_GAP_MS),
+                answered: 0,
+                joins_sent: 0,
             }),
             keys,
             session,
@@ -342,7 +358,12 @@ impl Runtime {
     }
 
     fn announce(&self) {
-        let report = Some(self.report(&self.state()));
+        let report = {
+            let mut st = self.state();
+            // Any announce answers the join requests pending.
+            st.answers.announced(mono_millis());
+            Some(self.report(&st))
+        };
         let body = Body::Announce {
             credential: self.keys.credential.clone(),
             report,
@@ -353,6 +374,48 @@ impl Runtime {
             None,
             body,
         );
+    }
+
+    /// Asks every member that is up to announce itself (sent on every connect): on a broker that
+    /// does not deliver retained announces to our wildcard subscription, their answers are how we
+    /// learn them. It is an announce of ours too.
+    fn join(&self) {
+        let report = {
+            let mut st = self.state();
+            st.joins_sent += 1;
+            Some(self.report(&st))
+        };
+        let body = Body::Join {
+            credential: self.keys.credential.clone(),
+            report,
+        };
+        self.send(&self.msg_topic(), false, None, body);
+    }
+
+    /// A member joined or asked us to announce: our announce goes out after a jitter, at most one
+    /// per [`ANSWER_GAP_MS`] (one answer serves every join that arrived before it).
+    fn answer_join(self: &Arc<Self>) {
+        let now = mono_millis();
+        let jitter = random_u64() % (ANSWER_JITTER_MS + 1);
+        let scheduled = self.state().answers.requested(now, jitter);
+        let Scheduled::At(due) = scheduled else {
+            return; // the pending answer serves this one too
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(due.saturating_sub(now))).await;
+            let go = {
+                let mut st = me.state();
+                let go = st.answers.due(mono_millis().max(due));
+                if go {
+                    st.answered += 1;
+                }
+                go
+            };
+            if go {
+                me.announce();
+            }
+        });
     }
 
     fn msg_topic(&self) -> String {
@@ -390,9 +453,11 @@ impl Runtime {
             tokio::select! {
                 _ = tick.tick() => {}
                 changed = connects.changed() => {
-                    // (Re)connected: the broker may have forgotten our retained announce.
+                    // (Re)connected: the broker may have forgotten our retained announce, and we
+                    // may have missed the others' (or the broker delivers none to wildcards).
                     if changed.is_ok() {
                         self.announce();
+                        self.join();
                     }
                     continue;
                 }
@@ -512,7 +577,8 @@ impl Runtime {
         for e in events {
             log_event(&e);
             match e {
-                Event::Joined(_) | Event::Back(_) => self.announce(), // let the newcomer see us soon
+                // Let the newcomer (or the member back, or the one asking) see us soon.
+                Event::Joined(_) | Event::Back(_) | Event::JoinRequest(_) => self.answer_join(),
                 Event::DeployRequest {
                     from,
                     request,
@@ -1056,6 +1122,9 @@ impl Runtime {
             "members": members,
             "clouds": clouds,
             "rejected": st.inst.rejected,
+            "held": st.inst.held(),
+            "joins_sent": st.joins_sent,
+            "joins_answered": st.answered,
             "used": {"cpus": used.cpus, "mem_mb": used.mem_mb, "disk_gb": used.disk_gb},
             "vms": st.local.res.count(),
             "synced": st.local.synced,
@@ -1098,7 +1167,7 @@ fn log_event(e: &Event) {
         Event::Left(g) => Some((g, "left")),
         Event::Down(g) => Some((g, "down")),
         Event::Dismissed(g) => Some((g, "dismissed")),
-        Event::DeployRequest { .. } | Event::DeployAnswer { .. } => None,
+        Event::JoinRequest(_) | Event::DeployRequest { .. } | Event::DeployAnswer { .. } => None,
     };
     if let Some((g, what)) = change {
         crate::api::hub::member(&g.to_string(), what);
@@ -1109,6 +1178,7 @@ fn log_event(e: &Event) {
         Event::Left(g) => info!(gateway = %g, "left the instance"),
         Event::Down(g) => warn!(gateway = %g, "down: no heartbeat; its resources are withdrawn"),
         Event::Dismissed(g) => warn!(gateway = %g, "dismissed: trust stayed below the threshold"),
+        Event::JoinRequest(g) => debug!(gateway = %g, "asks the members to announce"),
         Event::DeployRequest { .. } | Event::DeployAnswer { .. } => {}
     }
 }

@@ -74,7 +74,9 @@ impl Urgency {
     /// For an accepted message of this kind.
     pub fn of(body: &Body) -> Urgency {
         match body {
-            Body::Heartbeat | Body::Trust { .. } | Body::Announce { .. } => Urgency::Soon,
+            Body::Heartbeat | Body::Trust { .. } | Body::Announce { .. } | Body::Join { .. } => {
+                Urgency::Soon
+            }
             Body::Leave
             | Body::DeployRequest { .. }
             | Body::DeployAnswer { .. }

@@ -68,6 +68,8 @@ pub enum Event {
     Left(String),
     Down(String),
     Dismissed(String),
+    /// A member (re)joining asks the others to announce themselves (see [`super::answer`]).
+    JoinRequest(String),
     DeployRequest {
         from: String,
         request: u64,
@@ -96,7 +98,26 @@ pub struct Instance {
     dirty: Urgency,
     /// Messages not acted on, by [`MsgError::kind`].
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Signed messages from senders not known yet, kept until their announce or join arrives
+    /// (then verified and taken in counter order) or for `heartbeat_timeout_ms` (then counted
+    /// as `unknown-sender`): a restarted gateway hears the members' heartbeats before their
+    /// answers to its join, and refuses nothing valid meanwhile.
+    held: Vec<Held>,
+    held_bytes: usize,
 }
+
+/// A message from a sender not known yet.
+#[derive(Debug, Clone)]
+struct Held {
+    from: String,
+    counter: u64,
+    at_ms: u64,
+    bytes: Vec<u8>,
+}
+
+/// At most this many messages, and bytes, are held for unknown senders (the oldest go first).
+pub const MAX_HELD: usize = 64;
+pub const MAX_HELD_BYTES: usize = 256 * 1024;
 
 impl Member {
     /// A gateway just admitted by a verified join: up, no report yet, initial trust.
@@ -123,7 +144,59 @@ impl Instance {
             floors: Floors::new(),
             dirty: Urgency::None,
             rejected: BTreeMap::new(),
+            held: Vec::new(),
+            held_bytes: 0,
         }
+    }
+
+    /// Messages held for senders not known yet.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn count_rejected(&mut self, kind: &'static str) {
+        *self.rejected.entry(kind).or_default() += 1;
+    }
+
+    /// Keeps a message whose sender is not known yet; false if it cannot be (does not decode).
+    fn hold(&mut self, bytes: &[u8], now_ms: u64) -> bool {
+        let Ok((env, _)) = msg::decode(bytes) else {
+            return false;
+        };
+        while self.held.len() >= MAX_HELD || self.held_bytes + bytes.len() > MAX_HELD_BYTES {
+            if self.held.is_empty() {
+                return false;
+            }
+            let old = self.held.remove(0);
+            self.held_bytes -= old.bytes.len();
+            self.count_rejected("unknown-sender");
+        }
+        self.held_bytes += bytes.len();
+        self.held.push(Held {
+            from: env.from,
+            counter: env.counter,
+            at_ms: now_ms,
+            bytes: bytes.to_vec(),
+        });
+        true
+    }
+
+    /// `from` just became known: its held messages, verified and taken in counter order.
+    fn release_held(&mut self, from: &str, now_ms: u64) -> Vec<Event> {
+        let (mut mine, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.from == from);
+        self.held = rest;
+        self.held_bytes = self.held.iter().map(|h| h.bytes.len()).sum();
+        mine.sort_by_key(|h| h.counter);
+        let mut events = Vec::new();
+        for h in mine {
+            match self.accept(&h.bytes, now_ms) {
+                Ok(ev) => events.extend(ev),
+                Err(e) => self.count_rejected(e.kind()),
+            }
+        }
+        events
     }
 
     /// The replay floors as they stand (to persist).
@@ -197,12 +270,18 @@ impl Instance {
     /// One message from the bus. A message that fails to decode or verify changes nothing and
     /// is counted; a retained message delivered again (same counter) is ignored silently. A
     /// counter at or below the sender's floor is a replay, except the sender's retained announce.
+    /// A message from a sender not known yet is held (see [`Instance::held`]): `Ok` with no
+    /// events until its sender's announce or join arrives.
     pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, MsgError> {
         let r = self.accept(bytes, now_ms);
-        if let Err(e) = &r {
-            *self.rejected.entry(e.kind()).or_default() += 1;
+        match &r {
+            Err(MsgError::UnknownSender(_)) if self.hold(bytes, now_ms) => Ok(Vec::new()),
+            Err(e) => {
+                self.count_rejected(e.kind());
+                r
+            }
+            Ok(_) => r,
         }
-        r
     }
 
     fn accept(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, MsgError> {
@@ -214,7 +293,7 @@ impl Instance {
         let key = match (&env.body, self.members.get(&env.from)) {
             // Clients talk to one gateway on its own topic (`receive_client`), never on the bus.
             (Body::ClientRequest { .. }, _) => return Err(MsgError::WrongKind("client-request")),
-            (Body::Announce { credential, .. }, _) => {
+            (Body::Announce { credential, .. } | Body::Join { credential, .. }, _) => {
                 if credential.gateway != env.from {
                     return Err(MsgError::Impersonation {
                         from: env.from,
@@ -260,7 +339,7 @@ impl Instance {
         match self.members.get_mut(&env.from) {
             Some(m) => {
                 if let State::Dismissed { at_ms } = m.state {
-                    let rejoin = matches!(env.body, Body::Announce { .. })
+                    let rejoin = matches!(env.body, Body::Announce { .. } | Body::Join { .. })
                         && now_ms.saturating_sub(at_ms) >= self.settings.readmit_after_ms;
                     if !rejoin {
                         return Err(MsgError::Dismissed(env.from));
@@ -297,12 +376,15 @@ impl Instance {
                 }
             }
             None => {
-                let Body::Announce { .. } = env.body else {
+                let (Body::Announce { .. } | Body::Join { .. }) = env.body else {
                     return Err(MsgError::UnknownSender(env.from));
                 };
                 self.members
                     .insert(env.from.clone(), Member::joined(key, env.counter, now_ms));
                 events.push(Event::Joined(env.from.clone()));
+                // What it sent before we knew it, now that its key is known (before this
+                // message's counter raises its floor).
+                events.extend(self.release_held(&env.from, now_ms));
             }
         }
 
@@ -326,6 +408,12 @@ impl Instance {
                 if let Some(m) = self.members.get_mut(&from) {
                     m.report = report;
                 }
+            }
+            Body::Join { report, .. } => {
+                if let Some(m) = self.members.get_mut(&from) {
+                    m.report = report;
+                }
+                events.push(Event::JoinRequest(from));
             }
             Body::Leave => {
                 self.members.remove(&from);
@@ -400,6 +488,15 @@ impl Instance {
     /// Heartbeat timeouts and dismissals, as of `now_ms`. Call about once a second.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
+        // Held this long and still nobody vouched for the sender: refused after all.
+        let timeout = self.settings.heartbeat_timeout_ms;
+        let before = self.held.len();
+        self.held
+            .retain(|h| now_ms.saturating_sub(h.at_ms) <= timeout);
+        self.held_bytes = self.held.iter().map(|h| h.bytes.len()).sum();
+        for _ in self.held.len()..before {
+            self.count_rejected("unknown-sender");
+        }
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let score = self.trust(&id);
@@ -642,12 +739,11 @@ mod tests {
             me.receive(&b_thief.announce(None), 0),
             Err(MsgError::BadSignature)
         );
-        // Messages before joining.
-        assert!(matches!(
-            me.receive(&a.send(None, Body::Heartbeat), 0),
-            Err(MsgError::UnknownSender(_))
-        ));
+        // Messages before joining are held until the sender's announce vouches for it.
+        assert_eq!(me.receive(&a.send(None, Body::Heartbeat), 0), Ok(vec![]));
+        assert_eq!(me.held(), 1);
         me.receive(&a.announce(None), 0).unwrap();
+        assert_eq!(me.held(), 0);
         // Tampered: flip a byte in the body.
         let mut t = a.send(None, Body::Heartbeat);
         let n = t.len();
@@ -659,11 +755,142 @@ mod tests {
         assert!(matches!(me.receive(&old, 0), Err(MsgError::Replay { .. })));
         assert_eq!(me.rejected["replay"], 1);
         assert_eq!(me.rejected["bad-credential"], 1);
-        assert_eq!(me.rejected["unknown-sender"], 1);
+        assert!(!me.rejected.contains_key("unknown-sender"));
         // The same retained message again is not an attack.
         let ann = a.announce(None);
         me.receive(&ann, 0).unwrap();
         assert_eq!(me.receive(&ann, 0).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_join_is_an_announce_that_asks_for_answers() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        let join = |a: &mut Gw, mem| {
+            let credential = a.cred.clone();
+            a.send(
+                None,
+                Body::Join {
+                    credential,
+                    report: Some(report(mem)),
+                },
+            )
+        };
+        // A newcomer: it joins and asks.
+        assert_eq!(
+            me.receive(&join(&mut a, 1024), 0).unwrap(),
+            vec![Event::Joined("a".into()), Event::JoinRequest("a".into())]
+        );
+        assert_eq!(
+            me.view(&report(1), &[], &[]).gateways[0].capacity.mem_mb,
+            1024
+        );
+        // A member we know that restarted: it only asks; its report is taken.
+        me.receive(&a.send(None, Body::Heartbeat), 500).unwrap();
+        assert_eq!(
+            me.receive(&join(&mut a, 512), 1_000).unwrap(),
+            vec![Event::JoinRequest("a".into())]
+        );
+        assert_eq!(
+            me.view(&report(1), &[], &[]).gateways[0].capacity.mem_mb,
+            512
+        );
+        // A join replayed is refused like any message; one with another's credential too.
+        let old = join(&mut a, 1);
+        me.receive(&a.send(None, Body::Heartbeat), 1_500).unwrap();
+        assert!(matches!(
+            me.receive(&old, 1_600),
+            Err(MsgError::Replay { .. })
+        ));
+        let mut thief = Gw::new(&ik, "thief", 3);
+        thief.cred = a.cred.clone();
+        assert!(matches!(
+            me.receive(&join(&mut thief, 1), 1_700),
+            Err(MsgError::Impersonation { .. })
+        ));
+        // A client credential does not join.
+        let mut c = Gw::new(&ik, "pc", 5);
+        c.cred = Credential::issue_client(&ik, "pc", &c.key.verifying_key());
+        assert_eq!(
+            me.receive(&join(&mut c, 1), 1_800),
+            Err(MsgError::BadCredential)
+        );
+        assert!(!me.members().contains_key("pc"));
+    }
+
+    #[test]
+    fn messages_before_the_announce_are_held_then_taken_in_order() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        // A restarted gateway hears a's heartbeat, trust report and a deploy request for it
+        // before a's answer to its join: nothing is refused, nothing acted on yet.
+        let hb = a.send(None, Body::Heartbeat);
+        let req = a.send(
+            Some("me"),
+            Body::DeployRequest {
+                request: 7,
+                template: "app".into(),
+                res: Res::new(1, 256, 1),
+                cloud: None,
+            },
+        );
+        let trust = a.send(None, Body::Trust { scores: vec![] });
+        // Out of order on the wire: taken in counter order all the same.
+        for m in [&trust, &req, &hb] {
+            assert_eq!(me.receive(m, 100), Ok(vec![]));
+        }
+        assert_eq!(me.held(), 3);
+        assert!(me.rejected.is_empty(), "{:?}", me.rejected);
+        let events = me.receive(&a.announce(Some(report(1024))), 300).unwrap();
+        assert_eq!(events[0], Event::Joined("a".into()));
+        assert!(
+            matches!(&events[1..], [Event::DeployRequest { request: 7, from, .. }] if from == "a"),
+            "{events:?}"
+        );
+        assert_eq!(me.held(), 0);
+        assert!(me.rejected.is_empty(), "{:?}", me.rejected);
+        assert_eq!(me.members()["a"].last_counter, a.counter);
+        // Held ones are still checked when released: one forged under b's name is refused then.
+        let mut b = Gw::new(&ik, "b", 2);
+        let mut forger = Gw::new(&ik, "b", 9);
+        forger.counter = 10;
+        assert_eq!(
+            me.receive(&forger.send(None, Body::Heartbeat), 400),
+            Ok(vec![])
+        );
+        assert_eq!(
+            me.receive(&b.announce(None), 500).unwrap(),
+            vec![Event::Joined("b".into())]
+        );
+        assert_eq!(me.rejected["bad-signature"], 1);
+    }
+
+    #[test]
+    fn held_messages_expire_as_unknown_and_are_bounded() {
+        let (ik, mut me) = setup();
+        let mut stranger = Gw::new(&ik, "s", 1);
+        assert_eq!(
+            me.receive(&stranger.send(None, Body::Heartbeat), 0),
+            Ok(vec![])
+        );
+        me.tick(6_000);
+        assert_eq!(me.held(), 1, "kept for heartbeat_timeout_ms");
+        me.tick(6_001);
+        assert_eq!(me.held(), 0);
+        assert_eq!(me.rejected["unknown-sender"], 1);
+        // A flood under made-up names: at most MAX_HELD kept, the oldest refused first.
+        for i in 0..(MAX_HELD + 10) {
+            let mut g = Gw::new(&ik, &format!("x{i}"), 7);
+            assert_eq!(
+                me.receive(&g.send(None, Body::Heartbeat), 7_000),
+                Ok(vec![])
+            );
+        }
+        assert_eq!(me.held(), MAX_HELD);
+        assert_eq!(me.rejected["unknown-sender"], 11);
+        // Undecodable bytes are refused at once, never held.
+        assert!(me.receive(&[msg::VERSION, 0xff], 7_000).is_err());
+        assert_eq!(me.held(), MAX_HELD);
     }
 
     #[test]

@@ -152,6 +152,14 @@ pub enum Body {
         credential: Credential,
         request: String,
     },
+    /// A member (re)joining asks every member that is up to announce itself again (on a broker
+    /// that does not deliver retained announces to a wildcard subscriber, this is how it learns
+    /// them). Taken as an announce of its own (it carries the credential and report), never
+    /// retained. After `ClientRequest`: the others keep their postcard tags.
+    Join {
+        credential: Credential,
+        report: Option<ResourceReport>,
+    },
 }
 
 impl Body {
@@ -164,6 +172,7 @@ impl Body {
             Body::DeployAnswer { .. } => "deploy-answer",
             Body::Trust { .. } => "trust",
             Body::ClientRequest { .. } => "client-request",
+            Body::Join { .. } => "join",
         }
     }
 }
