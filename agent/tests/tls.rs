@@ -92,25 +92,15 @@ fn config(dir: &Path, gw: &str, port: u16) -> String {
     )
 }
 
-#[test]
-fn readings_arrive_over_tls_with_a_client_certificate() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    make_pki(d);
-    set_mode(&d.join("client.key"), 0o600);
-    let value = fastrand::i32(-20_000..60_000);
-    std::fs::write(d.join("value"), value.to_string()).expect("value");
-
-    // A plain listener for the test's own subscriber, a TLS one (client cert required) for the agent.
-    let tls_port = {
+/// mosquitto with a plain listener for the test's own subscriber and a TLS one (client
+/// certificate required) for the agent: (broker, TLS port, plain port).
+fn tls_broker(d: &Path) -> (KillOnDrop, u16, u16) {
+    let free = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         l.local_addr().expect("addr").port()
     };
+    let (tls_port, sub_port) = (free(), free());
     let conf = d.join("mosquitto.conf");
-    let sub_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
     std::fs::write(
         &conf,
         format!(
@@ -121,7 +111,7 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
         ),
     )
     .expect("mosquitto.conf");
-    let _broker = KillOnDrop(
+    let broker = KillOnDrop(
         Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -133,6 +123,18 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
     wait_until("mosquitto", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", tls_port)).ok()
     });
+    (broker, tls_port, sub_port)
+}
+
+#[test]
+fn readings_arrive_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_pki(d);
+    set_mode(&d.join("client.key"), 0o600);
+    let value = fastrand::i32(-20_000..60_000);
+    std::fs::write(d.join("value"), value.to_string()).expect("value");
+    let (_broker, tls_port, sub_port) = tls_broker(d);
     let mut sub = Mosquitto::external("127.0.0.1", sub_port).subscribe("betaas/#");
 
     let gw = format!("tls-{}", fastrand::u32(..));
@@ -154,6 +156,61 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
         })
     });
     assert_eq!(got, f64::from(value));
+}
+
+/// `hosts` over TLS: each node's certificate is checked against that node's own name. The first
+/// node, `localhost`, presents a certificate for 127.0.0.1 only: refused, and the agent goes on
+/// to the second, `127.0.0.1`, the same broker, where the name matches.
+#[test]
+fn tls_checks_each_nodes_own_name_and_fails_over_on_a_mismatch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_pki(d);
+    set_mode(&d.join("client.key"), 0o600);
+    let value = fastrand::i32(-20_000..60_000);
+    std::fs::write(d.join("value"), value.to_string()).expect("value");
+    let (_broker, tls_port, sub_port) = tls_broker(d);
+    let mut sub = Mosquitto::external("127.0.0.1", sub_port).subscribe("betaas/#");
+
+    let gw = format!("tls-{}", fastrand::u32(..));
+    let text = config(d, &gw, tls_port).replace(
+        &format!("host = \"127.0.0.1\"\nport = {tls_port}\n"),
+        &format!("hosts = [\"localhost:{tls_port}\", \"127.0.0.1:{tls_port}\"]\n"),
+    );
+    let text = text.replace("[[things]]", "[health]\ninterval_secs = 1\n[[things]]");
+    assert!(text.contains("hosts = ["));
+    std::fs::write(d.join("agent.toml"), text).expect("agent.toml");
+    let log = std::fs::File::create(d.join("agent.log")).expect("log");
+    let _agent = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_betaas-agent"))
+            .arg("--config")
+            .arg(d.join("agent.toml"))
+            .stderr(log)
+            .spawn()
+            .expect("agent"),
+    );
+    let state = format!("betaas/{gw}/things/t/state");
+    let health = format!("betaas/{gw}/health");
+    let node = format!("127.0.0.1:{tls_port}");
+    let mut got = None;
+    sub.wait_for(
+        "a reading and health over TLS via the second node",
+        Duration::from_secs(30),
+        |t, p| {
+            let v: serde_json::Value = serde_json::from_str(p).ok()?;
+            if t == state {
+                got = v["value"].as_f64();
+            }
+            (t == health && v["mqtt"]["node"] == node.as_str() && got.is_some()).then_some(())
+        },
+    );
+    assert_eq!(got, Some(f64::from(value)));
+    let log = std::fs::read_to_string(d.join("agent.log")).expect("agent.log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&format!("localhost:{tls_port}"))),
+        "the refused node is not in the log:\n{log}"
+    );
 }
 
 #[test]
