@@ -287,3 +287,60 @@ fn a_node_that_never_answers_connect_is_skipped() {
     agent.stop();
     drop(held);
 }
+
+/// No node answers for minutes (one refuses connections, one accepts TCP and never answers
+/// CONNECT): the first failure is logged at once, then a summary with a count about once a
+/// minute, never a line per attempt.
+#[test]
+fn minutes_of_failed_connects_leave_a_trace_at_a_bounded_rate() {
+    let mut rng = rng("minutes_of_failed_connects_leave_a_trace_at_a_bounded_rate");
+    let gw = Gateway::new(&mut rng);
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let refused = free_port(); // nothing listens there
+    let mut agent = Agent::start(&config(
+        &gw,
+        &[refused, silent_port],
+        "connect_timeout_secs = 1\n",
+    ));
+    let t0 = Instant::now();
+    let summary = "mqtt still not connected after";
+    while !agent.log().contains(summary) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "no summary line after {:?}:\n{}",
+            t0.elapsed(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = agent.log();
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("betaas_agent::session"))
+        .collect();
+    eprintln!(
+        "after {:.0} s without a broker, {} warning lines:\n{}",
+        t0.elapsed().as_secs_f64(),
+        warns.len(),
+        warns.join("\n")
+    );
+    assert!(
+        warns[0].contains("cannot connect") && warns[0].contains(&format!("127.0.0.1:{refused}")),
+        "the first failure is not logged first: {warns:?}"
+    );
+    assert_eq!(warns.len(), 2, "one line per attempt, or none: {warns:?}");
+    // "... after N s: M more failed attempts (T in all) ...": several attempts, counted.
+    let more: u64 = warns[1]
+        .split_once(" s: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {:?}", warns[1]));
+    assert!(
+        more >= 5,
+        "{more} attempts counted in a minute: {}",
+        warns[1]
+    );
+    agent.assert_running();
+    drop(silent);
+}
