@@ -11,6 +11,7 @@
 //! - a node that accepts TCP but never answers CONNECT is left after `connect_timeout_secs`, and
 //!   the failed attempt is logged.
 
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,8 @@ fn config(gw: &Gateway, nodes: &[u16], extra_mqtt: &str) -> PathBuf {
 struct Relay {
     port: u16,
     open: Arc<AtomicBool>,
+    /// A hung node: bytes are swallowed both ways, connections are neither answered nor closed.
+    frozen: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -53,9 +56,10 @@ impl Relay {
         let r = Relay {
             port: listener.local_addr().expect("addr").port(),
             open: Arc::new(AtomicBool::new(true)),
+            frozen: Arc::new(AtomicBool::new(false)),
             conns: Arc::new(Mutex::new(Vec::new())),
         };
-        let (open, conns) = (r.open.clone(), r.conns.clone());
+        let (open, frozen, conns) = (r.open.clone(), r.frozen.clone(), r.conns.clone());
         std::thread::spawn(move || {
             while open.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -71,9 +75,24 @@ impl Relay {
                         from.try_clone().expect("clone"),
                         to.try_clone().expect("clone"),
                     );
+                    let frozen = frozen.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut a, &mut b);
-                        let _ = b.shutdown(Shutdown::Both);
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match a.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if frozen.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if b.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        if !frozen.load(Ordering::SeqCst) {
+                            let _ = b.shutdown(Shutdown::Both);
+                        }
                     });
                 }
                 let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,6 +102,10 @@ impl Relay {
             // Dropping the listener refuses new connections.
         });
         r
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -343,4 +366,46 @@ fn minutes_of_failed_connects_leave_a_trace_at_a_bounded_rate() {
     );
     agent.assert_running();
     drop(silent);
+}
+
+/// The agent's node hangs with the connection open (bytes swallowed, nothing answered, nothing
+/// closed): the unanswered keep-alive ping (5 s) ends the connection and the agent moves to the
+/// other node; the readings the hung node swallowed stay in the journal and arrive through the
+/// other one.
+#[test]
+fn a_hung_node_is_left_on_the_keep_alive_and_no_reading_is_lost() {
+    let mut rng = rng("a_hung_node_is_left_on_the_keep_alive_and_no_reading_is_lost");
+    let gw = Gateway::new(&mut rng);
+    let brokers: Vec<Mosquitto> = (0..2).map(|_| Mosquitto::start()).collect();
+    let relays: Vec<Relay> = brokers.iter().map(|b| Relay::start(b.port)).collect();
+    let ports: Vec<u16> = relays.iter().map(|r| r.port).collect();
+    let mut nodes = Nodes {
+        subs: brokers
+            .iter()
+            .map(|b| Some(b.subscribe(&gw.filter())))
+            .collect(),
+    };
+    let _wiggle = Wiggler::start(&gw, &[THING], rng.u64(..));
+    let mut agent = Agent::start(&config(&gw, &ports, ""));
+    let mut seen = Seen::default();
+    nodes.until_reading_on(&gw.id, &mut seen, 0, Duration::from_secs(20));
+    nodes.during(
+        &gw.id,
+        &mut seen,
+        Duration::from_millis(rng.u64(500..1500)),
+        |_, _| {},
+    );
+    relays[0].freeze();
+    let took = nodes.until_reading_on(&gw.id, &mut seen, 1, Duration::from_secs(20));
+    eprintln!(
+        "node 0 hung: readings through node 1 after {:.2} s (keep-alive 5 s)",
+        took.as_secs_f64()
+    );
+    nodes.during(&gw.id, &mut seen, Duration::from_secs(2), |_, _| {});
+    let from = seen.of(THING).map(|r| r.seq).min().expect("readings");
+    let to = seen.max_seq(THING).expect("readings");
+    seen.assert_complete(THING, from, to);
+    eprintln!("seqs {from}..={to} complete");
+    agent.assert_running();
+    agent.stop();
 }
