@@ -5,6 +5,10 @@
 //! signed join request — at the default heartbeat (1 s) their periodic announces come only every
 //! 10 s — and refuses nothing valid meanwhile: the heartbeats it hears before the answers are
 //! held and taken once the sender's announce arrives.
+//!
+//! Why a proxy and not mosquitto's `retain_available false`: mosquitto 2.0.11 then disconnects
+//! any client that publishes a retained message (the agent's availability, its announce), which is
+//! not what a broker without retained wildcard delivery does.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
