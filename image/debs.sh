@@ -39,7 +39,7 @@ resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-imag
 }
 
 # The same request again, with the same package lists, every package still downloaded and unpacked:
-# the previous answer (apt-cache takes a second per call; libvirt and QEMU need a hundred packages).
+# the previous answer.
 answer=$W/answer-$(echo "$ARCH $*" | sha256sum | cut -c1-16)
 newest=$(ls -t "$W"/lists/*Packages* | head -1)
 if [ -f "$answer" ] && [ "$answer" -nt "$newest" ]; then
@@ -51,50 +51,55 @@ if [ -f "$answer" ] && [ "$answer" -nt "$newest" ]; then
 fi
 
 answer_all() {
-if [ "${1:-}" = --libs ]; then
-  shift
-  # The closure is remembered until the package lists change (one apt-cache call per package
-  # takes a second: a hundred for libvirt and QEMU).
-  memo=$W/libs-$(echo "$*" | sha256sum | cut -c1-16)
-  if [ -f "$memo" ] && [ "$memo" -nt "$newest" ]; then
-    read -r -a closure < "$memo"
-    set -- "${closure[@]}"
-  else
-    todo=("$@") seen=" "
+  if [ "${1:-}" = --libs ]; then
+    shift
+    # Breadth first, one apt-cache call per layer (one per package took a second each).
+    local todo=("$@") seen=" " layer p d
     set --
     while [ ${#todo[@]} -gt 0 ]; do
-      p=${todo[0]} todo=("${todo[@]:1}")
-      case "$seen" in *" $p "*) continue ;; esac
-      seen="$seen$p " && set -- "$@" "$p"
-      for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "$p" 2>/dev/null \
+      layer=()
+      for p in "${todo[@]}"; do
+        case "$seen" in *" $p "*) continue ;; esac
+        seen="$seen$p " && layer+=("$p") && set -- "$@" "$p"
+      done
+      todo=()
+      [ ${#layer[@]} -gt 0 ] || break
+      for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "${layer[@]}" 2>/dev/null \
                  | awk '/^ *(Pre)?Depends: [^<]/ {print $2}'); do
         case "$d" in lib*|zlib1g) todo+=("${d%%:*}") ;; esac
       done
     done
-    echo "$*" > "$memo.tmp" && mv "$memo.tmp" "$memo"
   fi
-fi
 
-for want in "$@"; do
-  name=$(resolve "$want")
-  ver=$(apt-cache "${APT[@]}" show "$name" | awk '/^Version:/{print $2; exit}')
-  [ -n "$ver" ] || { echo "debs: package $name not found in $SUITE/$ARCH" >&2; exit 1; }
-  deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
-  if [ -z "$deb" ]; then
-    echo "==> downloading $name $ver" >&2
-    (cd "$DL/debs" && apt-get "${APT[@]}" -q download "$name=$ver" >&2)
+  local names=() want name ver deb dest i
+  for want in "$@"; do
+    case "$want" in linux-image-*) names+=("$(resolve "$want")") ;; *) names+=("$want") ;; esac
+  done
+  # Every candidate version in one call: the first stanza of each package is the candidate.
+  local -A version=()
+  while read -r name ver; do version[$name]=$ver; done < <(
+    apt-cache "${APT[@]}" show "${names[@]}" 2>/dev/null \
+      | awk '/^Package:/{n=$2} /^Version:/{ if (!(n in seen)) { seen[n]=1; print n, $2 } }')
+  for i in "${!names[@]}"; do
+    want=${*:i+1:1} name=${names[$i]}
+    ver=${version[$name]:-}
+    [ -n "$ver" ] || { echo "debs: package $name not found in $SUITE/$ARCH" >&2; exit 1; }
     deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
-    [ -n "$deb" ] || { echo "debs: $name $ver ($ARCH) not in $DL/debs after download" >&2; exit 1; }
-  fi
-  dest=$PK/$name
-  if [ ! -f "$dest/.version" ] || [ "$(cat "$dest/.version")" != "$ver" ]; then
-    rm -rf "$dest" && mkdir -p "$dest"
-    dpkg-deb -x "$deb" "$dest"
-    echo "$ver" > "$dest/.version"
-  fi
-  [ "$want" = "$name" ] || ln -sfn "$name" "$PK/$want"
-  echo "$name $ver $(sha256sum "$deb" | cut -d' ' -f1) $(basename "$deb")"
-done
+    if [ -z "$deb" ]; then
+      echo "==> downloading $name $ver" >&2
+      (cd "$DL/debs" && apt-get "${APT[@]}" -q download "$name=$ver" >&2)
+      deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
+      [ -n "$deb" ] || { echo "debs: $name $ver ($ARCH) not in $DL/debs after download" >&2; exit 1; }
+    fi
+    dest=$PK/$name
+    if [ ! -f "$dest/.version" ] || [ "$(cat "$dest/.version")" != "$ver" ]; then
+      rm -rf "$dest" && mkdir -p "$dest"
+      dpkg-deb -x "$deb" "$dest"
+      echo "$ver" > "$dest/.version"
+    fi
+    [ "$want" = "$name" ] || ln -sfn "$name" "$PK/$want"
+    echo "$name $ver $(sha256sum "$deb" | cut -d' ' -f1) $(basename "$deb")"
+  done
 }
 answer_all "$@" > "$answer.tmp"
 mv "$answer.tmp" "$answer"

@@ -61,6 +61,14 @@ fn wait_marker(vm: &mut Qemu, name: &str, needle: &str, count: usize, timeout: D
         if n >= count {
             return;
         }
+        if Instant::now() >= end {
+            let (why, _) = vm.shell(
+                "virsh -c lxc:///system list --all; virsh -c qemu:///system list --all; \
+                 logread | grep -E 'betaas-vmd|libvirtd' | tail -n 40",
+                Duration::from_secs(60),
+            );
+            eprintln!("--- the gateway's VM manager ---\n{why}");
+        }
         assert!(
             Instant::now() < end,
             "{needle} ×{count} not in {log} after {timeout:?} (seen {n})"
@@ -73,8 +81,13 @@ fn used_cpus(i: &Value) -> Option<u64> {
     i["used"]["cpus"].as_u64()
 }
 
-fn vm0<'a>(i: &'a Value) -> &'a Value {
+fn vm0(i: &Value) -> &Value {
     &i["vm_stats"][0]
+}
+
+/// `name`'s entry in `health.instance.vm_stats`.
+fn vm_named<'a>(i: &'a Value, name: &str) -> Option<&'a Value> {
+    i["vm_stats"].as_array()?.iter().find(|v| v["name"] == name)
 }
 
 /// The boot partition's betaas/ (agent.toml, instance keys); returns the instance key.
@@ -214,8 +227,17 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     // 6. Released for good; then the emulated VM (QEMU TCG on the gateway, itself emulated here):
     // placed, started, saved on release and resumed on the next request. Its boot inside two
     // layers of emulation takes many minutes: `nested_tcg_vm_boots_on_the_gateway` waits for it.
+    let t_rel = Instant::now();
     let (rel, code) = ops.run("release", &gw, "rel2", &["--vm", &name], 300);
     assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    let (tail, _) = vm.shell(
+        &format!("tail -n 3 /var/lib/betaas/vms/{name}/serial.log"),
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "container released (shutdown) in {:.1} s; its console ends:\n{tail}",
+        t_rel.elapsed().as_secs_f64()
+    );
     let t3 = Instant::now();
     let r4 = ops.request(&gw, "r4", "tiny-vm", 600);
     let tcg_start = t3.elapsed();
@@ -231,7 +253,7 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
         "{vm_name} is a running QEMU domain: {virsh}"
     );
     health(&mut sub, &gw, "the emulated VM running", |i| {
-        vm0(i)["name"] == vm_name.as_str() && vm0(i)["state"] == "running"
+        vm_named(i, &vm_name).is_some_and(|v| v["state"] == "running")
     });
     let t4 = Instant::now();
     let (rel, code) = ops.run("release", &gw, "rel3", &["--vm", &vm_name], 600);
