@@ -57,7 +57,11 @@ fn wait_marker(vm: &mut Qemu, name: &str, needle: &str, count: usize, timeout: D
             &format!("grep -c '{needle}' {log} 2>/dev/null"),
             Duration::from_secs(60),
         );
-        let n: usize = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        let n: usize = out
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
         if n >= count {
             return;
         }
@@ -133,7 +137,10 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
         i["synced"] == true && used_cpus(i) == Some(0)
     });
     let ready = booted.elapsed();
-    eprintln!("FIGURES qemu-virt boot → vmd probed and the agent synced: {:.1} s", ready.as_secs_f64());
+    eprintln!(
+        "FIGURES qemu-virt boot → vmd probed and the agent synced: {:.1} s",
+        ready.as_secs_f64()
+    );
     eprintln!("instance at ready: {i}");
     let (probe, _) = vm.shell(
         "logread | grep -E 'betaas-vmd.*(probe|capability)' | tail -n 5",
@@ -152,23 +159,38 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let r1 = ops.request(&gw, "r1", "tiny", 600);
     let r1_reply = t0.elapsed();
     assert_eq!(
-        (r1["decision"].as_str(), r1["host"].as_str(), r1["resumed"].as_bool()),
+        (
+            r1["decision"].as_str(),
+            r1["host"].as_str(),
+            r1["resumed"].as_bool()
+        ),
         (Some("local"), Some(gw.as_str()), Some(false)),
         "{r1}"
     );
     let name = r1["vm"].as_str().expect("vm name").to_owned();
     wait_marker(&mut vm, &name, BOOTED, 1, Duration::from_secs(120));
     let cold = t0.elapsed();
-    let i = health(&mut sub, &gw, "the container running, its share used", |i| {
-        used_cpus(i) == Some(1) && vm0(i)["name"] == name.as_str() && vm0(i)["state"] == "running"
-    });
+    let i = health(
+        &mut sub,
+        &gw,
+        "the container running, its share used",
+        |i| {
+            used_cpus(i) == Some(1)
+                && vm0(i)["name"] == name.as_str()
+                && vm0(i)["state"] == "running"
+        },
+    );
     eprintln!("after the first request: {}", i["vm_stats"]);
     let (virsh, _) = vm.shell("virsh -c lxc:///system list --all", Duration::from_secs(60));
     assert!(virsh.contains(&name), "{name} is an LXC domain: {virsh}");
 
     // 2. Released: the container stopped, the reservation given back.
     let (rel, code) = ops.run("release", &gw, "rel1", &["--vm", &name], 300);
-    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    assert_eq!(
+        (rel["decision"].as_str(), code),
+        (Some("released"), 0),
+        "{rel}"
+    );
     health(&mut sub, &gw, "the reservation given back", |i| {
         used_cpus(i) == Some(0) && i["vms"] == 0
     });
@@ -178,7 +200,11 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let r2 = ops.request(&gw, "r2", "tiny", 600);
     let r2_reply = t1.elapsed();
     assert_eq!(
-        (r2["decision"].as_str(), r2["vm"].as_str(), r2["resumed"].as_bool()),
+        (
+            r2["decision"].as_str(),
+            r2["vm"].as_str(),
+            r2["resumed"].as_bool()
+        ),
         (Some("local"), Some(name.as_str()), Some(true)),
         "{r2}"
     );
@@ -210,16 +236,22 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let i = health(&mut sub, &gw, "the restart in vm_stats", |i| {
         vm0(i)["restarts"] == 1 && vm0(i)["state"] == "running" && vm0(i)["failed"] == false
     });
-    eprintln!("container init killed → running again after {:.1} s", t2.elapsed().as_secs_f64());
+    eprintln!(
+        "container init killed → running again after {:.1} s",
+        t2.elapsed().as_secs_f64()
+    );
     assert_eq!(used_cpus(&i), Some(1), "a restart keeps its share: {i}");
 
     // 5. The agent restarted (init respawns it): the same container adopted, the same share used,
     // and the room it takes not offered again.
     let (_, rc) = vm.shell("killall betaas-agent", Duration::from_secs(30));
     assert_eq!(rc, 0);
-    let after = health(&mut sub, &gw, "the restarted agent's rebuilt reservations", |i| {
-        i["synced"] == true && vm0(i)["name"] == name.as_str() && vm0(i)["held"] == true
-    });
+    let after = health(
+        &mut sub,
+        &gw,
+        "the restarted agent's rebuilt reservations",
+        |i| i["synced"] == true && vm0(i)["name"] == name.as_str() && vm0(i)["held"] == true,
+    );
     assert_eq!(after["used"], before["used"], "{after}");
     let r3 = ops.request(&gw, "r3", "tiny-vm", 120);
     assert_eq!(r3["decision"], "cancel", "no room for a second guest: {r3}");
@@ -229,7 +261,11 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     // layers of emulation takes many minutes: `nested_tcg_vm_boots_on_the_gateway` waits for it.
     let t_rel = Instant::now();
     let (rel, code) = ops.run("release", &gw, "rel2", &["--vm", &name], 300);
-    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    assert_eq!(
+        (rel["decision"].as_str(), code),
+        (Some("released"), 0),
+        "{rel}"
+    );
     let (tail, _) = vm.shell(
         &format!("tail -n 3 /var/lib/betaas/vms/{name}/serial.log"),
         Duration::from_secs(30),
@@ -242,14 +278,23 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let r4 = ops.request(&gw, "r4", "tiny-vm", 600);
     let tcg_start = t3.elapsed();
     assert_eq!(
-        (r4["decision"].as_str(), r4["host"].as_str(), r4["resumed"].as_bool()),
+        (
+            r4["decision"].as_str(),
+            r4["host"].as_str(),
+            r4["resumed"].as_bool()
+        ),
         (Some("local"), Some(gw.as_str()), Some(false)),
         "{r4}"
     );
     let vm_name = r4["vm"].as_str().expect("vm name").to_owned();
-    let (virsh, _) = vm.shell("virsh -c qemu:///system list --all", Duration::from_secs(120));
+    let (virsh, _) = vm.shell(
+        "virsh -c qemu:///system list --all",
+        Duration::from_secs(120),
+    );
     assert!(
-        virsh.lines().any(|l| l.contains(&vm_name) && l.contains("running")),
+        virsh
+            .lines()
+            .any(|l| l.contains(&vm_name) && l.contains("running")),
         "{vm_name} is a running QEMU domain: {virsh}"
     );
     health(&mut sub, &gw, "the emulated VM running", |i| {
@@ -258,7 +303,11 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let t4 = Instant::now();
     let (rel, code) = ops.run("release", &gw, "rel3", &["--vm", &vm_name], 600);
     let tcg_save = t4.elapsed();
-    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    assert_eq!(
+        (rel["decision"].as_str(), code),
+        (Some("released"), 0),
+        "{rel}"
+    );
     let t5 = Instant::now();
     let r5 = ops.request(&gw, "r5", "tiny-vm", 600);
     let tcg_resume = t5.elapsed();
@@ -296,7 +345,9 @@ fn nested_tcg_vm_boots_on_the_gateway() {
         &agent_toml(&gw, broker.port),
         &[("PROVISION", prov.to_str().expect("utf8"))],
     );
-    health(&mut sub, &gw, "the gateway's VM manager ready", |i| i["synced"] == true);
+    health(&mut sub, &gw, "the gateway's VM manager ready", |i| {
+        i["synced"] == true
+    });
     let t0 = Instant::now();
     let r1 = ops.request(&gw, "r1", "tiny-vm", 600);
     assert_eq!(r1["decision"], "local", "{r1}");

@@ -275,20 +275,45 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
         repo().join("target/vmd-armhf/armv7-unknown-linux-gnueabihf/release/betaas-vmd"),
     )
     .expect("the armhf vmd (make vmd-arm)");
-    assert!(cat("/usr/bin/betaas-vmd") == vmd, "/usr/bin/betaas-vmd is not the built one");
+    assert!(
+        cat("/usr/bin/betaas-vmd") == vmd,
+        "/usr/bin/betaas-vmd is not the built one"
+    );
     let drv = "usr/lib/arm-linux-gnueabihf/libvirt/connection-driver";
     for (path, from) in [
-        ("/usr/sbin/libvirtd", "libvirt-daemon/usr/sbin/libvirtd".to_owned()),
-        ("/usr/lib/libvirt/libvirt_lxc", "libvirt-daemon-driver-lxc/usr/lib/libvirt/libvirt_lxc".into()),
-        (&format!("/{drv}/libvirt_driver_lxc.so"), format!("libvirt-daemon-driver-lxc/{drv}/libvirt_driver_lxc.so")),
-        (&format!("/{drv}/libvirt_driver_qemu.so"), format!("libvirt-daemon-driver-qemu/{drv}/libvirt_driver_qemu.so")),
-        ("/usr/bin/qemu-system-arm", "qemu-system-arm/usr/bin/qemu-system-arm".into()),
+        (
+            "/usr/sbin/libvirtd",
+            "libvirt-daemon/usr/sbin/libvirtd".to_owned(),
+        ),
+        (
+            "/usr/lib/libvirt/libvirt_lxc",
+            "libvirt-daemon-driver-lxc/usr/lib/libvirt/libvirt_lxc".into(),
+        ),
+        (
+            &format!("/{drv}/libvirt_driver_lxc.so"),
+            format!("libvirt-daemon-driver-lxc/{drv}/libvirt_driver_lxc.so"),
+        ),
+        (
+            &format!("/{drv}/libvirt_driver_qemu.so"),
+            format!("libvirt-daemon-driver-qemu/{drv}/libvirt_driver_qemu.so"),
+        ),
+        (
+            "/usr/bin/qemu-system-arm",
+            "qemu-system-arm/usr/bin/qemu-system-arm".into(),
+        ),
         ("/usr/bin/qemu-img", "qemu-utils/usr/bin/qemu-img".into()),
-        ("/lib/arm-linux-gnueabihf/libvirt.so.0", "libvirt0/usr/lib/arm-linux-gnueabihf/libvirt.so.0".into()),
+        (
+            "/lib/arm-linux-gnueabihf/libvirt.so.0",
+            "libvirt0/usr/lib/arm-linux-gnueabihf/libvirt.so.0".into(),
+        ),
     ] {
         assert!(cat(path) == pkg(&from), "{path} is not Debian's {from}");
     }
-    for path in ["/usr/bin/betaas-vmd", "/usr/sbin/libvirtd", "/usr/bin/qemu-system-arm"] {
+    for path in [
+        "/usr/bin/betaas-vmd",
+        "/usr/sbin/libvirtd",
+        "/usr/bin/qemu-system-arm",
+    ] {
         let (mode, uid, gid, _) = stat_in(&rootfs, path);
         assert_eq!((mode & 0o7777, uid, gid), (0o755, 0, 0), "{path}");
     }
@@ -296,7 +321,10 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
     // Started by init, with their configuration.
     let inittab = text("/etc/inittab");
     for svc in ["libvirtd-service", "vmd-service"] {
-        assert!(inittab.contains(&format!("::respawn:/usr/libexec/betaas/{svc}")), "{inittab}");
+        assert!(
+            inittab.contains(&format!("::respawn:/usr/libexec/betaas/{svc}")),
+            "{inittab}"
+        );
     }
     let vmd_toml = text("/etc/betaas/vmd.toml");
     for want in [
@@ -305,7 +333,10 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
         "templates = [\"/usr/share/betaas/templates\"]",
         "arch = \"armhf\"",
     ] {
-        assert!(vmd_toml.contains(want), "vmd.toml lacks {want:?}:\n{vmd_toml}");
+        assert!(
+            vmd_toml.contains(want),
+            "vmd.toml lacks {want:?}:\n{vmd_toml}"
+        );
     }
     let qemu_conf = text("/usr/share/betaas/libvirt/qemu.conf");
     assert!(qemu_conf.contains("user = \"libvirt-qemu\""), "{qemu_conf}");
@@ -317,33 +348,65 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
         .args(["-R", "stat /etc/libvirt"])
         .arg(&rootfs)))
     .expect("utf8");
-    assert!(link.contains("/var/lib/betaas/libvirt/etc"), "/etc/libvirt is not the data partition's: {link}");
+    assert!(
+        link.contains("/var/lib/betaas/libvirt/etc"),
+        "/etc/libvirt is not the data partition's: {link}"
+    );
     let agent_toml = text("/etc/betaas/agent.toml");
     // [instance] needs provisioned keys, so the default config carries it commented out, ready.
-    assert!(agent_toml.contains("\n#vmd_socket = \"/run/betaas/vmd.sock\"\n"), "{agent_toml}");
+    assert!(
+        agent_toml.contains("\n#vmd_socket = \"/run/betaas/vmd.sock\"\n"),
+        "{agent_toml}"
+    );
 
     // The tiny template as a container and as an emulated VM: the built files, readable by the
     // guests' user (libvirt-qemu reads the kernel and base disk), written by nobody.
     let tiny = repo().join("out/templates/tiny-armhf");
-    for f in ["template.toml", "vmlinuz", "initrd.img", "disk.qcow2", "rootfs.tar.gz"] {
+    for f in [
+        "template.toml",
+        "vmlinuz",
+        "initrd.img",
+        "disk.qcow2",
+        "rootfs.tar.gz",
+    ] {
         let path = format!("/usr/share/betaas/templates/tiny-armhf/{f}");
-        assert!(cat(&path) == std::fs::read(tiny.join(f)).expect("built tiny"), "{path}");
+        assert!(
+            cat(&path) == std::fs::read(tiny.join(f)).expect("built tiny"),
+            "{path}"
+        );
         let (mode, uid, _, _) = stat_in(&rootfs, &path);
         assert_eq!((mode & 0o7777, uid), (0o644, 0), "{path}");
     }
     let tvm = text("/usr/share/betaas/templates/tiny-vm-armhf/template.toml");
-    assert!(tvm.contains("name = \"tiny-vm\"") && tvm.contains("kinds = [\"qemu\"]"), "{tvm}");
+    assert!(
+        tvm.contains("name = \"tiny-vm\"") && tvm.contains("kinds = [\"qemu\"]"),
+        "{tvm}"
+    );
     assert!(!tvm.contains("[lxc]"), "{tvm}");
     let tiny_toml = text("/usr/share/betaas/templates/tiny-armhf/template.toml");
-    assert!(tiny_toml.contains("[lxc]") && tiny_toml.contains("\"lxc\""), "{tiny_toml}");
+    assert!(
+        tiny_toml.contains("[lxc]") && tiny_toml.contains("\"lxc\""),
+        "{tiny_toml}"
+    );
 
     // The manifest prints the image's and its parts' sizes.
     let manifest = std::fs::read_to_string(dir.join("manifest.txt")).expect("manifest");
-    for want in ["betaas-vmd ", "libvirt (", "qemu-system-arm + qemu-img: ", "templates (", "image: 2048 MiB; partitions: "] {
-        assert!(manifest.contains(want), "manifest lacks {want:?}:\n{manifest}");
+    for want in [
+        "betaas-vmd ",
+        "libvirt (",
+        "qemu-system-arm + qemu-img: ",
+        "templates (",
+        "image: 2048 MiB; partitions: ",
+    ] {
+        assert!(
+            manifest.contains(want),
+            "manifest lacks {want:?}:\n{manifest}"
+        );
     }
     assert!(
-        manifest.lines().any(|l| l.starts_with("libvirt-daemon-driver-lxc ")),
+        manifest
+            .lines()
+            .any(|l| l.starts_with("libvirt-daemon-driver-lxc ")),
         "{manifest}"
     );
 }

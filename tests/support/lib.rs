@@ -498,9 +498,11 @@ impl Qemu {
     /// (`$((…))`), so the echo of the typed line never matches it.
     pub fn shell(&mut self, cmd: &str, timeout: Duration) -> (String, i32) {
         if !self.logged_in {
-            wait_until("the console's login prompt", Duration::from_secs(300), || {
-                self.console().contains("login:").then_some(())
-            });
+            wait_until(
+                "the console's login prompt",
+                Duration::from_secs(300),
+                || self.console().contains("login:").then_some(()),
+            );
             let at = self.console().len();
             self.type_line("root");
             // login flushes what was typed before the shell starts: wait for the shell's banner.
@@ -534,7 +536,9 @@ impl Qemu {
             let rc = rc.parse().ok()?;
             text[e + end.len()..].contains("@@").then(|| {
                 (
-                    text[b..e].trim_matches(|c| c == '\r' || c == '\n').replace('\r', ""),
+                    text[b..e]
+                        .trim_matches(|c| c == '\r' || c == '\n')
+                        .replace('\r', ""),
                     rc,
                 )
             })

@@ -424,6 +424,34 @@ mod tests {
     }
 
     #[test]
+    fn probe_start_only_kinds_are_parsed_and_checked() {
+        // The gateway image's own file parses, with TCG proven by starting only.
+        let image = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../image/rootfs/etc/betaas/vmd.toml"
+        ))
+        .expect("image vmd.toml");
+        let c = Config::parse(Path::new("/etc/betaas/vmd.toml"), &image).expect("image config");
+        assert_eq!(c.probe.start_only, [VirtKind::Qemu]);
+        assert_eq!(
+            c.probe.kinds,
+            [VirtKind::Kvm, VirtKind::Lxc, VirtKind::Qemu]
+        );
+        assert_eq!(c.socket, PathBuf::from("/run/betaas/vmd.sock"));
+        assert_eq!(c.socket_mode, 0o600);
+        let e = Config::parse(
+            Path::new("/e/vmd.toml"),
+            "[probe]\nstart_only = [\"tcg\"]\n",
+        )
+        .expect_err("bad kind");
+        assert!(
+            e.to_string()
+                .starts_with("/e/vmd.toml:2: field `probe.start_only`: \"tcg\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_line_field_and_accepted_values() {
         let e = Config::parse(Path::new("/e/vmd.toml"), "uri = \"x\"\narch = \"mips\"\n")
             .expect_err("bad arch");

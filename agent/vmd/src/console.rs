@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use virt::connect::Connect;
 use virt::stream::Stream;
 
-
 /// One follower per running container, each on its own connection (a blocking read).
 #[derive(Clone, Default)]
 pub struct Followers {
@@ -56,7 +55,9 @@ impl Followers {
 fn copy(uri: &str, name: &str, log: &PathBuf) -> Result<u64, String> {
     let conn = Connect::open(Some(uri)).map_err(|e| format!("open {uri}: {e}"))?;
     let r = (|| {
-        let dom = conn.lookup_domain_by_name(name).map_err(|e| e.to_string())?;
+        let dom = conn
+            .lookup_domain_by_name(name)
+            .map_err(|e| e.to_string())?;
         let stream = Stream::new(&conn, 0).map_err(|e| e.to_string())?;
         // No VIR_DOMAIN_CONSOLE_FORCE: the LXC driver refuses it. A follower left by an earlier
         // run died with its daemon, and its end of the console with it.

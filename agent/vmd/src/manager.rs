@@ -154,7 +154,10 @@ impl Manager {
     pub fn new(cfg: Config) -> Self {
         let hv = Libvirt::new(&cfg.uri, Duration::from_secs(cfg.libvirt_retry_s));
         let catalog = Catalog::new(cfg.templates.clone());
-        let lxc = Libvirt::new(&cfg.lxc_uri, Duration::from_secs(cfg.libvirt_retry_s.min(2)));
+        let lxc = Libvirt::new(
+            &cfg.lxc_uri,
+            Duration::from_secs(cfg.libvirt_retry_s.min(2)),
+        );
         Manager {
             cfg,
             hv,
@@ -247,16 +250,24 @@ impl Manager {
         self.vms.get(name).map_or(VirtKind::Qemu, |v| v.mark.kind)
     }
 
-    /// Whether containers may exist: the probe found the LXC driver working (or has not run yet
-    /// with lxc among its kinds), or we have one.
+    /// Whether containers may exist: the probe found the LXC driver working, or we have one.
+    /// Before the probe they are not listed (containers left running are adopted once it found
+    /// the driver; meanwhile their files are kept): a host without the driver never waits on it.
     fn lxc_wanted(&self) -> bool {
-        let probed_ok = match &self.capability {
-            Some(c) => c.probes.iter().any(|p| p.kind == VirtKind::Lxc && p.ok),
-            None => self.cfg.probe.kinds.contains(&VirtKind::Lxc),
+        let probed_ok = self
+            .capability
+            .as_ref()
+            .is_some_and(|c| c.probes.iter().any(|p| p.kind == VirtKind::Lxc && p.ok));
+        // A container's directory holds its unpacked root: one left by an earlier run (vmd
+        // restarted with containers running) is adopted at once, before the probe.
+        let on_disk = || {
+            std::fs::read_dir(&self.cfg.state_dir)
+                .is_ok_and(|rd| rd.flatten().any(|e| e.path().join("rootfs").is_dir()))
         };
         probed_ok
             || self.cfg.probe.assume == Some(VirtKind::Lxc)
             || self.vms.values().any(|v| v.mark.kind == VirtKind::Lxc)
+            || on_disk()
     }
 
     /// The containers, or None when the LXC driver is not wanted or did not answer.
@@ -312,8 +323,7 @@ impl Manager {
         }
         // Containers unlisted (the LXC driver did not answer) are not gone: keep them and their files.
         let unlisted = |m: &Manager, name: &str| {
-            !lxc_listed
-                && (m.kind_of(name) == VirtKind::Lxc || m.dir(name).join("rootfs").is_dir())
+            !lxc_listed && (m.kind_of(name) == VirtKind::Lxc || m.dir(name).join("rootfs").is_dir())
         };
         for name in r.vanished.iter().chain(&r.orphan_dirs) {
             if unlisted(self, name) {
