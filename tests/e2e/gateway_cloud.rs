@@ -81,6 +81,42 @@ fn wait_marker(vm: &mut Qemu, name: &str, needle: &str, count: usize, timeout: D
     }
 }
 
+/// A signed request for `template` that must be placed on `gw` (a new VM, or `resumed`); returns
+/// the VM's name and how long the answer took.
+fn placed_here(
+    ops: &VmClient,
+    gw: &str,
+    id: &str,
+    template: &str,
+    resumed: bool,
+) -> (String, Duration) {
+    let t0 = Instant::now();
+    let r = ops.request(gw, id, template, 600);
+    let took = t0.elapsed();
+    assert_eq!(
+        (
+            r["decision"].as_str(),
+            r["host"].as_str(),
+            r["resumed"].as_bool()
+        ),
+        (Some("local"), Some(gw), Some(resumed)),
+        "{r}"
+    );
+    (r["vm"].as_str().expect("vm name").to_owned(), took)
+}
+
+/// A signed release of `vm` that must succeed; returns how long it took.
+fn released(ops: &VmClient, gw: &str, id: &str, vm: &str) -> Duration {
+    let t0 = Instant::now();
+    let (rel, code) = ops.run("release", gw, id, &["--vm", vm], 600);
+    assert_eq!(
+        (rel["decision"].as_str(), code),
+        (Some("released"), 0),
+        "{rel}"
+    );
+    t0.elapsed()
+}
+
 fn used_cpus(i: &Value) -> Option<u64> {
     i["used"]["cpus"].as_u64()
 }
@@ -156,18 +192,7 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
 
     // 1. A request from the host: placed on this gateway, started as a container.
     let t0 = Instant::now();
-    let r1 = ops.request(&gw, "r1", "tiny", 600);
-    let r1_reply = t0.elapsed();
-    assert_eq!(
-        (
-            r1["decision"].as_str(),
-            r1["host"].as_str(),
-            r1["resumed"].as_bool()
-        ),
-        (Some("local"), Some(gw.as_str()), Some(false)),
-        "{r1}"
-    );
-    let name = r1["vm"].as_str().expect("vm name").to_owned();
+    let (name, r1_reply) = placed_here(&ops, &gw, "r1", "tiny", false);
     wait_marker(&mut vm, &name, BOOTED, 1, Duration::from_secs(120));
     let cold = t0.elapsed();
     let i = health(
@@ -185,29 +210,15 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     assert!(virsh.contains(&name), "{name} is an LXC domain: {virsh}");
 
     // 2. Released: the container stopped, the reservation given back.
-    let (rel, code) = ops.run("release", &gw, "rel1", &["--vm", &name], 300);
-    assert_eq!(
-        (rel["decision"].as_str(), code),
-        (Some("released"), 0),
-        "{rel}"
-    );
+    released(&ops, &gw, "rel1", &name);
     health(&mut sub, &gw, "the reservation given back", |i| {
         used_cpus(i) == Some(0) && i["vms"] == 0
     });
 
     // 3. Requested again: the same container started again (resumed), faster than the first time.
     let t1 = Instant::now();
-    let r2 = ops.request(&gw, "r2", "tiny", 600);
-    let r2_reply = t1.elapsed();
-    assert_eq!(
-        (
-            r2["decision"].as_str(),
-            r2["vm"].as_str(),
-            r2["resumed"].as_bool()
-        ),
-        (Some("local"), Some(name.as_str()), Some(true)),
-        "{r2}"
-    );
+    let (again, r2_reply) = placed_here(&ops, &gw, "r2", "tiny", true);
+    assert_eq!(again, name, "the same container");
     wait_marker(&mut vm, &name, BOOTED, 2, Duration::from_secs(120));
     let resumed = t1.elapsed();
     eprintln!(
@@ -259,34 +270,16 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     // 6. Released for good; then the emulated VM (QEMU TCG on the gateway, itself emulated here):
     // placed, started, saved on release and resumed on the next request. Its boot inside two
     // layers of emulation takes many minutes: `nested_tcg_vm_boots_on_the_gateway` waits for it.
-    let t_rel = Instant::now();
-    let (rel, code) = ops.run("release", &gw, "rel2", &["--vm", &name], 300);
-    assert_eq!(
-        (rel["decision"].as_str(), code),
-        (Some("released"), 0),
-        "{rel}"
-    );
+    let rel_took = released(&ops, &gw, "rel2", &name);
     let (tail, _) = vm.shell(
         &format!("tail -n 3 /var/lib/betaas/vms/{name}/serial.log"),
         Duration::from_secs(30),
     );
     eprintln!(
         "container released (shutdown) in {:.1} s; its console ends:\n{tail}",
-        t_rel.elapsed().as_secs_f64()
+        rel_took.as_secs_f64()
     );
-    let t3 = Instant::now();
-    let r4 = ops.request(&gw, "r4", "tiny-vm", 600);
-    let tcg_start = t3.elapsed();
-    assert_eq!(
-        (
-            r4["decision"].as_str(),
-            r4["host"].as_str(),
-            r4["resumed"].as_bool()
-        ),
-        (Some("local"), Some(gw.as_str()), Some(false)),
-        "{r4}"
-    );
-    let vm_name = r4["vm"].as_str().expect("vm name").to_owned();
+    let (vm_name, tcg_start) = placed_here(&ops, &gw, "r4", "tiny-vm", false);
     let (virsh, _) = vm.shell(
         "virsh -c qemu:///system list --all",
         Duration::from_secs(120),
@@ -300,22 +293,9 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     health(&mut sub, &gw, "the emulated VM running", |i| {
         vm_named(i, &vm_name).is_some_and(|v| v["state"] == "running")
     });
-    let t4 = Instant::now();
-    let (rel, code) = ops.run("release", &gw, "rel3", &["--vm", &vm_name], 600);
-    let tcg_save = t4.elapsed();
-    assert_eq!(
-        (rel["decision"].as_str(), code),
-        (Some("released"), 0),
-        "{rel}"
-    );
-    let t5 = Instant::now();
-    let r5 = ops.request(&gw, "r5", "tiny-vm", 600);
-    let tcg_resume = t5.elapsed();
-    assert_eq!(
-        (r5["vm"].as_str(), r5["resumed"].as_bool()),
-        (Some(vm_name.as_str()), Some(true)),
-        "{r5}"
-    );
+    let tcg_save = released(&ops, &gw, "rel3", &vm_name);
+    let (again, tcg_resume) = placed_here(&ops, &gw, "r5", "tiny-vm", true);
+    assert_eq!(again, vm_name, "the same VM");
     eprintln!(
         "FIGURES emulated VM on the (emulated) gateway: request→result (QEMU started) {:.1} s, \
          release (managed save) {:.1} s, request→resumed result {:.1} s",
@@ -349,9 +329,7 @@ fn nested_tcg_vm_boots_on_the_gateway() {
         i["synced"] == true
     });
     let t0 = Instant::now();
-    let r1 = ops.request(&gw, "r1", "tiny-vm", 600);
-    assert_eq!(r1["decision"], "local", "{r1}");
-    let name = r1["vm"].as_str().expect("vm name").to_owned();
+    let (name, _) = placed_here(&ops, &gw, "r1", "tiny-vm", false);
     wait_marker(&mut vm, &name, BOOTED, 1, Duration::from_secs(3600));
     eprintln!(
         "FIGURES nested TCG: request → tiny-vm's boot marker on the emulated gateway {:.0} s",
