@@ -81,3 +81,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   echo "==> installing chromium chromium-driver (the web UI test)"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
 fi
+
+# --- The broker test (agent/tests/brokers.rs, issue 18): a 3-node RabbitMQ cluster with the MQTT
+# plugin (rabbitmq_mqtt ships in the package), started by the test itself on loopback, each node on
+# its own ports with its own epmd, so the package's service (started on install where systemd runs)
+# is neither used nor disturbed. Kept apart from the list above on purpose.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  apt_update
+  echo "==> installing rabbitmq-server (the broker test)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends rabbitmq-server
+fi
