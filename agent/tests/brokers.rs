@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use betaas_core::allocator::Res;
@@ -99,6 +100,8 @@ struct Bus {
     health: BTreeMap<String, Value>,
     /// Discovery configs of the test's gateways (topic → payload), as last published.
     configs: BTreeMap<String, String>,
+    /// Each gateway's availability as last published, and when it arrived.
+    availability: BTreeMap<String, (String, Instant)>,
 }
 
 impl Bus {
@@ -119,6 +122,7 @@ impl Bus {
             arrivals: BTreeMap::new(),
             health: BTreeMap::new(),
             configs: BTreeMap::new(),
+            availability: BTreeMap::new(),
         }
     }
 
@@ -137,7 +141,10 @@ impl Bus {
             let Some(rest) = t.strip_prefix(&format!("betaas/{id}/")) else {
                 continue;
             };
-            if rest == "health" {
+            if rest == "availability" {
+                self.availability
+                    .insert(id.clone(), (p.to_owned(), Instant::now()));
+            } else if rest == "health" {
                 if let Ok(h) = serde_json::from_str(p) {
                     self.health.insert(id.clone(), h);
                 }
@@ -202,6 +209,9 @@ fn suite(cluster: &mut Cluster, started_in: Duration, rng: &mut fastrand::Rng) -
     let a = Member::new(rng, &keys, &ports, 0);
     let b = Member::new(rng, &keys, &ports, 1);
     let (ida, idb) = (a.id().to_owned(), b.id().to_owned());
+    // a logs at debug: when it hears b's join request.
+    let text = std::fs::read_to_string(&a.cfg).expect("agent.toml");
+    std::fs::write(&a.cfg, format!("log_level = \"debug\"\n{text}")).expect("agent.toml");
     let mut bus = Bus::new(&cluster.node(2), &[&ida, &idb]);
     let _wa = Wiggler::start(&a.gw, &[THING], rng.u64(..));
     let _wb = Wiggler::start(&b.gw, &[THING], rng.u64(..));
@@ -300,47 +310,75 @@ fn suite(cluster: &mut Cluster, started_in: Duration, rng: &mut fastrand::Rng) -
         format!("ok ({} readings, none lost)", spans[0] + spans[1]),
     ));
 
-    // b killed and restarted (on node 1): it knows a again from the answer to its join.
-    agent_b.kill9();
-    let t_restart = Instant::now();
-    let agent_b2 = Agent::start(&b.cfg);
-    bus.health.remove(&idb);
-    bus.until(
-        "the restarted member to see the other",
-        Duration::from_secs(10),
-        |bus| bus.sees_up(&idb, &ida),
-    );
-    let shown = t_restart.elapsed();
-    let text = agent_b2.log();
-    let subscribed = text
-        .lines()
-        .filter(|l| l.contains("subscribed"))
-        .find_map(log_ms)
-        .expect("a subscribed line");
-    let learned = text
-        .lines()
-        .filter(|l| l.contains("joined the instance") && l.contains(&format!("gateway={ida}")))
-        .find_map(log_ms)
-        .unwrap_or_else(|| panic!("{idb} never logged {ida} joining:\n{text}"));
-    let rejoin = (learned - subscribed) / 1000.0;
-    eprintln!(
-        "restarted member: knew the other {rejoin:.3} s after subscribing (health showed it {:.2} s \
-         after the restart)",
-        shown.as_secs_f64()
-    );
-    assert!(rejoin < 1.0, "the restarted member took {rejoin:.3} s");
+    // b killed and restarted (on node 1), three times: it knows a again from the answer to its
+    // join (a's periodic announce comes every 10 s). Judged on the median: one restart in a few
+    // on two loaded cores can be slower for want of CPU.
+    let joined_a = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("joined the instance") && l.contains(&format!("gateway={ida}")))
+            .find_map(log_ms)
+    };
+    let mut rejoins = Vec::new();
+    for _ in 0..3 {
+        bus.pump(Duration::from_millis(500));
+        agent_b.kill9();
+        agent_b = Agent::start(&b.cfg);
+        let t = Instant::now();
+        while joined_a(&agent_b.log()).is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{idb} never logged {ida} joining:\n{}",
+                agent_b.log()
+            );
+            bus.pump(Duration::from_millis(20));
+        }
+        let text = agent_b.log();
+        let subscribed = text
+            .lines()
+            .filter(|l| l.contains("subscribed"))
+            .find_map(log_ms)
+            .expect("a subscribed line");
+        let rejoin = (joined_a(&text).expect("joined") - subscribed) / 1000.0;
+        let heard = agent_a
+            .log()
+            .lines()
+            .filter(|l| l.contains("asks the members to announce") && l.contains(idb.as_str()))
+            .filter_map(log_ms)
+            .filter(|t| *t >= subscribed - 100.0)
+            .map(|t| format!("{:.0} ms", t - subscribed))
+            .collect::<Vec<_>>();
+        eprintln!(
+            "restarted member: knew the other {rejoin:.3} s after subscribing; the other heard its \
+             join at {heard:?} after it subscribed"
+        );
+        assert!(
+            rejoin < 5.0,
+            "the restarted member took {rejoin:.3} s: not from a join answer"
+        );
+        rejoins.push(rejoin);
+    }
+    rejoins.sort_by(f64::total_cmp);
+    let rejoin = rejoins[1];
+    assert!(rejoin < 1.0, "the restarted member took {rejoins:?} s");
     // Past the hold timeout (4 s): it refused nothing.
     bus.pump(Duration::from_secs(5));
     let rejected = bus.health[&idb]["instance"]["rejected"].clone();
+    eprintln!(
+        "joins sent by the restarted member: {}, answered by the other: {}",
+        bus.health[&idb]["instance"]["joins_sent"], bus.health[&ida]["instance"]["joins_answered"]
+    );
     assert!(
         rejected.as_object().is_some_and(|r| r.is_empty()),
         "the restarted member refused messages: {rejected}"
     );
+    assert!(bus.sees_up(&idb, &ida), "{:?}", bus.health[&idb]);
     rows.push((
-        "a restarted member sees the others (after subscribing)",
-        format!("{rejoin:.2} s, nothing rejected"),
+        "a restarted member sees the others (after subscribing; median of 3 restarts)",
+        format!(
+            "{rejoin:.2} s ({:.2}–{:.2}), nothing rejected",
+            rejoins[0], rejoins[2]
+        ),
     ));
-    let mut agent_b = agent_b2;
 
     // Home Assistant restarts: a late wildcard subscriber, then its birth message.
     let expected: BTreeSet<String> = bus.configs.keys().cloned().collect();
@@ -398,10 +436,50 @@ fn suite(cluster: &mut Cluster, started_in: Duration, rng: &mut fastrand::Rng) -
         ),
     ));
 
+    // The last will of a frozen gateway (a, on node 1 now) at the subscriber on node 2: measured,
+    // asserted on mosquitto only (issue 18's trial saw a 3-node RabbitMQ lose it on other nodes).
     agent_a.assert_running();
     agent_b.assert_running();
-    agent_a.stop();
     agent_b.stop();
+    let pid = agent_a.pid().expect("a runs").to_string();
+    let frozen = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let wait = Duration::from_secs(20);
+    let mut will = None;
+    while will.is_none() && frozen.elapsed() < wait {
+        bus.pump(Duration::from_millis(50));
+        will = bus
+            .availability
+            .get(&ida)
+            .filter(|(p, at)| p == "offline" && *at > frozen)
+            .map(|(_, at)| *at - frozen);
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    match will {
+        Some(d) => eprintln!(
+            "last will of the frozen gateway after {:.1} s",
+            d.as_secs_f64()
+        ),
+        None => eprintln!("no last will of the frozen gateway within {wait:?}"),
+    }
+    if matches!(cluster, Cluster::Mosquitto { .. }) {
+        assert!(
+            will.is_some(),
+            "mosquitto published no last will within {wait:?}"
+        );
+    }
+    rows.push((
+        "last will of a frozen gateway, at a subscriber on another node (keep-alive 5 s)",
+        will.map_or_else(
+            || format!("lost (none in {} s)", wait.as_secs()),
+            |d| format!("ok ({:.1} s)", d.as_secs_f64()),
+        ),
+    ));
+    agent_a.kill9();
     Column { broker, rows }
 }
 

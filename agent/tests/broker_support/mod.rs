@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use betaas_e2e::{free_port, wait_until, Mosquitto};
+use betaas_e2e::{wait_until, Mosquitto};
 
 /// The installed version of a Debian package (`dpkg-query`), or "?".
 pub fn deb_version(pkg: &str) -> String {
@@ -100,6 +100,18 @@ impl Drop for Relay {
     }
 }
 
+/// A free loopback port below the ephemeral range (32768–60999 on Linux), so that no outgoing
+/// connection (the nodes' own, the CLI's) takes it between the test choosing it and a node
+/// binding it.
+fn quiet_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20000..32000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 const RMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 
 /// One node of the cluster.
@@ -132,6 +144,11 @@ impl RabbitCluster {
 
     /// `rabbitmqctl -n <node> args…`, its output; panics on failure.
     fn ctl(&self, node: usize, args: &[&str]) -> String {
+        self.try_ctl(node, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `rabbitmqctl -n <node> args…`: its output, or why it failed (with the node's log).
+    fn try_ctl(&self, node: usize, args: &[&str]) -> Result<String, String> {
         let out = Command::new(Path::new(RMQ_BIN).join("rabbitmqctl"))
             .arg("-n")
             .arg(&self.nodes[node].name)
@@ -142,15 +159,16 @@ impl RabbitCluster {
             .stdin(Stdio::null())
             .output()
             .expect("rabbitmqctl");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl -n {} {args:?}: {}{}\n--- node log ---\n{}",
-            self.nodes[node].name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.node_log(node)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if !out.status.success() {
+            return Err(format!(
+                "rabbitmqctl -n {} {args:?}: {}{}\n--- node log ---\n{}",
+                self.nodes[node].name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.node_log(node)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn node_log(&self, node: usize) -> String {
@@ -159,8 +177,23 @@ impl RabbitCluster {
     }
 
     /// Starts `n` nodes, waits for each, joins nodes 1.. to node 0 (`rabbitmqctl join_cluster`)
-    /// and waits for every MQTT listener.
+    /// and waits for every MQTT listener. A node that fails to boot (a port taken between the test
+    /// choosing it and the node binding it) fails the attempt: up to three, each on new ports.
     pub fn start(n: usize) -> RabbitCluster {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match RabbitCluster::start_once(n) {
+                Ok(c) => return c,
+                Err(e) => {
+                    eprintln!("RabbitMQ cluster did not start, trying again on other ports:\n{e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("RabbitMQ cluster did not start:\n{}", failures.join("\n\n"));
+    }
+
+    fn start_once(n: usize) -> Result<RabbitCluster, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
@@ -172,13 +205,13 @@ impl RabbitCluster {
         let tag = format!("{:x}", fastrand::u32(..));
         let mut c = RabbitCluster {
             dir,
-            epmd_port: free_port(),
+            epmd_port: quiet_port(),
             nodes: Vec::new(),
         };
         for i in 0..n {
             let nd = c.dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&nd).expect("node dir");
-            let (amqp, dist, mqtt) = (free_port(), free_port(), free_port());
+            let (amqp, dist, mqtt) = (quiet_port(), quiet_port(), quiet_port());
             let conf = nd.join("rabbitmq.conf");
             std::fs::write(
                 &conf,
@@ -237,32 +270,35 @@ impl RabbitCluster {
                     .child
                     .as_mut()
                     .and_then(|ch| ch.try_wait().ok().flatten());
-                assert!(
-                    exited.is_none() && Instant::now() < end,
-                    "node {i} did not start ({exited:?}):\n{}",
-                    c.node_log(i)
-                );
+                if exited.is_some() || Instant::now() > end {
+                    return Err(format!(
+                        "node {i} did not start ({exited:?}):\n{}",
+                        c.node_log(i)
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            c.ctl(i, &["await_startup", "--timeout", "120"]);
+            c.try_ctl(i, &["await_startup", "--timeout", "120"])?;
         }
         for i in 1..n {
             let first = c.nodes[0].name.clone();
-            c.ctl(i, &["stop_app"]);
-            c.ctl(i, &["join_cluster", &first]);
-            c.ctl(i, &["start_app"]);
+            c.try_ctl(i, &["stop_app"])?;
+            c.try_ctl(i, &["join_cluster", &first])?;
+            c.try_ctl(i, &["start_app"])?;
         }
-        let status = c.ctl(0, &["cluster_status", "--formatter", "json"]);
+        let status = c.try_ctl(0, &["cluster_status", "--formatter", "json"])?;
         let v: serde_json::Value = serde_json::from_str(&status).expect("cluster_status json");
         let running = v["running_nodes"].as_array().map_or(0, Vec::len);
-        assert_eq!(running, n, "not every node runs in the cluster: {status}");
+        if running != n {
+            return Err(format!("not every node runs in the cluster: {status}"));
+        }
         for node in &c.nodes {
             let port = node.mqtt_port;
             wait_until("the MQTT listener", Duration::from_secs(30), || {
                 TcpStream::connect(("127.0.0.1", port)).ok()
             });
         }
-        c
+        Ok(c)
     }
 
     pub fn mqtt_ports(&self) -> Vec<u16> {

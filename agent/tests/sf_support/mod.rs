@@ -64,6 +64,11 @@ impl Agent {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn assert_running(&mut self) {
         let child = self.child.as_mut().expect("running");
         let status = child.try_wait().expect("try_wait");
