@@ -175,6 +175,11 @@ pub fn vmd_list(socket: &Path) -> Vec<betaas_proto::VmInfo> {
     }
 }
 
+/// mosquitto drops QoS 1 messages for a subscriber more than 1000 behind (its default): a backlog
+/// drained after minutes of outage outruns a test's subscriber on a loaded machine, and the test
+/// would count the broker's drops as the agent's losses. The observer's queue is unbounded.
+const OBSERVER_QUEUE: &str = "max_queued_messages 0\n";
+
 /// A real mosquitto on a loopback port (QEMU's user network reaches it as 10.0.2.2:port), or an
 /// external broker the caller names.
 pub struct Mosquitto {
@@ -216,7 +221,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{OBSERVER_QUEUE}{extra_conf}"
             ),
         )
         .expect("write mosquitto.conf");
