@@ -149,24 +149,54 @@ fn provision(dir: &Path, gw: &str, port: u16) -> PathBuf {
     keys.join("instance.key")
 }
 
-#[test]
-#[ignore = "boots the qemu-virt image (libvirt, vmd, containers, nested QEMU): make test-e2e"]
-fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_vms() {
+/// A gateway of instance "edge" with a random id, its broker, a subscriber to its health, the
+/// client "ops", and the provisioned qemu-virt image booted.
+struct Edge {
+    _root: tempfile::TempDir,
+    gw: String,
+    _broker: Mosquitto,
+    sub: Subscriber,
+    ops: VmClient,
+    vm: Qemu,
+}
+
+fn boot_edge() -> Edge {
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
     let gw = format!("edge-{}", fastrand::u32(..100_000));
     let broker = Mosquitto::start();
-    let mut sub = broker.subscribe(&format!("betaas/{gw}/health"));
+    let sub = broker.subscribe(&format!("betaas/{gw}/health"));
     let key = provision(r, &gw, broker.port);
     let ops = VmClient::admit(&key, "edge", "ops", &r.join("ops"), &broker);
-
-    let booted = Instant::now();
     let prov = r.join("provision");
-    let mut vm = Qemu::boot_env(
+    let vm = Qemu::boot_env(
         "qemu-virt",
         &agent_toml(&gw, broker.port),
         &[("PROVISION", prov.to_str().expect("utf8"))],
     );
+    Edge {
+        _root: root,
+        gw,
+        _broker: broker,
+        sub,
+        ops,
+        vm,
+    }
+}
+
+#[test]
+#[ignore = "boots the qemu-virt image (libvirt, vmd, containers, nested QEMU): make test-e2e"]
+fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_vms() {
+    let booted = Instant::now();
+    // The broker and the tempdir are bound: dropped, they would stop and vanish at once.
+    let Edge {
+        _root,
+        gw,
+        _broker,
+        mut sub,
+        ops,
+        mut vm,
+    } = boot_edge();
     // vmd probed (a container and an emulated guest really started on the gateway) and the agent
     // read its list: nothing running, nothing used.
     let i = health(&mut sub, &gw, "the gateway's VM manager ready", |i| {
@@ -312,19 +342,15 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
 #[test]
 #[ignore = "nested emulation, many minutes: run by hand (make test-e2e skips it)"]
 fn nested_tcg_vm_boots_on_the_gateway() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let r = root.path();
-    let gw = format!("edge-{}", fastrand::u32(..100_000));
-    let broker = Mosquitto::start();
-    let mut sub = broker.subscribe(&format!("betaas/{gw}/health"));
-    let key = provision(r, &gw, broker.port);
-    let ops = VmClient::admit(&key, "edge", "ops", &r.join("ops"), &broker);
-    let prov = r.join("provision");
-    let mut vm = Qemu::boot_env(
-        "qemu-virt",
-        &agent_toml(&gw, broker.port),
-        &[("PROVISION", prov.to_str().expect("utf8"))],
-    );
+    // The broker and the tempdir are bound: dropped, they would stop and vanish at once.
+    let Edge {
+        _root,
+        gw,
+        _broker,
+        mut sub,
+        ops,
+        mut vm,
+    } = boot_edge();
     health(&mut sub, &gw, "the gateway's VM manager ready", |i| {
         i["synced"] == true
     });
