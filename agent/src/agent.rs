@@ -453,7 +453,9 @@ async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
                 .await;
                 if let Ok((r, system)) = marked {
                     match r {
-                        Ok(()) => info!(slot = ?system.slot, version = ?system.version, "healthy: slot marked good"),
+                        Ok(()) => {
+                            info!(slot = ?system.slot, version = ?system.version, "healthy: slot marked good")
+                        }
                         Err(e) => warn!("cannot mark the slot good yet: {e}"),
                     }
                     *lock(&agent.system) = system;

@@ -48,7 +48,11 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
 }
 
 /// The pure core: the system state from the booted slot, U-Boot's environment and the version.
-pub fn system(slot: Option<String>, env: &BTreeMap<String, String>, version: Option<String>) -> System {
+pub fn system(
+    slot: Option<String>,
+    env: &BTreeMap<String, String>,
+    version: Option<String>,
+) -> System {
     let (pending, rolled_back) = match &slot {
         Some(s) => {
             let left = env
@@ -122,6 +126,89 @@ pub fn mark_good() -> Result<(), String> {
     }
 }
 
+/// RAUC's status file (system.conf `data-directory`): what each slot was last installed with.
+pub const STATUS: &str = "/var/lib/betaas/rauc/central.raucs";
+
+/// The bundle version RAUC recorded for slot `rootfs.<index>` in its status file.
+pub fn installed_version(status: &str, index: u32) -> Option<String> {
+    let header = format!("[slot.rootfs.{index}]");
+    let mut inside = false;
+    for line in status.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == header;
+        } else if inside {
+            if let Some(v) = line.strip_prefix("bundle.version=") {
+                return Some(v.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Where a bundle is downloaded to (the data partition: the root filesystem is read-only).
+pub const BUNDLE: &str = "/var/lib/betaas/update.raucb";
+
+/// A bundle URL the gateway accepts: http or https, no spaces or shell-significant characters.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let ok_scheme = url.starts_with("http://") || url.starts_with("https://");
+    let ok_chars = url
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c));
+    if ok_scheme && ok_chars && url.len() <= 2048 {
+        Ok(())
+    } else {
+        Err(format!(
+            "update url {url:?}: expected an http:// or https:// URL"
+        ))
+    }
+}
+
+fn run(cmd: &mut std::process::Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .env("DBUS_STARTER_BUS_TYPE", "session")
+        .env("DBUS_SESSION_BUS_ADDRESS", RAUC_BUS)
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        Err(format!("{what}: {last}"))
+    }
+}
+
+/// Downloads the bundle at `url` (busybox wget) to [`BUNDLE`], has RAUC check it (signature
+/// against the image's keyring, compatible) and install it into the other slot. Returns the
+/// bundle's version. The download is removed in every case. Blocking: run it off the runtime.
+pub fn install_from(url: &str) -> Result<String, String> {
+    check_url(url)?;
+    let _ = std::fs::remove_file(BUNDLE);
+    let r = (|| {
+        run(
+            std::process::Command::new("wget").args(["-q", "-O", BUNDLE, url]),
+            "download",
+        )?;
+        // RAUC's service checks the signature and the compatible before it writes anything.
+        run(
+            std::process::Command::new("rauc").args(["install", BUNDLE]),
+            "rauc install",
+        )?;
+        let status = std::fs::read_to_string(STATUS).unwrap_or_default();
+        let slot = booted_slot(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+        let other = if slot.as_deref() == Some("B") { 0 } else { 1 };
+        Ok(installed_version(&status, other).unwrap_or_default())
+    })();
+    let _ = std::fs::remove_file(BUNDLE);
+    r
+}
+
 /// Whether the agent is healthy enough to keep this slot: connected to its broker, and its
 /// `configured` things polled (each publishes at least one id, available or not) with at least one
 /// reading among them.
@@ -183,11 +270,43 @@ mod tests {
     }
 
     #[test]
+    fn version_from_raucs_status() {
+        let status = "[slot.rootfs.0]\nbundle.version=v1\n\n[slot.rootfs.1]\nbundle.compatible=betaas-x\nbundle.version=v2\ninstalled.count=1\n";
+        assert_eq!(installed_version(status, 1).as_deref(), Some("v2"));
+        assert_eq!(installed_version(status, 0).as_deref(), Some("v1"));
+        assert_eq!(installed_version("", 1), None);
+    }
+
+    #[test]
+    fn bundle_urls() {
+        assert!(check_url("http://10.0.2.2:8080/betaas-qemu-cubieboard-v2.raucb").is_ok());
+        assert!(check_url("https://updates.example/b.raucb?x=1").is_ok());
+        for bad in [
+            "ftp://h/b",
+            "/var/lib/b.raucb",
+            "http://h/b c",
+            "http://h/`reboot`",
+            "http://h/\"x",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn health_needs_the_broker_and_the_things() {
         assert!(!healthy(false, 1, &[(5, Some(true))]));
-        assert!(!healthy(true, 2, &[(5, Some(true)), (0, None)]), "one thing never polled");
-        assert!(!healthy(true, 2, &[(5, Some(true))]), "one thing not seen yet");
-        assert!(healthy(true, 2, &[(5, Some(true)), (0, Some(false))]), "an absent sensor is read");
+        assert!(
+            !healthy(true, 2, &[(5, Some(true)), (0, None)]),
+            "one thing never polled"
+        );
+        assert!(
+            !healthy(true, 2, &[(5, Some(true))]),
+            "one thing not seen yet"
+        );
+        assert!(
+            healthy(true, 2, &[(5, Some(true)), (0, Some(false))]),
+            "an absent sensor is read"
+        );
         assert!(!healthy(true, 1, &[(0, Some(false))]), "no reading at all");
         assert!(healthy(true, 0, &[]));
     }

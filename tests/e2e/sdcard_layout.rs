@@ -89,7 +89,10 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     let parts = partitions(&img_path);
     // p1 boot, p2 slot A, p3 slot B (the same size), p4 data.
     assert_eq!(parts.len(), 4, "{parts:?}");
-    assert_eq!(parts[1].1, parts[2].1, "slots A and B differ in size: {parts:?}");
+    assert_eq!(
+        parts[1].1, parts[2].1,
+        "slots A and B differ in size: {parts:?}"
+    );
     assert!(
         parts[0].0 >= 8192 + spl.len() as u64,
         "p1 overlaps U-Boot: {parts:?}"
@@ -100,7 +103,11 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     let fat = format!("{}@@{}", img_path.display(), parts[0].0);
     let kver = kernel_version();
     let scr = run(Command::new("mtype").args(["-i", &fat, "::/boot.scr"]));
-    assert_eq!(&scr[..4], &[0x27, 0x05, 0x19, 0x56], "boot.scr is not a U-Boot image");
+    assert_eq!(
+        &scr[..4],
+        &[0x27, 0x05, 0x19, 0x56],
+        "boot.scr is not a U-Boot image"
+    );
     let script = String::from_utf8_lossy(&scr[64..]).into_owned();
     for want in [
         "for BOOT_SLOT in \"${BOOT_ORDER}\"",
@@ -114,8 +121,8 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     ] {
         assert!(script.contains(want), "boot.scr lacks {want:?}:\n{script}");
     }
-    let dir_listing = String::from_utf8(run(Command::new("mdir").args(["-b", "-i", &fat, "::/"])))
-        .expect("utf8");
+    let dir_listing =
+        String::from_utf8(run(Command::new("mdir").args(["-b", "-i", &fat, "::/"]))).expect("utf8");
     assert!(!dir_listing.contains("extlinux"), "{dir_listing}");
 
     // Root filesystem (ext4): read with debugfs from a copy of the partition.
@@ -137,7 +144,8 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     );
     // The slot's own kernel, DTB and initramfs, for boot.scr.
     assert!(
-        cat("/usr/lib/betaas/boot/zImage") == pkg(&format!("linux-image-armmp/boot/vmlinuz-{kver}")),
+        cat("/usr/lib/betaas/boot/zImage")
+            == pkg(&format!("linux-image-armmp/boot/vmlinuz-{kver}")),
         "the slot's zImage is not the package's kernel"
     );
     assert!(
@@ -148,7 +156,8 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
         "the slot's DTB differs"
     );
     assert!(
-        cat("/usr/lib/betaas/boot/initrd.img") == std::fs::read(dir.join("initrd.img")).expect("initrd"),
+        cat("/usr/lib/betaas/boot/initrd.img")
+            == std::fs::read(dir.join("initrd.img")).expect("initrd"),
         "the slot's initramfs differs"
     );
     // RAUC: the slots, the U-Boot backend, the keyring the image was built with, the version.
@@ -167,7 +176,9 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     );
     assert!(!cat("/etc/rauc/keyring.pem").is_empty(), "no keyring");
     assert_eq!(
-        String::from_utf8(cat("/etc/fw_env.config")).expect("utf8").trim(),
+        String::from_utf8(cat("/etc/fw_env.config"))
+            .expect("utf8")
+            .trim(),
         "/boot/uboot.env 0x0000 0x10000"
     );
     assert_eq!(

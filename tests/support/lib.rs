@@ -85,7 +85,9 @@ pub fn serve_file(path: &Path) -> u16 {
                 "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
-            let _ = c.write_all(head.as_bytes()).and_then(|()| c.write_all(&body));
+            let _ = c
+                .write_all(head.as_bytes())
+                .and_then(|()| c.write_all(&body));
         }
     });
     port
