@@ -5,8 +5,8 @@
 //! U-Boot's boot script (image/rauc/boot.cmd.in) picks the first slot of `BOOT_ORDER` with boot
 //! attempts left and decrements its `BOOT_<slot>_LEFT` before booting; RAUC sets it back to
 //! [`ATTEMPTS`] on install and on `rauc status mark-good`. So a running slot whose counter is below
-//! [`ATTEMPTS`] is on trial (pending), and a running slot that is not first in `BOOT_ORDER` means
-//! the preferred slot used up its attempts: the update was rolled back.
+//! [`ATTEMPTS`] is on trial (pending), and a running slot that is not first in `BOOT_ORDER` while
+//! the first has used up its attempts means the update was rolled back.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ pub struct System {
     pub version: Option<String>,
     /// The booted slot has not been marked good yet.
     pub pending: bool,
-    /// The preferred slot (first in BOOT_ORDER) is not the one that booted.
+    /// The preferred slot (first in BOOT_ORDER) is not the one that booted and has no attempts left.
     pub rolled_back: bool,
 }
 
@@ -61,10 +61,14 @@ pub fn system(
             let first = env
                 .get("BOOT_ORDER")
                 .and_then(|o| o.split_whitespace().next().map(str::to_owned));
-            (
-                left.is_some_and(|l| l < ATTEMPTS),
-                first.is_some_and(|f| &f != s),
-            )
+            // The preferred slot is another one and it has no attempts left: U-Boot gave it up.
+            // (Right after an install the new slot is first with all its attempts: not rolled back.)
+            let gave_up = first.filter(|f| f != s).is_some_and(|f| {
+                env.get(&format!("BOOT_{f}_LEFT"))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    == Some(0)
+            });
+            (left.is_some_and(|l| l < ATTEMPTS), gave_up)
         }
         None => (false, false),
     };
@@ -247,6 +251,13 @@ mod tests {
         // mark-good gave it its attempts back.
         let s = system(Some("B".into()), &env("B A", 3, 3), Some("v2".into()));
         assert!(!s.pending && !s.rolled_back, "{s:?}");
+    }
+
+    #[test]
+    fn installed_but_not_rebooted_is_not_rolled_back() {
+        // RAUC installed B and put it first; A still runs until the reboot.
+        let s = system(Some("A".into()), &env("B A", 3, 3), Some("v1".into()));
+        assert!(!s.rolled_back && !s.pending, "{s:?}");
     }
 
     #[test]

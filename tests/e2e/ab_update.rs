@@ -131,6 +131,13 @@ fn system(
     })
 }
 
+/// Drops the health messages sent before now (the guest just stopped: none can follow from that
+/// boot), so the next wait sees only the next boot's.
+fn drain(sub: &mut Subscriber) {
+    std::thread::sleep(Duration::from_millis(500));
+    while sub.next(Duration::from_millis(100)).is_some() {}
+}
+
 struct Rig {
     dir: tempfile::TempDir,
     toml: String,
@@ -307,6 +314,7 @@ fn update_boots_the_other_slot_and_is_marked_good() {
         vm.wait_exit(Duration::from_secs(60)),
         "the gateway did not reboot after the update"
     );
+    drain(&mut sub);
     let mut vm = vm.reboot(&rig.toml);
     let version = v2
         .file_stem()
@@ -352,6 +360,7 @@ fn update_whose_agent_never_gets_healthy_is_rolled_back() {
         vm.wait_exit(Duration::from_secs(60)),
         "the gateway did not reboot"
     );
+    drain(&mut sub);
     // B gets its 3 attempts (each ended by boot-deadline), then U-Boot boots A: each boot ends
     // either with QEMU stopping (the guest rebooted: power on again) or with the health saying
     // the gateway is back on A and rolled back.
@@ -505,7 +514,9 @@ fn power_cut_during_install_keeps_slot_a_and_a_later_install_succeeds() {
             .or_else(|| vm.console().contains("rootfs.1").then_some(()))
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let mut vm = vm.reboot(&rig.toml); // power cut, then power on
+    vm.kill(); // power cut
+    drain(&mut sub);
+    let mut vm = vm.reboot(&rig.toml); // power on
     println!(
         "power cut {:.1} s into the installation",
         cut.elapsed().as_secs_f64()
@@ -544,6 +555,7 @@ fn power_cut_during_install_keeps_slot_a_and_a_later_install_succeeds() {
         vm.wait_exit(Duration::from_secs(60)),
         "the gateway did not reboot"
     );
+    drain(&mut sub);
     let _vm = vm.reboot(&rig.toml);
     let version = v2
         .file_stem()
@@ -553,4 +565,74 @@ fn power_cut_during_install_keeps_slot_a_and_a_later_install_succeeds() {
     system(&mut sub, "v2 on B", BOOT, |s| {
         s["slot"] == "B" && s["version"] == version.as_str() && s["pending"] == false
     });
+}
+
+#[test]
+#[ignore = "boots qemu-cubieboard several times (minutes): run by `make test-e2e`"]
+fn new_slot_zeroed_after_install_falls_back_to_a() {
+    let rig = Rig::new();
+    let v2 = bundle(
+        &format!("v2-{}", fastrand::u32(..)),
+        rig.dir.path(),
+        None,
+        &[],
+    );
+    let mut sub = rig.subscribe();
+    let mut vm = rig.boot();
+    let s = system(&mut sub, "v1 healthy on slot A", BOOT, |s| {
+        s["slot"] == "A" && s["pending"] == false
+    });
+    let v1 = s["version"].clone();
+    let (out, rc, _) = rig.install(&mut vm, &v2);
+    assert_eq!(rc, 0, "install failed: {out}");
+    // The freshly written slot is wiped before it ever boots.
+    let (out, _) = vm.shell(
+        "dd if=/dev/zero of=/dev/mmcblk0p3 bs=1M 2>/dev/null; sync; head -c 2048 /dev/mmcblk0p3 | tr -d '\\0' | wc -c",
+        Duration::from_secs(300),
+    );
+    assert_eq!(out.trim(), "0", "slot B not zeroed");
+    let t = Instant::now();
+    vm.shell(
+        "(sleep 1; reboot) > /dev/null 2>&1 & true",
+        Duration::from_secs(10),
+    );
+    assert!(
+        vm.wait_exit(Duration::from_secs(60)),
+        "the gateway did not reboot"
+    );
+    drain(&mut sub);
+    // U-Boot cannot load B's kernel: it gives B no more attempts and resets (QEMU stops), then boots A.
+    let mut boots = 0;
+    loop {
+        vm = vm.reboot(&rig.toml);
+        boots += 1;
+        let up = betaas_e2e::wait_until("U-Boot's choice", BOOT, || {
+            let c = vm.console();
+            if c.contains("booting slot A") {
+                Some(true)
+            } else if c.contains("does not boot; marking it bad") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if up {
+            break;
+        }
+        assert!(
+            vm.wait_exit(Duration::from_secs(60)),
+            "no reset after marking B bad"
+        );
+        assert!(boots < 3, "still not on A after {boots} boots");
+    }
+    let s = system(&mut sub, "back on slot A, rolled back", BOOT, |s| {
+        s["slot"] == "A" && s["rolled_back"] == true && s["pending"] == false
+    });
+    println!(
+        "zeroed slot B: back on A running {v1} after {boots} boots, {:.1} s: {s}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(s["version"], v1);
+    let env = env_of(&mut vm);
+    assert!(env.contains("BOOT_B_LEFT=0"), "{env}");
 }
