@@ -4,6 +4,8 @@
 #   make agent-arm            the static ARM agent
 #   make vmd-arm              betaas-vmd for armhf, linked against Debian's armhf libvirt (out/sysroot-armhf)
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
+#   make bundle BOARD=<board> [VERSION=v]  signed RAUC update bundle out/<board>/betaas-<board>-<v>.raucb
+#                             (VERSION defaults to `git describe`; keys: README, "Updates")
 #   make bench                benchmarks (figures with their baselines)
 #   make flash BOARD=<board> DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]
 #                             write out/<board>/sdcard.img to an SD card (betaas-flash), verify, provision
@@ -19,7 +21,7 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
 
 all: agent-arm
 
@@ -50,6 +52,12 @@ vmd-arm: $(STAMP)
 image: agent-arm flash-tool vmd-arm out/templates/tiny-armhf/template.toml
 	@echo "==> building image for $(BOARD)"
 	bash image/build.sh $(BOARD)
+
+# A signed update bundle of the image's root filesystem (built first if missing), for `betaas-agent update`.
+bundle: $(STAMP)
+	@test -f out/$(BOARD)/staging/rootfs.ext4 || $(MAKE) image BOARD=$(BOARD)
+	@echo "==> building the update bundle for $(BOARD)"
+	bash image/bundle.sh $(BOARD)
 
 # betaas-flash (flash/): the image's block map (debug build, shared with the tests) ...
 flash-tool:

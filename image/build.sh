@@ -2,11 +2,15 @@
 # Builds out/<board>/ from Debian's armhf binary packages and the static agent. Generic: every board
 # fact comes from boards/<board>/board.conf.
 #
-# Disk layout (like Buildroot's Cubieboard layout, plus a data partition as in Nerves/HAOS):
+# Disk layout: A/B root filesystems updated by RAUC (as Home Assistant OS, Nerves and Mender do),
+# plus a data partition that updates never touch:
 #   8 KiB   U-Boot SPL + U-Boot (sunxi boards only), raw, outside the partition table
-#   1 MiB   p1 FAT   "boot":   zImage, DTB, initrd.img, extlinux/extlinux.conf
-#           p2 ext4  "rootfs": busybox, the agent, its config and service; mounted read-only
-#           p3 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history)
+#   1 MiB   p1 FAT   "boot":   boot.scr (the slot choice), uboot.env (U-Boot's environment: BOOT_ORDER,
+#                              BOOT_A_LEFT, BOOT_B_LEFT, written by the script and by RAUC), betaas/
+#           p2 ext4  "rootfs-a": slot A: busybox, the agent, its config and service, and the slot's own
+#                              kernel, DTB and initramfs in /usr/lib/betaas/boot/; mounted read-only
+#           p3 ext4  "rootfs-b": slot B, the same size; the factory image carries the same system in both
+#           p4 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history)
 # The image size is a power of two: QEMU's SD card model requires it.
 set -euo pipefail
 BOARD=${1:?usage: image/build.sh BOARD}
@@ -26,10 +30,12 @@ ST=$OUT/staging
 # With virtualization the rootfs holds libvirt, QEMU and the templates, and the data partition the
 # VMs' overlays, unpacked container roots and saved states (a 128 MiB guest saves ~130 MiB).
 if [ "${VIRT:-1}" = 1 ]; then
-  BOOT_MB=32 ROOT_MB=160 DATA_MB=1848 IMG_MB=2048
+  BOOT_MB=32 ROOT_MB=160 DATA_MB=1688 IMG_MB=2048
 else
-  BOOT_MB=32 ROOT_MB=96 DATA_MB=120 IMG_MB=256
+  BOOT_MB=32 ROOT_MB=96 DATA_MB=280 IMG_MB=512
 fi
+# Where each slot keeps its kernel, DTB and initramfs (U-Boot loads them from the slot's ext4).
+SLOT_BOOT=usr/lib/betaas/boot
 step() { echo "==> [$BOARD] $*"; }
 
 step "resolving Debian armhf packages"
@@ -51,6 +57,8 @@ ROOT_MODULES="crc32c_generic sunxi-mmc ext4"     # to mount the root filesystem
 case "$PARTITION" in /dev/vd*) ROOT_MODULES="crc32c_generic virtio_blk ext4";; esac
 # The boot partition is mounted read-only at /boot to pick up a provisioned /boot/betaas/agent.toml.
 BASE_MODULES="vfat nls_cp437 nls_ascii"
+# RAUC mounts an update bundle (a squashfs image) through a loop device.
+BASE_MODULES="$BASE_MODULES loop squashfs"
 module_files() { # NAME... -> relative .ko paths, dependencies first, each once
   for m in "$@"; do
     local path
@@ -108,8 +116,8 @@ ln -sfn /run "$RF/var/run"
 mkdir -p "$RF/boot"
 cat > "$RF/etc/fstab" <<FSTAB
 # <device>         <mount point>    <type> <options>                            <dump> <pass>
-${PARTITION}1  /boot            vfat   ro,noatime,nodev,nosuid,noexec,umask=077  0      0
-${PARTITION}3  /var/lib/betaas  ext4   rw,noatime,nodev,nosuid,commit=5         0      0
+${PARTITION}1  /boot            vfat   rw,noatime,flush,nodev,nosuid,noexec,umask=077  0  0
+${PARTITION}4  /var/lib/betaas  ext4   rw,noatime,nodev,nosuid,commit=5         0      0
 FSTAB
 install -m 0755 "$AGENT" "$RF/usr/bin/betaas-agent"
 
@@ -133,6 +141,26 @@ install_dynamic() { # PKG|FILE PATH: installs dl/pkgs/PKG/PATH (or FILE) at PATH
   done
   [ -e "$RF/lib/ld-linux-armhf.so.3" ] || ln -s arm-linux-gnueabihf/ld-linux-armhf.so.3 "$RF/lib/ld-linux-armhf.so.3"
 }
+# Updates: RAUC (Debian's, with its service on a private D-Bus, image/rauc/bus.conf) and
+# fw_printenv/fw_setenv for U-Boot's environment (uboot.env on the FAT boot partition).
+step "RAUC (A/B updates), its D-Bus, fw_printenv/fw_setenv"
+bash image/debs.sh --libs rauc dbus-daemon libubootenv-tool >> "$OUT/packages.txt"
+install_dynamic rauc usr/bin/rauc
+install_dynamic dbus-daemon usr/bin/dbus-daemon
+install_dynamic libubootenv-tool usr/bin/fw_printenv
+ln -sfn fw_printenv "$RF/usr/bin/fw_setenv"
+read -r _ _ RAUC_KEYRING_FILE < <(bash image/rauc/keys.sh)
+mkdir -p "$RF/etc/rauc"
+install -m 0644 "$RAUC_KEYRING_FILE" "$RF/etc/rauc/keyring.pem"
+install -m 0644 image/rauc/bus.conf "$RF/etc/rauc/bus.conf"
+sed -e "s|@COMPATIBLE@|betaas-$BOARD|" -e "s|@PARTITION@|$PARTITION|g" image/rauc/system.conf.in > "$RF/etc/rauc/system.conf"
+# CONFIG_ENV_SIZE of Debian's sunxi U-Boot: 64 KiB (the uboot.env it saves), no redundant copy.
+echo "/boot/uboot.env 0x0000 0x10000" > "$RF/etc/fw_env.config"
+for p in usr/bin/rauc usr/bin/dbus-daemon usr/bin/fw_printenv; do
+  out=$(qemu-arm-static -L "$RF" "$RF/$p" --version 2>&1) || { echo "image: the installed $p does not run: $out" >&2; exit 1; }
+  echo "    ${p##*/}: $(echo "$out" | head -1)"
+done
+
 step "mosquitto (started only when /boot/betaas/mosquitto.conf is provisioned)"
 install_dynamic mosquitto usr/sbin/mosquitto
 usage=$(qemu-arm-static -L "$RF" "$RF/usr/sbin/mosquitto" -h 2>&1 || true)   # -h exits 3
@@ -189,41 +217,39 @@ fi
 install -m 0644 "boards/$BOARD/agent.toml" "$RF/etc/betaas/agent.toml"
 step "checking the shipped agent config with the ARM agent itself"
 qemu-arm-static "$RF/usr/bin/betaas-agent" check-config --config "$RF/etc/betaas/agent.toml"
+VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 cat > "$RF/etc/os-release" <<OSR
 NAME="BETaaS gateway firmware"
 ID=betaas
-VERSION_ID=$(git describe --always --dirty 2>/dev/null || echo unknown)
+VERSION_ID=$VERSION
 BOARD=$BOARD
 OSR
+# The firmware version (make bundle rewrites it in the bundle's copy; the agent's health reports it).
+echo "$VERSION" > "$RF/etc/betaas-release"
+# The slot's own kernel, DTB and initramfs: U-Boot's boot.scr loads them from this slot's partition.
+mkdir -p "$RF/$SLOT_BOOT"
+cp "$PK/linux-image-armmp/boot/vmlinuz-$KVER" "$RF/$SLOT_BOOT/zImage"
+cp "$ST/initrd.img" "$RF/$SLOT_BOOT/initrd.img"
+[ -n "$DTB" ] && cp "$PK/linux-image-armmp/usr/lib/linux-image-$KVER/$DTB" "$RF/$SLOT_BOOT/$DTB"
 
 step "boot partition"
-cmdline="console=$CONSOLE root=${PARTITION}2 ro rootwait panic=10 quiet loglevel=4"
+# Direct kernel boot (boards without U-Boot: qemu-virt) always boots slot A.
+cmdline="console=$CONSOLE root=${PARTITION}2 ro rootwait panic=10 quiet loglevel=4 rauc.slot=A"
 BT=$ST/boot
-mkdir -p "$BT/extlinux"
-cp "$PK/linux-image-armmp/boot/vmlinuz-$KVER" "$BT/zImage"
-cp "$ST/initrd.img" "$BT/initrd.img"
-if [ -n "$DTB" ]; then
-  cp "$PK/linux-image-armmp/usr/lib/linux-image-$KVER/$DTB" "$BT/$DTB"
-  fdt_line="  fdt /$DTB"
-else
-  fdt_line=""
+rm -rf "$BT" && mkdir -p "$BT"
+if [ -n "$UBOOT_TARGET" ]; then
+  sed -e "s|@CONSOLE@|$CONSOLE|" -e "s|@PARTITION@|$PARTITION|" -e "s|@SLOT_BOOT@|$SLOT_BOOT|g" -e "s|@DTB@|$DTB|" \
+    image/rauc/boot.cmd.in > "$ST/boot.cmd"
+  mkimage -A arm -O linux -T script -C none -n "BETaaS A/B boot" -d "$ST/boot.cmd" "$BT/boot.scr" >/dev/null
 fi
-cat > "$BT/extlinux/extlinux.conf" <<EXT
-default betaas
-timeout 0
-label betaas
-  kernel /zImage
-${fdt_line}
-  initrd /initrd.img
-  append $cmdline
-EXT
 rm -f "$ST/boot.vfat"
 mkfs.vfat -n BOOT -C "$ST/boot.vfat" $((BOOT_MB * 1024)) >/dev/null
-mcopy -s -i "$ST/boot.vfat" "$BT"/* ::/
+[ -z "$(ls "$BT")" ] || mcopy -s -i "$ST/boot.vfat" "$BT"/* ::/
 
 step "ext4 partitions"
 # Fixed timestamps and UUID-less hashing keep rebuilds comparable; -E root_owner: files belong to root.
 mke2fs -q -F -t ext4 -L rootfs -E root_owner=0:0 -d "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
+cp "$RF/etc/betaas-release" "$OUT/version"
 mkdir -p "$ST/data"
 mke2fs -q -F -t ext4 -L data -E root_owner=0:0 -d "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
 
@@ -235,12 +261,14 @@ sfdisk -q "$IMG" <<SF
 label: dos
 start=1MiB, size=${BOOT_MB}MiB, type=c, bootable
 size=${ROOT_MB}MiB, type=83
+size=${ROOT_MB}MiB, type=83
 size=${DATA_MB}MiB, type=83
 SF
 put() { dd if="$1" of="$IMG" bs=1M seek="$2" conv=notrunc,sparse,fsync status=none; }
 put "$ST/boot.vfat" 1
-put "$ST/rootfs.ext4" $((1 + BOOT_MB))
-put "$ST/data.ext4" $((1 + BOOT_MB + ROOT_MB))
+put "$ST/rootfs.ext4" $((1 + BOOT_MB))                # slot A
+put "$ST/rootfs.ext4" $((1 + BOOT_MB + ROOT_MB))      # slot B: the same system until the first update
+put "$ST/data.ext4" $((1 + BOOT_MB + 2 * ROOT_MB))
 if [ -n "$UBOOT_TARGET" ]; then
   SPL=$PK/u-boot-sunxi/usr/lib/u-boot/$UBOOT_TARGET/u-boot-sunxi-with-spl.bin
   dd if="$SPL" of="$IMG" bs=1 seek="$UBOOT_OFFSET" conv=notrunc status=none
@@ -248,8 +276,8 @@ if [ -n "$UBOOT_TARGET" ]; then
 fi
 
 # Loose copies for direct kernel boot and for inspection.
-cp "$BT/zImage" "$ST/initrd.img" "$OUT/"
-[ -n "$DTB" ] && cp "$BT/$DTB" "$OUT/"
+cp "$RF/$SLOT_BOOT/zImage" "$ST/initrd.img" "$OUT/"
+[ -n "$DTB" ] && cp "$RF/$SLOT_BOOT/$DTB" "$OUT/"
 
 if [ "$OUTPUT" = qemu ]; then
   step "run-qemu.sh"
@@ -305,7 +333,8 @@ step "manifest"
     echo "templates (/usr/share/betaas/templates): $(du -sb "$RF/usr/share/betaas/templates" | cut -f1) bytes"
   fi
   echo "rootfs contents: $(du -sb "$RF" | cut -f1) bytes"
-  echo "image: $IMG_MB MiB; partitions: boot $BOOT_MB MiB, rootfs $ROOT_MB MiB, data $DATA_MB MiB"
+  echo "image: $IMG_MB MiB; partitions: boot $BOOT_MB MiB, rootfs A $ROOT_MB MiB, rootfs B $ROOT_MB MiB, data $DATA_MB MiB"
+  echo "version $VERSION; RAUC compatible betaas-$BOARD; keyring $(openssl x509 -noout -subject -in "$RAUC_KEYRING_FILE" | sed 's/^subject=//')"
   (cd "$OUT" && sha256sum sdcard.img zImage initrd.img ${DTB:+$DTB})
 } > "$OUT/manifest.txt"
 rm -f "$OUT/packages.txt"
@@ -319,6 +348,7 @@ FLASH=${FLASH:-target/debug/betaas-flash}
 "$FLASH" bmap create --image "$IMG" \
   --from "$ST/boot.vfat@1MiB" \
   --from "$ST/rootfs.ext4@$((1 + BOOT_MB))MiB" \
-  --from "$ST/data.ext4@$((1 + BOOT_MB + ROOT_MB))MiB"
+  --from "$ST/rootfs.ext4@$((1 + BOOT_MB + ROOT_MB))MiB" \
+  --from "$ST/data.ext4@$((1 + BOOT_MB + 2 * ROOT_MB))MiB"
 echo "==> [$BOARD] write it to an SD card: make flash BOARD=$BOARD DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]"
 step "done: $IMG"

@@ -22,6 +22,8 @@ APT_PKGS=(
   libfaketime                                     # clock-jump test: a running agent's wall clock moved by years
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   bmap-tools                                      # bmaptool: the flash tests check sdcard.img.bmap against it
+  rauc squashfs-tools                             # `make bundle`: signed RAUC update bundles (rauc bundle runs mksquashfs)
+  u-boot-tools                                    # mkimage: the A/B boot script (boot.scr); fw_printenv-compatible env images
   debian-archive-keyring apt-utils
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.

@@ -40,6 +40,10 @@ pub struct Agent {
     status: Arc<ThingStatus>,
     /// The local cloud this gateway is a member of, if any.
     instance: Option<Arc<crate::instance::Runtime>>,
+    /// The firmware's slot, version and update state (health's `system`), refreshed by housekeeping.
+    system: Mutex<crate::update::System>,
+    /// How many things are configured: all must have been polled before the slot is marked good.
+    things_configured: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +141,8 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         wake: Notify::new(),
         started: Instant::now(),
         instance,
+        system: Mutex::new(crate::update::read()),
+        things_configured: config.things.len(),
     });
     // Retained state, (re)published by the session on every connect and Home Assistant birth.
     session.set_retained(&agent.topics.availability(), mqtt::ONLINE);
@@ -302,6 +308,7 @@ impl Agent {
             "clouds": crate::cloud::monitor::health(),
             "instance": self.instance.as_ref().map(|rt| rt.health()),
             "api": crate::api::health(),
+            "system": lock(&self.system).to_json(),
         })
     }
 }
@@ -418,6 +425,7 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
 async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_health = Instant::now() - health_every;
+    let mut last_mark = Instant::now() - Duration::from_secs(5);
     loop {
         tick.tick().await;
         let journal = agent.journal.clone();
@@ -426,8 +434,39 @@ async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
         if let Ok(Some(Err(e))) = r {
             error!("journal: {e}");
         }
+        // A/B updates: a slot on trial is marked good once the agent is connected and has read its
+        // things; otherwise U-Boot's attempt counter (and boot-deadline) take the gateway back.
+        let pending = lock(&agent.system).pending;
+        if pending && last_mark.elapsed() >= Duration::from_secs(5) {
+            let things: Vec<(u64, Option<bool>)> = agent
+                .status
+                .snapshot()
+                .values()
+                .map(|t| (t.readings, t.available))
+                .collect();
+            if crate::update::healthy(agent.session.connected(), agent.things_configured, &things) {
+                last_mark = Instant::now();
+                let marked = tokio::task::spawn_blocking(|| {
+                    let r = crate::update::mark_good();
+                    (r, crate::update::read())
+                })
+                .await;
+                if let Ok((r, system)) = marked {
+                    match r {
+                        Ok(()) => {
+                            info!(slot = ?system.slot, version = ?system.version, "healthy: slot marked good")
+                        }
+                        Err(e) => warn!("cannot mark the slot good yet: {e}"),
+                    }
+                    *lock(&agent.system) = system;
+                }
+            }
+        }
         if last_health.elapsed() >= health_every {
             last_health = Instant::now();
+            if let Ok(system) = tokio::task::spawn_blocking(crate::update::read).await {
+                *lock(&agent.system) = system;
+            }
             let h = agent.health().to_string();
             // QoS 0: a missed health message is replaced by the next one.
             agent.session.publish_qos0(&agent.topics.health(), h);

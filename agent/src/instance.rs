@@ -788,6 +788,9 @@ impl Runtime {
     /// An authorized request or release object: decided and carried out; the result published.
     async fn carry_out(self: Arc<Self>, v: serde_json::Value) -> serde_json::Value {
         let id = v["id"].as_str().unwrap_or("").to_owned();
+        if let Some(url) = v.get("update") {
+            return self.update(&id, url.as_str().unwrap_or("")).await;
+        }
         if let Some(vm) = v.get("release") {
             return match (vm.as_str(), &v["target"]) {
                 (Some(vm), serde_json::Value::Null) => self.release_local(&id, vm).await,
@@ -1078,6 +1081,37 @@ impl Runtime {
             .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
         crate::api::hub::vm_result(&payload);
         payload
+    }
+
+    /// A signed firmware update (`betaas-agent update`): the bundle at `url` is downloaded and
+    /// installed into the other A/B slot by RAUC; on success the result says `installed` with the
+    /// bundle's version and the gateway reboots into the new slot a few seconds later.
+    async fn update(self: &Arc<Self>, id: &str, url: &str) -> serde_json::Value {
+        info!(request = id, url, "firmware update requested");
+        let u = url.to_owned();
+        let done = tokio::task::spawn_blocking(move || crate::update::install_from(&u))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match done {
+            Ok(version) => {
+                info!(
+                    request = id,
+                    version, "update installed; rebooting into the other slot"
+                );
+                let why = format!("installed {version}; rebooting into the other slot");
+                let r = self.result(id, "installed", "", "", None, &why, 1);
+                tokio::spawn(async {
+                    // The result leaves first.
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    let _ = std::process::Command::new("reboot").status();
+                });
+                r
+            }
+            Err(why) => {
+                warn!(request = id, "update refused: {why}");
+                self.result(id, "error", "", "", None, &why, 1)
+            }
+        }
     }
 
     /// For the health topic.

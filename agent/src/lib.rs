@@ -16,4 +16,5 @@ pub mod outbox;
 pub mod resources;
 pub mod session;
 pub mod things;
+pub mod update;
 pub mod vm;

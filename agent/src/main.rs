@@ -36,6 +36,9 @@ enum Command {
     /// (exit 0 local/remote/released, 1 cancel or timeout, 2 usage or key error).
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Signed firmware update: the gateway downloads the RAUC bundle at --url, installs it into the
+    /// other A/B slot and reboots; prints its result as one JSON line (exit 0 installed).
+    Update(commands::vm::UpdateArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => return commands::simulate::run(args),
         Command::Vm(VmCommand::Request(args)) => return commands::vm::request(args),
         Command::Vm(VmCommand::Release(args)) => return commands::vm::release(args),
+        Command::Update(args) => return commands::vm::update(args),
         Command::Instance(cmd) => {
             let done = match cmd {
                 InstanceCommand::Keygen { out } => betaas_agent::instance::keygen(out),
@@ -113,7 +117,11 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Forecast(_) | Command::Simulate(_) | Command::Instance(_) | Command::Vm(_) => {
+        Command::Forecast(_)
+        | Command::Simulate(_)
+        | Command::Instance(_)
+        | Command::Vm(_)
+        | Command::Update(_) => {
             ExitCode::SUCCESS // ran above
         }
         Command::CheckConfig => {

@@ -61,7 +61,7 @@ fn kernel_version() -> String {
 
 #[test]
 #[ignore = "needs `make image BOARD=cubietruck`: run by `make test`"]
-fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
+fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
     let dir = out("cubietruck");
     let img_path = dir.join("sdcard.img");
     let len = std::fs::metadata(&img_path).expect("sdcard.img").len();
@@ -87,46 +87,49 @@ fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
     assert_eq!(&spl[4..12], b"eGON.BT0", "not an Allwinner boot0 header");
 
     let parts = partitions(&img_path);
-    assert_eq!(parts.len(), 3, "{parts:?}");
+    // p1 boot, p2 slot A, p3 slot B (the same size), p4 data.
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    assert_eq!(
+        parts[1].1, parts[2].1,
+        "slots A and B differ in size: {parts:?}"
+    );
     assert!(
         parts[0].0 >= 8192 + spl.len() as u64,
         "p1 overlaps U-Boot: {parts:?}"
     );
     assert_eq!(img[446] & 0x80, 0x80, "p1 not marked bootable");
 
-    // Boot partition (FAT): kernel, the A20 Cubietruck DTB, initramfs, extlinux.conf naming them.
+    // Boot partition (FAT): only the A/B boot script; no extlinux.conf (U-Boot would prefer it).
     let fat = format!("{}@@{}", img_path.display(), parts[0].0);
     let kver = kernel_version();
-    let zimage = run(Command::new("mtype").args(["-i", &fat, "::/zImage"]));
-    assert!(
-        zimage == pkg(&format!("linux-image-armmp/boot/vmlinuz-{kver}")),
-        "zImage is not the package's kernel"
+    let scr = run(Command::new("mtype").args(["-i", &fat, "::/boot.scr"]));
+    assert_eq!(
+        &scr[..4],
+        &[0x27, 0x05, 0x19, 0x56],
+        "boot.scr is not a U-Boot image"
     );
-    let dtb = run(Command::new("mtype").args(["-i", &fat, "::/sun7i-a20-cubietruck.dtb"]));
-    assert!(
-        dtb == pkg(&format!(
-            "linux-image-armmp/usr/lib/linux-image-{kver}/sun7i-a20-cubietruck.dtb"
-        )),
-        "DTB differs"
-    );
-    let ext = String::from_utf8(run(Command::new("mtype").args([
-        "-i",
-        &fat,
-        "::/extlinux/extlinux.conf",
-    ])))
-    .expect("utf8");
+    let script = String::from_utf8_lossy(&scr[64..]).into_owned();
     for want in [
-        "kernel /zImage",
-        "fdt /sun7i-a20-cubietruck.dtb",
-        "initrd /initrd.img",
+        "for BOOT_SLOT in \"${BOOT_ORDER}\"",
+        "setexpr BOOT_A_LEFT ${BOOT_A_LEFT} - 1",
+        "setexpr BOOT_B_LEFT ${BOOT_B_LEFT} - 1",
+        "saveenv",
+        "root=/dev/mmcblk0p${betaas_part}",
+        "rauc.slot=${betaas_slot}",
+        "/usr/lib/betaas/boot/sun7i-a20-cubietruck.dtb",
         "console=ttyS0,115200",
-        "root=/dev/mmcblk0p2",
     ] {
-        assert!(ext.contains(want), "extlinux.conf lacks {want:?}:\n{ext}");
+        assert!(script.contains(want), "boot.scr lacks {want:?}:\n{script}");
     }
+    let dir_listing =
+        String::from_utf8(run(Command::new("mdir").args(["-b", "-i", &fat, "::/"]))).expect("utf8");
+    assert!(!dir_listing.contains("extlinux"), "{dir_listing}");
 
     // Root filesystem (ext4): read with debugfs from a copy of the partition.
     let rootfs = partition(&img_path, 1);
+    // Slot B is written with the same system: the same bytes as slot A.
+    let slot_bytes = |n: usize| betaas_e2e::range_sha256(&img_path, parts[n].0, parts[n].1);
+    assert_eq!(slot_bytes(1), slot_bytes(2), "slot B is not slot A's copy");
     let cat = |path: &str| {
         run(Command::new("debugfs")
             .args(["-R", &format!("cat {path}")])
@@ -138,6 +141,49 @@ fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
     assert!(
         cat("/usr/bin/betaas-agent") == agent,
         "/usr/bin/betaas-agent is not the built agent"
+    );
+    // The slot's own kernel, DTB and initramfs, for boot.scr.
+    assert!(
+        cat("/usr/lib/betaas/boot/zImage")
+            == pkg(&format!("linux-image-armmp/boot/vmlinuz-{kver}")),
+        "the slot's zImage is not the package's kernel"
+    );
+    assert!(
+        cat("/usr/lib/betaas/boot/sun7i-a20-cubietruck.dtb")
+            == pkg(&format!(
+                "linux-image-armmp/usr/lib/linux-image-{kver}/sun7i-a20-cubietruck.dtb"
+            )),
+        "the slot's DTB differs"
+    );
+    assert!(
+        cat("/usr/lib/betaas/boot/initrd.img")
+            == std::fs::read(dir.join("initrd.img")).expect("initrd"),
+        "the slot's initramfs differs"
+    );
+    // RAUC: the slots, the U-Boot backend, the keyring the image was built with, the version.
+    let rauc = String::from_utf8(cat("/etc/rauc/system.conf")).expect("utf8");
+    for want in [
+        "compatible=betaas-cubietruck",
+        "bootloader=uboot",
+        "device=/dev/mmcblk0p2\ntype=ext4\nbootname=A",
+        "device=/dev/mmcblk0p3\ntype=ext4\nbootname=B",
+    ] {
+        assert!(rauc.contains(want), "system.conf lacks {want:?}:\n{rauc}");
+    }
+    assert!(
+        cat("/usr/bin/rauc") == pkg("rauc/usr/bin/rauc"),
+        "/usr/bin/rauc is not Debian's"
+    );
+    assert!(!cat("/etc/rauc/keyring.pem").is_empty(), "no keyring");
+    assert_eq!(
+        String::from_utf8(cat("/etc/fw_env.config"))
+            .expect("utf8")
+            .trim(),
+        "/boot/uboot.env 0x0000 0x10000"
+    );
+    assert_eq!(
+        cat("/etc/betaas-release"),
+        std::fs::read(dir.join("version")).expect("out/cubietruck/version")
     );
     let toml = String::from_utf8(cat("/etc/betaas/agent.toml")).expect("utf8");
     assert_eq!(
@@ -159,7 +205,7 @@ fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
         .contains("localhost"));
     let fstab = String::from_utf8(cat("/etc/fstab")).expect("utf8");
     assert!(
-        fstab.contains("/dev/mmcblk0p3  /var/lib/betaas  ext4"),
+        fstab.contains("/dev/mmcblk0p4  /var/lib/betaas  ext4"),
         "{fstab}"
     );
     let resolv = run(Command::new("debugfs")
@@ -199,7 +245,7 @@ fn cubietruck_sdcard_has_uboot_boot_and_rootfs() {
     );
 
     // Data partition: ext4, labelled, empty and writable by the agent.
-    let data = partition(&img_path, 2);
+    let data = partition(&img_path, 3);
     let stats =
         String::from_utf8(run(Command::new("dumpe2fs").arg("-h").arg(&data))).expect("utf8");
     assert!(stats.contains("Filesystem volume name:   data"), "{stats}");

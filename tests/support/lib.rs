@@ -68,6 +68,49 @@ pub fn sha256_hex(p: &Path) -> String {
         .to_owned()
 }
 
+/// Serves one file over HTTP/1.0 on 127.0.0.1 (the guest reaches it at 10.0.2.2) from a thread,
+/// for as long as the test runs; returns the port. Every GET gets the whole file.
+pub fn serve_file(path: &Path) -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let body = std::fs::read(&path).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = c
+                .write_all(head.as_bytes())
+                .and_then(|()| c.write_all(&body));
+        }
+    });
+    port
+}
+
+/// The sha256 (hex) of `len` bytes of a file from byte `start` (a partition of a disk image).
+pub fn range_sha256(p: &Path, start: u64, len: u64) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if=\"$0\" bs=1M iflag=skip_bytes,count_bytes skip={start} count={len} status=none | sha256sum"
+        ))
+        .arg(p)
+        .output()
+        .expect("dd | sha256sum runs");
+    assert!(out.status.success(), "reading {} failed", p.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Writes `toml` to `dir/agent.toml` and starts the agent binary `bin` on it (stderr to null);
 /// killed on drop.
 /// A client of an instance (`betaas-agent instance admit --client`), sending signed VM requests
@@ -548,6 +591,19 @@ impl Qemu {
                 )
             })
         })
+    }
+
+    /// Waits up to `timeout` for QEMU to stop by itself: the guest rebooted (run-qemu.sh passes
+    /// `-no-reboot`, so a reset ends QEMU). True if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
     }
 
     /// Stops QEMU at once (like pulling the power).

@@ -74,6 +74,24 @@ pub struct ReleaseArgs {
     cloud: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The signed RAUC bundle the gateway downloads (`make bundle`), http:// or https://.
+    #[arg(long)]
+    url: String,
+}
+
+/// `betaas-agent update`: the gateway downloads and installs the bundle, answers `installed`
+/// (exit 0) and reboots into the other slot.
+pub fn update(args: &UpdateArgs) -> ExitCode {
+    if let Err(e) = crate::update::check_url(&args.url) {
+        return fail(e);
+    }
+    run(&args.target, json!({"update": args.url}))
+}
+
 pub fn request(args: &RequestArgs) -> ExitCode {
     let body = json!({"template": args.template});
     run(&args.target, body)
@@ -165,7 +183,7 @@ fn run(t: &Target, mut body: Value) -> ExitCode {
         Ok(Ok(result)) => {
             println!("{result}");
             match result["decision"].as_str() {
-                Some("local" | "remote" | "released") => ExitCode::SUCCESS,
+                Some("local" | "remote" | "released" | "installed") => ExitCode::SUCCESS,
                 _ => ExitCode::from(1),
             }
         }

@@ -35,3 +35,18 @@ VERSION_ID=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknow
 BOARD=$BOARD
 BUILD=buildroot
 OSR
+
+# A/B updates (as image/build.sh): the slot's own kernel and DTB where boot.scr loads them, the
+# version, RAUC's system.conf and the keyring (image/rauc/keys.sh: RAUC_KEYRING, or the repository's
+# development key in out/keys/), U-Boot's environment for fw_printenv/fw_setenv.
+mkdir -p "$TARGET/usr/lib/betaas/boot"
+mv "$TARGET/boot/zImage" "$TARGET/usr/lib/betaas/boot/zImage"
+mv "$TARGET/boot/sun7i-a20-cubietruck.dtb" "$TARGET/usr/lib/betaas/boot/sun7i-a20-cubietruck.dtb"
+git -C "$REPO" describe --always --dirty 2>/dev/null > "$TARGET/etc/betaas-release" || echo unknown > "$TARGET/etc/betaas-release"
+keyring=$(cd "$REPO" && bash image/rauc/keys.sh | cut -d' ' -f3)
+case "$keyring" in /*) ;; *) keyring=$REPO/$keyring ;; esac
+install -D -m 0644 "$keyring" "$TARGET/etc/rauc/keyring.pem"
+install -m 0644 "$REPO/image/rauc/bus.conf" "$TARGET/etc/rauc/bus.conf"
+sed -e "s|@COMPATIBLE@|betaas-$BOARD|" -e "s|@PARTITION@|/dev/mmcblk0p|g" \
+  "$REPO/image/rauc/system.conf.in" > "$TARGET/etc/rauc/system.conf"
+echo "/boot/uboot.env 0x0000 0x10000" > "$TARGET/etc/fw_env.config"
