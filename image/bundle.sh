@@ -18,6 +18,7 @@ OUTPUT=${OUTPUT:-$OUT/betaas-$BOARD-$VERSION.raucb}
 read -r KEY CERT KEYRING < <(bash image/rauc/keys.sh)
 echo "==> [$BOARD] bundle $VERSION, signed by $(openssl x509 -noout -subject -in "$CERT" | sed 's/^subject=//')"
 
+mkdir -p "$OUT"
 W=$(mktemp -d "$OUT/bundle.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 mkdir "$W/content"

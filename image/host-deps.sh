@@ -18,6 +18,7 @@ APT_PKGS=(
   kmod                                            # depmod for the image's module tree
   binutils                                        # readelf: the shared objects the image's mosquitto links
   openssl                                         # test certificates for MQTT over TLS
+  wget                                            # the agent downloads update bundles with wget (unit test)
   iproute2                                        # network namespaces for the partition test
   libfaketime                                     # clock-jump test: a running agent's wall clock moved by years
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)

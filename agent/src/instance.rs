@@ -172,6 +172,8 @@ pub struct Runtime {
     counter_path: std::path::PathBuf,
     /// The last counter accepted from each sender and client, kept across restarts.
     floors_path: std::path::PathBuf,
+    /// Where an update bundle is downloaded (the data partition).
+    data_dir: std::path::PathBuf,
     floors_io: Mutex<()>,
     state: Mutex<State>,
     templates: Vec<Template>,
@@ -277,6 +279,7 @@ impl Runtime {
             session,
             counter_path,
             floors_path,
+            data_dir: data_dir.to_path_buf(),
             floors_io: Mutex::new(()),
             templates,
             cfg,
@@ -1088,10 +1091,13 @@ impl Runtime {
     /// bundle's version and the gateway reboots into the new slot a few seconds later.
     async fn update(self: &Arc<Self>, id: &str, url: &str) -> serde_json::Value {
         info!(request = id, url, "firmware update requested");
-        let u = url.to_owned();
-        let done = tokio::task::spawn_blocking(move || crate::update::install_from(&u))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        // The result leaves first: the reboot waits 3 s.
+        let done = crate::update::install_and_reboot(
+            url.to_owned(),
+            self.data_dir.clone(),
+            std::time::Duration::from_secs(3),
+        )
+        .await;
         match done {
             Ok(version) => {
                 info!(
@@ -1099,13 +1105,7 @@ impl Runtime {
                     version, "update installed; rebooting into the other slot"
                 );
                 let why = format!("installed {version}; rebooting into the other slot");
-                let r = self.result(id, "installed", "", "", None, &why, 1);
-                tokio::spawn(async {
-                    // The result leaves first.
-                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-                    let _ = std::process::Command::new("reboot").status();
-                });
-                r
+                self.result(id, "installed", "", "", None, &why, 1)
             }
             Err(why) => {
                 warn!(request = id, "update refused: {why}");

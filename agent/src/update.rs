@@ -150,8 +150,8 @@ pub fn installed_version(status: &str, index: u32) -> Option<String> {
     None
 }
 
-/// Where a bundle is downloaded to (the data partition: the root filesystem is read-only).
-pub const BUNDLE: &str = "/var/lib/betaas/update.raucb";
+/// Where a bundle is downloaded to, in the data directory (the root filesystem is read-only).
+pub const BUNDLE: &str = "update.raucb";
 
 /// A bundle URL the gateway accepts: http or https, no spaces or shell-significant characters.
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -188,20 +188,37 @@ fn run(cmd: &mut std::process::Command, what: &str) -> Result<String, String> {
     }
 }
 
-/// Downloads the bundle at `url` (busybox wget) to [`BUNDLE`], has RAUC check it (signature
-/// against the image's keyring, compatible) and install it into the other slot. Returns the
-/// bundle's version. The download is removed in every case. Blocking: run it off the runtime.
-pub fn install_from(url: &str) -> Result<String, String> {
+/// The largest bundle accepted: a compressed slot (160 MiB on the VM-capable image) and headroom.
+pub const MAX_BUNDLE: u64 = 256 << 20;
+/// Free space a download must leave on the data partition (the journal lives there too).
+pub const DATA_RESERVE: u64 = 64 << 20;
+
+/// How many bundle bytes may be downloaded with `free` bytes free on the data partition.
+pub fn download_cap(free: u64) -> u64 {
+    MAX_BUNDLE.min(free.saturating_sub(DATA_RESERVE))
+}
+
+/// One installation at a time: the MQTT request and the API share [`BUNDLE`].
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Downloads the bundle at `url` (busybox wget) to [`BUNDLE`], at most [`download_cap`] bytes, has
+/// RAUC check it (signature against the image's keyring, compatible) and install it into the other
+/// slot. Returns the bundle's version. The download is removed in every case. Blocking: run it off
+/// the runtime.
+pub fn install_from(url: &str, data_dir: &std::path::Path) -> Result<String, String> {
     check_url(url)?;
-    let _ = std::fs::remove_file(BUNDLE);
+    let _one = INSTALLING
+        .try_lock()
+        .map_err(|_| "an update is already being installed".to_owned())?;
+    let bundle = data_dir.join(BUNDLE);
+    let _ = std::fs::remove_file(&bundle);
     let r = (|| {
-        run(
-            std::process::Command::new("wget").args(["-q", "-O", BUNDLE, url]),
-            "download",
-        )?;
+        download(url, &bundle)?;
         // RAUC's service checks the signature and the compatible before it writes anything.
         run(
-            std::process::Command::new("rauc").args(["install", BUNDLE]),
+            std::process::Command::new("rauc")
+                .arg("install")
+                .arg(&bundle),
             "rauc install",
         )?;
         let status = std::fs::read_to_string(STATUS).unwrap_or_default();
@@ -209,8 +226,65 @@ pub fn install_from(url: &str) -> Result<String, String> {
         let other = if slot.as_deref() == Some("B") { 0 } else { 1 };
         Ok(installed_version(&status, other).unwrap_or_default())
     })();
-    let _ = std::fs::remove_file(BUNDLE);
+    let _ = std::fs::remove_file(&bundle);
     r
+}
+
+/// wget to stdout, copied into [`BUNDLE`] up to the cap: a URL that serves endlessly must not fill
+/// the data partition the journal writes to (busybox wget has no size limit of its own).
+fn download(url: &str, bundle: &std::path::Path) -> Result<(), String> {
+    let dir = bundle.parent().unwrap_or(std::path::Path::new("/"));
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .map_err(|e| format!("download: {}: {e}", dir.display()))?;
+    fetch(url, bundle, download_cap(free))
+}
+
+fn fetch(url: &str, bundle: &std::path::Path, cap: u64) -> Result<(), String> {
+    let mut child = std::process::Command::new("wget")
+        .args(["-q", "-O", "-", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("download: wget: {e}"))?;
+    let to = |e: std::io::Error| format!("download: {}: {e}", bundle.display());
+    let mut out = std::fs::File::create(bundle).map_err(to)?;
+    let stdout = child.stdout.take().expect("piped");
+    let copied = std::io::copy(&mut std::io::Read::take(stdout, cap + 1), &mut out);
+    if !matches!(copied, Ok(n) if n <= cap) {
+        let _ = child.kill();
+    }
+    let st = child
+        .wait_with_output()
+        .map_err(|e| format!("download: wget: {e}"))?;
+    match copied {
+        Ok(n) if n > cap => Err(format!(
+            "download: the bundle is larger than {cap} bytes (at most {MAX_BUNDLE}, keeping {DATA_RESERVE} free on the data partition)"
+        )),
+        Err(e) => Err(to(e)),
+        Ok(_) if !st.status.success() => Err(format!(
+            "download: wget: {}",
+            String::from_utf8_lossy(&st.stderr).trim()
+        )),
+        Ok(_) => out.sync_all().map_err(to),
+    }
+}
+
+/// [`install_from`] off the runtime and, once installed, a reboot into the new slot `delay` later
+/// (so the answer leaves first). The MQTT request and `POST /api/v1/update` both end here.
+pub async fn install_and_reboot(
+    url: String,
+    data_dir: std::path::PathBuf,
+    delay: std::time::Duration,
+) -> Result<String, String> {
+    let done = tokio::task::spawn_blocking(move || install_from(&url, &data_dir))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))?;
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = std::process::Command::new("reboot").status();
+    });
+    Ok(done)
 }
 
 /// Whether the agent is healthy enough to keep this slot: connected to its broker, and its
@@ -226,6 +300,53 @@ pub fn healthy(connected: bool, configured: usize, things: &[(u64, Option<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloads_leave_room_on_the_data_partition() {
+        assert_eq!(download_cap(u64::MAX), MAX_BUNDLE);
+        assert_eq!(download_cap(DATA_RESERVE + 10), 10);
+        assert_eq!(download_cap(DATA_RESERVE / 2), 0);
+    }
+
+    /// A server on 127.0.0.1 answering one GET with `len` bytes.
+    fn serve(len: usize) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/b.raucb", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            let _ = c.write_all(&vec![7u8; len]);
+        });
+        url
+    }
+
+    #[test]
+    fn a_download_stops_at_the_cap() {
+        if std::process::Command::new("wget")
+            .arg("--help")
+            .output()
+            .is_err()
+        {
+            panic!("wget is needed (image/host-deps.sh installs it)");
+        }
+        let dir = std::env::temp_dir().join(format!("betaas-dl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = dir.join(BUNDLE);
+        let cap = 1000 + fastrand::u64(..5000);
+        let small = fastrand::u64(1..=cap) as usize;
+        fetch(&serve(small), &b, cap).unwrap();
+        assert_eq!(std::fs::metadata(&b).unwrap().len(), small as u64);
+        let big = (cap + 1 + fastrand::u64(..100_000)) as usize;
+        let e = fetch(&serve(big), &b, cap).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        assert!(std::fs::metadata(&b).unwrap().len() <= cap + 1);
+        let e = fetch("http://127.0.0.1:1/none", &b, cap).unwrap_err();
+        assert!(e.starts_with("download: wget"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn env(order: &str, a: u32, b: u32) -> BTreeMap<String, String> {
         parse_env(&format!(

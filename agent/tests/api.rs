@@ -32,6 +32,7 @@ const ENDPOINTS: &[&str] = &[
     "/clouds/{name}",
     "/events",
     "/logs",
+    "/update",
 ];
 
 fn field(a: &api_support::Answer) -> &str {
@@ -311,6 +312,36 @@ fn every_endpoint_against_a_real_agent() {
     );
     let a = api.get("/api/v1/logs?lines=0");
     assert_eq!((a.status, field(&a)), (400, "lines"));
+
+    // update: a bad body names its field; a bundle that cannot be fetched is refused (422) with
+    // wget's reason and nothing is left in the data directory (no RAUC on this host: the download
+    // fails first, as it would on the gateway).
+    for (body, f) in [
+        (json!({}), "url"),
+        (json!({"url": "ftp://x/b.raucb"}), "url"),
+        (json!({"url": "http://x/a b"}), "url"),
+        (json!({"url": 5}), "url"),
+        (
+            json!({"url": "http://127.0.0.1:1/b.raucb", "now": true}),
+            "now",
+        ),
+    ] {
+        let a = api.post("/api/v1/update", &body);
+        assert_eq!((a.status, field(&a)), (400, f), "{body}: {a:?}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = api.post(
+        "/api/v1/update",
+        &json!({"url": format!("http://127.0.0.1:{port}/v2.raucb")}),
+    );
+    assert_eq!(a.status, 422, "{a:?}");
+    assert!(a.text.contains("download: wget"), "{}", a.text);
+    assert!(!gw.data().join("update.raucb").exists());
+    assert_eq!(api.get("/api/v1/update").status, 405);
 
     // Garbage from a client changes nothing: the agent runs and every reading is kept.
     for i in 0..40 {

@@ -58,10 +58,21 @@ fn cli(args: &[&str]) {
 /// `make bundle`'s script with VERSION, into `out`; `rootfs` replaces the image's root filesystem,
 /// `env` adds variables (another signing key).
 fn bundle(version: &str, out: &Path, rootfs: Option<&Path>, env: &[(&str, &Path)]) -> PathBuf {
+    bundle_for(BOARD, version, out, rootfs, env)
+}
+
+/// [`bundle`] made by the script for `board` (its RAUC compatible).
+fn bundle_for(
+    board: &str,
+    version: &str,
+    out: &Path,
+    rootfs: Option<&Path>,
+    env: &[(&str, &Path)],
+) -> PathBuf {
     let path = out.join(format!("{version}.raucb"));
     let mut cmd = Command::new("bash");
     cmd.arg("image/bundle.sh")
-        .arg(BOARD)
+        .arg(board)
         .current_dir(repo())
         .env("VERSION", version)
         .env("OUTPUT", &path);
@@ -408,7 +419,7 @@ fn update_whose_agent_never_gets_healthy_is_rolled_back() {
 
 #[test]
 #[ignore = "boots qemu-cubieboard (minutes): run by `make test-e2e`"]
-fn tampered_or_foreign_bundles_are_refused_and_slot_b_is_untouched() {
+fn tampered_foreign_or_other_board_bundles_are_refused_and_slot_b_is_untouched() {
     let rig = Rig::new();
     let good = bundle("v2-tamper", rig.dir.path(), None, &[]);
     // One byte flipped in the middle of the signed image.
@@ -450,6 +461,15 @@ fn tampered_or_foreign_bundles_are_refused_and_slot_b_is_untouched() {
             ("RAUC_KEYRING", &keys.join("c.pem")),
         ],
     );
+    // This image's system, signed with the trusted key, but made for the Cubietruck.
+    let own_rootfs = repo().join("out").join(BOARD).join("staging/rootfs.ext4");
+    let other_board = bundle_for(
+        "cubietruck",
+        "v2-other-board",
+        rig.dir.path(),
+        Some(&own_rootfs),
+        &[],
+    );
     let truncated = rig.dir.path().join("truncated.raucb");
     std::fs::write(&truncated, &std::fs::read(&good).expect("read")[..mid]).expect("write");
 
@@ -463,6 +483,7 @@ fn tampered_or_foreign_bundles_are_refused_and_slot_b_is_untouched() {
     for (what, b) in [
         ("tampered", &tampered),
         ("foreign key", &foreign),
+        ("other board", &other_board),
         ("truncated", &truncated),
     ] {
         let (out, rc, took) = rig.install(&mut vm, b);

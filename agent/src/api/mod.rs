@@ -277,6 +277,10 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
             Err(e) => Err(e),
         },
         (&Method::DELETE, ["vms", vm]) => vm_release(s, vm, q).await,
+        (&Method::POST, ["update"]) => match body(req).await {
+            Ok(b) => update(s, &b).await,
+            Err(e) => Err(e),
+        },
         (&Method::GET, ["clouds"]) => Ok(json_response(
             200,
             &crate::cloud::monitor::health().unwrap_or_else(|| json!([])),
@@ -291,7 +295,7 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
         (
             _,
             ["health" | "openapi.json" | "things" | "instance" | "vms" | "clouds" | "events"
-            | "logs"],
+            | "logs" | "update"],
         )
         | (_, ["things", _, "readings" | "set"])
         | (_, ["vms" | "clouds", _]) => Err(ApiError::status(
@@ -524,6 +528,33 @@ async fn vm_release(s: &Shared, vm: &str, q: Option<&str>) -> Result<Response<Bo
         .local_request(json!({"id": id, "release": vm, "target": target}))
         .await;
     Ok(json_response(200, &r))
+}
+
+/// `POST update`: the same installation as the signed MQTT request (`betaas-agent update`); 200
+/// `{"decision":"installed","version"}` and a reboot 3 s later, or 422 with RAUC's or the
+/// download's reason. Runs in its own task, so a client that goes away does not cancel it halfway.
+async fn update(s: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let url = validate::update_body(body)?;
+    info!(url, "api: firmware update requested");
+    let task = tokio::spawn(crate::update::install_and_reboot(
+        url,
+        s.ctx.data_dir.clone(),
+        std::time::Duration::from_secs(3),
+    ));
+    match task.await {
+        Ok(Ok(version)) => {
+            info!(version, "update installed; rebooting into the other slot");
+            Ok(json_response(
+                200,
+                &json!({"decision": "installed", "version": version, "reboot_in_s": 3}),
+            ))
+        }
+        Ok(Err(why)) => {
+            warn!("api: update refused: {why}");
+            Err(ApiError::status(422, None, why))
+        }
+        Err(e) => Err(ApiError::status(500, None, e.to_string())),
+    }
 }
 
 async fn put_cloud(s: &Shared, name: &str, body: Bytes) -> Result<Response<Body>, ApiError> {

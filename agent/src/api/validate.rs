@@ -190,6 +190,19 @@ pub fn vm_body(body: &[u8], templates: &[String]) -> Result<String, ApiError> {
     Ok(t)
 }
 
+/// `POST update` `{"url"}`: the bundle's http(s) URL, as the signed MQTT request takes it.
+pub fn update_body(body: &[u8]) -> Result<String, ApiError> {
+    let m = object(body)?;
+    only(&m, &["url"], "")?;
+    match m.get("url") {
+        None => Err(ApiError::bad("url", "missing")),
+        Some(Value::String(u)) => crate::update::check_url(u)
+            .map(|()| u.clone())
+            .map_err(|e| ApiError::bad("url", e)),
+        Some(_) => Err(ApiError::bad("url", "must be a string")),
+    }
+}
+
 /// A cloud written by `PUT clouds/{name}`: its `[[clouds]]` entry and, when given, its
 /// credentials file, both as TOML text, checked by the same parsers the agent reads them with.
 #[derive(Debug)]
