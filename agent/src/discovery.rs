@@ -375,17 +375,18 @@ pub fn removal_message(gateway: &str, component: Component, thing: &str) -> (Str
     (config_topic(gateway, component, thing), String::new())
 }
 
-/// The discovery entities of one configured thing: a BME280 is three sensors, a GPIO input a
-/// binary sensor, a GPIO output a switch, a TMP105 limit a number.
-pub fn entities(
-    thing: &crate::config::Thing,
-) -> Vec<(
+/// One discovery entity: published id, component, device class, unit, number range.
+pub type Entity = (
     String,
     Component,
     Option<String>,
     Option<String>,
     Option<NumberRange>,
-)> {
+);
+
+/// The discovery entities of one configured thing: a BME280 is three sensors, a GPIO input a
+/// binary sensor, a GPIO output a switch, a TMP105 limit a number.
+pub fn entities(thing: &crate::config::Thing) -> Vec<Entity> {
     use crate::config::Driver;
     let id = thing.id.to_string();
     let class = thing

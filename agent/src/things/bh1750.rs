@@ -89,6 +89,7 @@ impl DelayNs for OneShotOnly {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};

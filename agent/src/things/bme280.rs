@@ -424,6 +424,7 @@ impl<I2C: I2c, D: DelayNs> Bme280<I2C, D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};

@@ -425,6 +425,7 @@ fn duration_ns(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal_mock::eh1::digital::{Mock as PinMock, State, Transaction as Pin};

@@ -112,6 +112,7 @@ pub fn open_spidev(path: &Path) -> std::io::Result<linux_embedded_hal::SpidevDev
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::spi::ErrorKind;

@@ -2,12 +2,13 @@
 
 pub mod bh1750;
 pub mod bme280;
-pub mod command;
 pub mod gpio;
 pub mod mcp3008;
-pub mod payload;
 pub mod status;
 pub mod tmp105;
+
+// The pure parsers of outside input live in `betaas-core` (the fuzz crate uses them from there).
+pub use betaas_core::things::{command, payload};
 
 use std::path::{Path, PathBuf};
 

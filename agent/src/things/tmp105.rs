@@ -67,6 +67,7 @@ pub fn raw_to_celsius(bytes: [u8; 2]) -> f32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::ErrorKind;
