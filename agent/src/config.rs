@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::things as drivers;
+pub use crate::things::spec::{Bus, DriverSpec, Kind};
+
 pub mod api;
 mod files;
 pub use files::{private_file, read_password_file};
@@ -537,122 +540,47 @@ pub struct Thing {
     pub device_class: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    #[default]
-    Sensor,
-    Actuator,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Bus {
-    I2c,
-    Spi,
-    Gpio,
-    Mqtt,
-    /// A number in a file, e.g. `/sys/class/thermal/thermal_zone0/temp` (the SoC's own sensor).
-    Sysfs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Driver {
-    /// TI TMP105 and the LM75 register family (TMP75, TMP175, LM75B) in 12-bit mode.
-    Tmp105,
-    /// Actuator: the TMP105's T_HIGH alert limit register (°C), written and read back.
-    Tmp105Limit,
-    /// Bosch BME280: publishes `<id>_temperature`, `<id>_humidity`, `<id>_pressure`.
-    Bme280,
-    /// ROHM BH1750 ambient light (lx).
-    Bh1750,
-    /// Microchip MCP3008 10-bit ADC over SPI (V).
-    Mcp3008,
-    /// GPIO input, edge-triggered and debounced (door contact, PIR).
-    GpioIn,
-    /// Actuator: GPIO output (relay, LED).
-    GpioOut,
-    /// A number read from a file.
-    Sysfs,
-    /// A JSON payload from an MQTT device.
-    Json,
-}
-
-/// What each driver needs: its bus, its kind, the keys it requires, and its unit and device class.
-pub struct DriverInfo {
-    pub name: &'static str,
-    pub bus: Bus,
-    pub kind: Kind,
-    pub requires: &'static [&'static str],
-    pub unit: &'static str,
-    pub device_class: Option<&'static str>,
-}
+/// A registered driver (`things::DRIVERS`): what it needs, publishes and accepts is its
+/// [`DriverSpec`], declared next to its code.
+#[derive(Clone, Copy)]
+pub struct Driver(&'static DriverSpec);
 
 impl Driver {
-    pub const ALL: [Driver; 9] = [
-        Driver::Tmp105,
-        Driver::Tmp105Limit,
-        Driver::Bme280,
-        Driver::Bh1750,
-        Driver::Mcp3008,
-        Driver::GpioIn,
-        Driver::GpioOut,
-        Driver::Sysfs,
-        Driver::Json,
-    ];
+    pub fn info(self) -> &'static DriverSpec {
+        self.0
+    }
 
-    pub fn info(self) -> DriverInfo {
-        use Bus::*;
-        use Kind::*;
-        let (name, bus, kind, requires, unit, class): (_, _, _, &'static [&'static str], _, _) =
-            match self {
-                Driver::Tmp105 => (
-                    "tmp105",
-                    I2c,
-                    Sensor,
-                    &["device", "address"],
-                    "°C",
-                    Some("temperature"),
-                ),
-                Driver::Tmp105Limit => (
-                    "tmp105-limit",
-                    I2c,
-                    Actuator,
-                    &["device", "address"],
-                    "°C",
-                    Some("temperature"),
-                ),
-                Driver::Bme280 => ("bme280", I2c, Sensor, &["device", "address"], "", None),
-                Driver::Bh1750 => (
-                    "bh1750",
-                    I2c,
-                    Sensor,
-                    &["device", "address"],
-                    "lx",
-                    Some("illuminance"),
-                ),
-                Driver::Mcp3008 => (
-                    "mcp3008",
-                    Spi,
-                    Sensor,
-                    &["device", "channel"],
-                    "V",
-                    Some("voltage"),
-                ),
-                Driver::GpioIn => ("gpio-in", Gpio, Sensor, &["device", "line"], "", None),
-                Driver::GpioOut => ("gpio-out", Gpio, Actuator, &["device", "line"], "", None),
-                Driver::Sysfs => ("sysfs", Bus::Sysfs, Sensor, &["device", "unit"], "", None),
-                Driver::Json => ("json", Mqtt, Sensor, &["topic", "unit"], "", None),
-            };
-        DriverInfo {
-            name,
-            bus,
-            kind,
-            requires,
-            unit,
-            device_class: class,
-        }
+    /// The registered driver named `name`.
+    pub fn named(name: &str) -> Option<Driver> {
+        drivers::find(name).map(Driver)
+    }
+}
+
+impl PartialEq for Driver {
+    fn eq(&self, other: &Driver) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Driver {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Driver, D::Error> {
+        let name = String::deserialize(d)?;
+        Driver::named(&name).ok_or_else(|| {
+            let names: Vec<_> = drivers::DRIVERS
+                .iter()
+                .map(|d| format!("`{}`", d.name))
+                .collect();
+            serde::de::Error::custom(format!(
+                "unknown driver `{name}`, expected one of {}",
+                names.join(", ")
+            ))
+        })
     }
 }
 
@@ -661,17 +589,36 @@ impl Thing {
     pub fn unit(&self) -> String {
         self.unit
             .clone()
-            .unwrap_or_else(|| self.driver.info().unit.to_owned())
+            .unwrap_or_else(|| self.driver.info().unit().to_owned())
     }
 
     /// The thing ids this thing publishes under: a BME280 is three.
     pub fn published_ids(&self) -> Vec<String> {
-        match self.driver {
-            Driver::Bme280 => ["temperature", "humidity", "pressure"]
-                .iter()
-                .map(|q| format!("{}_{q}", self.id))
-                .collect(),
-            _ => vec![self.id.to_string()],
+        self.driver
+            .info()
+            .quantities
+            .iter()
+            .map(|q| match q.suffix {
+                Some(suffix) => format!("{}_{suffix}", self.id),
+                None => self.id.to_string(),
+            })
+            .collect()
+    }
+
+    /// A driver key's value: the config's, else the driver's default (NaN: not its key).
+    pub fn key(&self, name: &str) -> f64 {
+        self.set_key(name)
+            .or_else(|| self.driver.info().key(name).map(|k| k.default))
+            .unwrap_or(f64::NAN)
+    }
+
+    /// A driver key as the config sets it.
+    fn set_key(&self, name: &str) -> Option<f64> {
+        match name {
+            "channel" => self.channel.map(f64::from),
+            "vref" => self.vref,
+            "debounce_ms" => self.debounce_ms.map(|v| v as f64),
+            _ => None,
         }
     }
 
@@ -691,10 +638,10 @@ impl Thing {
     fn problem(&self) -> Option<(&'static str, String)> {
         let info = self.driver.info();
         let accepted = |bus: Bus| {
-            Driver::ALL
+            drivers::DRIVERS
                 .iter()
-                .filter(|d| d.info().bus == bus)
-                .map(|d| d.info().name)
+                .filter(|d| d.bus == bus)
+                .map(|d| d.name)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -710,23 +657,27 @@ impl Thing {
                 .to_lowercase(),
             ));
         }
-        if info.kind != self.kind {
+        if info.kind() != self.kind {
             return Some((
                 "kind",
-                format!("driver {} is a {:?}", info.name, info.kind).to_lowercase(),
+                format!("driver {} is a {:?}", info.name, info.kind()).to_lowercase(),
             ));
         }
         if let Some(key) = info.requires.iter().find(|k| !self.has(k)) {
             return Some((key, format!("driver {} needs `{key}`", info.name)));
         }
-        if self.channel.is_some_and(|c| c > 7) {
-            return Some(("channel", "MCP3008 channels are 0..=7".into()));
-        }
-        if self
-            .vref
-            .is_some_and(|v| !(v.is_finite() && v > 0.0 && v <= 5.5))
-        {
-            return Some(("vref", "vref must be in (0, 5.5] V".into()));
+        // A driver key is checked against its driver's range, also where another driver's
+        // thing sets it (it is ignored there, but never out of range).
+        for name in ["channel", "vref", "debounce_ms"] {
+            let Some(v) = self.set_key(name) else {
+                continue;
+            };
+            let key = info
+                .key(name)
+                .or_else(|| drivers::DRIVERS.iter().find_map(|d| d.key(name)));
+            if let Some(key) = key.filter(|k| !k.accepts(v)) {
+                return Some((key.name, format!("{} must be in {}", key.name, key.range())));
+            }
         }
         if !(self.scale.is_finite() && self.scale != 0.0) {
             return Some(("scale", "scale must be a finite, non-zero number".into()));
