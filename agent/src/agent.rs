@@ -311,13 +311,14 @@ impl Agent {
 /// entities of things configured last time but not now. The list of topics announced is kept in
 /// `data_dir/discovery` (rewritten only when it changes: configs change rarely, SD cards wear).
 fn discovery_announcements(config: &Config) -> Vec<(String, String)> {
-    let mut msgs = match crate::discovery::messages(config) {
-        Ok(m) => m,
-        Err((i, e)) => {
-            error!(thing = i, "discovery: {e}"); // config check rejects this; never here
-            Vec::new()
-        }
-    };
+    let mut msgs =
+        match crate::discovery::messages(&config.gateway_id, &config.mqtt.prefix, &config.things) {
+            Ok(m) => m,
+            Err((i, e)) => {
+                error!(thing = i, "discovery: {e}"); // config check rejects this; never here
+                Vec::new()
+            }
+        };
     let path = config.data_dir.join("discovery");
     let previous = std::fs::read_to_string(&path).unwrap_or_default();
     let current: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();

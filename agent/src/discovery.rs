@@ -21,6 +21,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::config::ids::TopicLevel;
+use crate::config::thing::Thing;
+
 /// Home Assistant's default discovery prefix.
 pub const DISCOVERY_PREFIX: &str = "homeassistant";
 pub const MANUFACTURER: &str = "BETaaS";
@@ -368,7 +371,7 @@ pub type Entity = (
 /// The discovery entities of one configured thing, from its driver's spec: one per published
 /// quantity (a BME280 is three sensors), as the driver's component (a GPIO input a binary sensor,
 /// a GPIO output a switch, a TMP105 limit a number with the driver's range).
-pub fn entities(thing: &crate::config::Thing) -> Vec<Entity> {
+pub fn entities(thing: &Thing) -> Vec<Entity> {
     let info = thing.driver.info();
     let ids = thing.published_ids();
     let single = info.quantities.len() == 1;
@@ -396,11 +399,16 @@ pub fn entities(thing: &crate::config::Thing) -> Vec<Entity> {
         .collect()
 }
 
-/// Every retained discovery message of a configuration, or the first thing that cannot be
-/// discovered (e.g. a device class Home Assistant does not know), by index.
-pub fn messages(config: &crate::config::Config) -> Result<Vec<(String, String)>, (usize, String)> {
-    let gw_id = config.gateway_id.to_string();
-    let prefix = config.mqtt.prefix.to_string();
+/// Every retained discovery message of a configuration's things, or the first thing that cannot
+/// be discovered (e.g. a device class Home Assistant does not know), by index. Takes the config's
+/// parts, not the config: the config's own check calls this.
+pub fn messages(
+    gateway: &TopicLevel,
+    prefix: &TopicLevel,
+    things: &[Thing],
+) -> Result<Vec<(String, String)>, (usize, String)> {
+    let gw_id = gateway.to_string();
+    let prefix = prefix.to_string();
     let gw = Gateway {
         id: &gw_id,
         prefix: &prefix,
@@ -408,7 +416,7 @@ pub fn messages(config: &crate::config::Config) -> Result<Vec<(String, String)>,
         sw_version: env!("CARGO_PKG_VERSION"),
     };
     let mut out = Vec::new();
-    for (i, thing) in config.things.iter().enumerate() {
+    for (i, thing) in things.iter().enumerate() {
         for (id, component, class, unit, range) in entities(thing) {
             let info = ThingInfo {
                 id: &id,
