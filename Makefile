@@ -1,6 +1,7 @@
 # BETaaS gateway firmware — the front door.
 #   make qemu                 boot the firmware in QEMU with an emulated I2C sensor and a local broker
-#   make test                 unit tests + end-to-end test under QEMU (installs what it needs)
+#   make test                 lint (fmt, clippy), unit tests, end-to-end tests under QEMU, fuzzers
+#                             (installs what it needs)
 #   make agent-arm            the static ARM agent
 #   make vmd-arm              betaas-vmd for armhf, linked against Debian's armhf libvirt (out/sysroot-armhf)
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
@@ -21,7 +22,7 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image bundle qemu test test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
 
 all: agent-arm
 
@@ -78,6 +79,12 @@ qemu: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
 	cargo run --quiet --locked -p betaas-e2e --bin qemu-demo
 
+# Formatting and clippy with warnings as errors (the workspace's lints: Cargo.toml), every target.
+lint: $(STAMP)
+	@echo "==> cargo fmt --check, cargo clippy -D warnings"
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
 test-unit: $(STAMP)
 	@echo "==> host unit tests"
 	cargo test --locked --workspace
@@ -123,8 +130,9 @@ fuzz: $(STAMP)
 	bash agent/fuzz/run.sh
 
 # Each stage's wall time is printed: CI has 90 minutes, make test should stay well under 50.
+# lint first: it fails in about a minute where the tests take many.
 test:
-	@for s in test-unit test-e2e fuzz; do \
+	@for s in lint test-unit test-e2e fuzz; do \
 	  start=$$(date +%s); $(MAKE) --no-print-directory $$s || exit 1; \
 	  echo "==> $$s took $$(( $$(date +%s) - start )) s"; \
 	done

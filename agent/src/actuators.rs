@@ -9,85 +9,53 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::clock::unix_millis;
-use crate::config::{Driver, Thing};
+use crate::config::Thing;
 use crate::things::command::{self, CommandValue, Dedup};
-use crate::things::gpio::{self, Relay};
+use crate::things::device;
+use crate::things::spec::{Actuator, NumberRange, Run};
 use crate::things::status::ThingStatus;
-use crate::things::tmp105::Tmp105;
 
 /// Commands queued per actuator; more are answered as rejected by the router.
 pub const QUEUE: usize = 16;
 
-/// The TMP105's limit registers hold -128..127.9375 °C; the part is specified for -55..125 °C.
-const LIMIT_RANGE: std::ops::RangeInclusive<f64> = -55.0..=125.0;
-
-enum Device {
-    Tmp105Limit(Tmp105<linux_embedded_hal::I2cdev>),
-    Relay(Relay<linux_embedded_hal::CdevPin>, u64),
+/// An opened actuator and its driver's accepted range.
+struct Device {
+    dev: Box<dyn Actuator>,
+    range: Option<NumberRange>,
+    unit: &'static str,
 }
 
 impl Device {
     fn open(thing: &Thing) -> Result<Device, String> {
-        let path = thing.device.as_deref().ok_or("no device")?;
-        match thing.driver {
-            Driver::Tmp105Limit => {
-                let bus = linux_embedded_hal::I2cdev::new(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let mut dev = Tmp105::new(bus, thing.address.map_or(0, |a| a.0));
-                dev.high_limit().map_err(|e| format!("read T_HIGH: {e}"))?;
-                Ok(Device::Tmp105Limit(dev))
-            }
-            Driver::GpioOut => {
-                let line = thing.line.unwrap_or(0);
-                let pin = gpio::open_output(path, line, thing.active_low, "betaas-agent")
-                    .map_err(|e| e.to_string())?;
-                let relay = Relay::new(pin, thing.active_low, 1).map_err(|e| e.to_string())?;
-                Ok(Device::Relay(relay, 0))
-            }
-            _ => Err(format!(
-                "driver {} is not an actuator",
-                thing.driver.info().name
-            )),
-        }
+        let info = thing.driver.info();
+        let Run::Actuate(open) = info.run else {
+            return Err(format!("driver {} is not an actuator", info.name));
+        };
+        Ok(Device {
+            dev: open(&device::opening(thing)?)?,
+            range: info.range,
+            unit: info.unit(),
+        })
     }
 
     /// The device's current state as published.
     fn state(&mut self) -> Result<Value, String> {
-        match self {
-            Device::Tmp105Limit(d) => d.high_limit().map(|c| json!(c)).map_err(|e| e.to_string()),
-            Device::Relay(r, _) => Ok(json!(r.is_on())),
-        }
+        self.dev.state()
     }
 
+    /// A number outside the driver's range is refused before the device sees it.
     fn apply(&mut self, value: &CommandValue) -> Result<Value, String> {
-        match self {
-            Device::Tmp105Limit(d) => {
-                let CommandValue::Number(c) = value else {
-                    return Err(format!(
-                        "expected a temperature in °C, got {}",
-                        value.to_json()
-                    ));
-                };
-                if !LIMIT_RANGE.contains(c) {
-                    return Err(format!(
-                        "{c} °C is outside {}..={} °C",
-                        LIMIT_RANGE.start(),
-                        LIMIT_RANGE.end()
-                    ));
-                }
-                d.set_high_limit(*c)
-                    .map(|c| json!(c))
-                    .map_err(|e| e.to_string())
-            }
-            Device::Relay(r, n) => {
-                let cmd = gpio::Command::parse(&value.to_json()).map_err(|e| e.to_string())?;
-                // Ids are deduplicated by command::process; the relay gets a fresh one each time.
-                *n += 1;
-                r.execute(&n.to_string(), cmd)
-                    .map(|on| json!(on))
-                    .map_err(|e| e.to_string())
+        if let (Some(r), CommandValue::Number(c)) = (self.range, value) {
+            if !r.contains(*c) {
+                return Err(format!(
+                    "{c} {u} is outside {}..={} {u}",
+                    r.min,
+                    r.max,
+                    u = self.unit
+                ));
             }
         }
+        self.dev.apply(value)
     }
 }
 

@@ -18,8 +18,9 @@ use crate::config::{Config, FsyncMode, JournalConfig, Kind, Thing};
 use crate::journal::{Body, Cursor, FsyncPolicy, Journal, Limits, Record};
 use crate::mqtt::{self, Topics};
 use crate::session::{self, Session};
+use crate::things::device::{Device, Value};
+use crate::things::spec::Run;
 use crate::things::status::ThingStatus;
-use crate::things::{Device, Value};
 
 /// Journal records published and not yet acknowledged. Bounds memory and the request queue.
 const MAX_INFLIGHT: usize = 64;
@@ -195,15 +196,15 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     ));
     let mut actuators = BTreeMap::new();
     for (i, thing) in things.iter().enumerate() {
-        match (thing.kind, thing.driver.info().bus) {
-            (Kind::Sensor, crate::config::Bus::Mqtt) => {} // fed by mqtt_things
-            (Kind::Sensor, _) if thing.driver == crate::config::Driver::GpioIn => {
+        match thing.driver.info().run {
+            Run::Mqtt => {} // fed by mqtt_things
+            Run::Watch => {
                 tokio::spawn(watch_input(agent.clone(), things.clone(), i));
             }
-            (Kind::Sensor, _) => {
+            Run::Poll(_) => {
                 tokio::spawn(poll(agent.clone(), things.clone(), i));
             }
-            (Kind::Actuator, _) => {
+            Run::Actuate(_) => {
                 let (tx, rx) = mpsc::channel(crate::actuators::QUEUE);
                 actuators.insert(thing.id.to_string(), tx);
                 tokio::spawn(crate::actuators::serve(
@@ -317,13 +318,14 @@ impl Agent {
 /// entities of things configured last time but not now. The list of topics announced is kept in
 /// `data_dir/discovery` (rewritten only when it changes: configs change rarely, SD cards wear).
 fn discovery_announcements(config: &Config) -> Vec<(String, String)> {
-    let mut msgs = match crate::discovery::messages(config) {
-        Ok(m) => m,
-        Err((i, e)) => {
-            error!(thing = i, "discovery: {e}"); // config check rejects this; never here
-            Vec::new()
-        }
-    };
+    let mut msgs =
+        match crate::discovery::messages(&config.gateway_id, &config.mqtt.prefix, &config.things) {
+            Ok(m) => m,
+            Err((i, e)) => {
+                error!(thing = i, "discovery: {e}"); // config check rejects this; never here
+                Vec::new()
+            }
+        };
     let path = config.data_dir.join("discovery");
     let previous = std::fs::read_to_string(&path).unwrap_or_default();
     let current: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
@@ -520,7 +522,8 @@ async fn watch_input(agent: Arc<Agent>, things: Arc<Vec<Thing>>, i: usize) {
     let t2 = things.clone();
     std::thread::spawn(move || {
         let thing = &t2[i];
-        let debounce = Duration::from_millis(thing.debounce_ms.unwrap_or(20));
+        // The driver's key: the config's window, else its default.
+        let debounce = Duration::from_millis(thing.key("debounce_ms") as u64);
         loop {
             let device = thing.device.clone().unwrap_or_default();
             let opened = GpioInput::open(

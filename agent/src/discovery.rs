@@ -21,22 +21,14 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::config::ids::TopicLevel;
+use crate::config::thing::Thing;
+
 /// Home Assistant's default discovery prefix.
 pub const DISCOVERY_PREFIX: &str = "homeassistant";
 pub const MANUFACTURER: &str = "BETaaS";
 
-/// The Home Assistant entity platform a thing appears as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
-    /// A numeric reading (temperature, humidity, ...), with `state_class: measurement`.
-    Sensor,
-    /// A digital input (door contact, PIR): the reading's `value` is truthy or not.
-    BinarySensor,
-    /// An on/off actuator (relay, LED).
-    Switch,
-    /// A numeric actuator (set point, alert limit).
-    Number,
-}
+pub use crate::things::spec::{Component, NumberRange};
 
 impl Component {
     pub const ALL: [Component; 4] = [
@@ -165,14 +157,6 @@ pub struct Gateway<'a> {
     pub model: &'a str,
     /// The agent's version.
     pub sw_version: &'a str,
-}
-
-/// The range of a [`Component::Number`]; Home Assistant's defaults are 1, 100, 1.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NumberRange {
-    pub min: f64,
-    pub max: f64,
-    pub step: f64,
 }
 
 /// What discovery needs to know about one thing.
@@ -375,72 +359,56 @@ pub fn removal_message(gateway: &str, component: Component, thing: &str) -> (Str
     (config_topic(gateway, component, thing), String::new())
 }
 
-/// The discovery entities of one configured thing: a BME280 is three sensors, a GPIO input a
-/// binary sensor, a GPIO output a switch, a TMP105 limit a number.
-pub fn entities(
-    thing: &crate::config::Thing,
-) -> Vec<(
+/// One discovery entity: published id, component, device class, unit, number range.
+pub type Entity = (
     String,
     Component,
     Option<String>,
     Option<String>,
     Option<NumberRange>,
-)> {
-    use crate::config::Driver;
-    let id = thing.id.to_string();
-    let class = thing
-        .device_class
-        .clone()
-        .or(thing.driver.info().device_class.map(str::to_owned));
-    let unit = Some(thing.unit()).filter(|u| !u.is_empty());
-    match thing.driver {
-        Driver::Bme280 => [
-            ("temperature", "°C"),
-            ("humidity", "%"),
-            ("pressure", "hPa"),
-        ]
-        .iter()
-        .map(|(q, u)| {
-            (
-                format!("{id}_{q}"),
-                Component::Sensor,
-                Some((*q).to_owned()),
-                Some((*u).to_owned()),
-                None,
-            )
-        })
-        .collect(),
-        Driver::GpioIn => vec![(
-            id,
-            Component::BinarySensor,
-            thing.device_class.clone(),
-            None,
-            None,
-        )],
-        Driver::GpioOut => vec![(
-            id,
-            Component::Switch,
-            thing.device_class.clone(),
-            None,
-            None,
-        )],
-        Driver::Tmp105Limit => {
-            let range = NumberRange {
-                min: -55.0,
-                max: 125.0,
-                step: 0.0625,
+);
+
+/// The discovery entities of one configured thing, from its driver's spec: one per published
+/// quantity (a BME280 is three sensors), as the driver's component (a GPIO input a binary sensor,
+/// a GPIO output a switch, a TMP105 limit a number with the driver's range).
+pub fn entities(thing: &Thing) -> Vec<Entity> {
+    let info = thing.driver.info();
+    let ids = thing.published_ids();
+    let single = info.quantities.len() == 1;
+    ids.into_iter()
+        .zip(info.quantities)
+        .map(|(id, q)| {
+            // A single quantity takes the config's device class and unit over the driver's.
+            let (class, unit) = if single {
+                (
+                    thing
+                        .device_class
+                        .clone()
+                        .or(q.device_class.map(str::to_owned)),
+                    Some(thing.unit()),
+                )
+            } else {
+                (q.device_class.map(str::to_owned), Some(q.unit.to_owned()))
             };
-            vec![(id, Component::Number, class, unit, Some(range))]
-        }
-        _ => vec![(id, Component::Sensor, class, unit, None)],
-    }
+            let unit = match info.component {
+                Component::BinarySensor | Component::Switch => None,
+                Component::Sensor | Component::Number => unit.filter(|u| !u.is_empty()),
+            };
+            (id, info.component, class, unit, info.range)
+        })
+        .collect()
 }
 
-/// Every retained discovery message of a configuration, or the first thing that cannot be
-/// discovered (e.g. a device class Home Assistant does not know), by index.
-pub fn messages(config: &crate::config::Config) -> Result<Vec<(String, String)>, (usize, String)> {
-    let gw_id = config.gateway_id.to_string();
-    let prefix = config.mqtt.prefix.to_string();
+/// Every retained discovery message of a configuration's things, or the first thing that cannot
+/// be discovered (e.g. a device class Home Assistant does not know), by index. Takes the config's
+/// parts, not the config: the config's own check calls this.
+pub fn messages(
+    gateway: &TopicLevel,
+    prefix: &TopicLevel,
+    things: &[Thing],
+) -> Result<Vec<(String, String)>, (usize, String)> {
+    let gw_id = gateway.to_string();
+    let prefix = prefix.to_string();
     let gw = Gateway {
         id: &gw_id,
         prefix: &prefix,
@@ -448,7 +416,7 @@ pub fn messages(config: &crate::config::Config) -> Result<Vec<(String, String)>,
         sw_version: env!("CARGO_PKG_VERSION"),
     };
     let mut out = Vec::new();
-    for (i, thing) in config.things.iter().enumerate() {
+    for (i, thing) in things.iter().enumerate() {
         for (id, component, class, unit, range) in entities(thing) {
             let info = ThingInfo {
                 id: &id,

@@ -287,6 +287,8 @@ impl Backoff {
         *self = Backoff::default();
     }
 
+    // Not an iterator: an endless sequence of delays, reset by the caller on success.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Duration {
         let d = jitter(self.next);
         self.next = (self.next * 2).min(Duration::from_secs(30));
@@ -303,6 +305,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

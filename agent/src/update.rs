@@ -311,10 +311,10 @@ mod tests {
     /// A server on 127.0.0.1 answering one GET with `len` bytes.
     fn serve(len: usize) -> String {
         use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/b.raucb", l.local_addr().unwrap());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/b.raucb", l.local_addr().expect("addr"));
         std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
+            let (mut c, _) = l.accept().expect("accept");
             let mut req = [0u8; 1024];
             let _ = c.read(&mut req);
             let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
@@ -333,19 +333,19 @@ mod tests {
             panic!("wget is needed (image/host-deps.sh installs it)");
         }
         let dir = std::env::temp_dir().join(format!("betaas-dl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("tmp dir");
         let b = dir.join(BUNDLE);
         let cap = 1000 + fastrand::u64(..5000);
         let small = fastrand::u64(1..=cap) as usize;
-        fetch(&serve(small), &b, cap).unwrap();
-        assert_eq!(std::fs::metadata(&b).unwrap().len(), small as u64);
+        fetch(&serve(small), &b, cap).expect("a bundle under the cap");
+        assert_eq!(std::fs::metadata(&b).expect("bundle").len(), small as u64);
         let big = (cap + 1 + fastrand::u64(..100_000)) as usize;
-        let e = fetch(&serve(big), &b, cap).unwrap_err();
+        let e = fetch(&serve(big), &b, cap).expect_err("refused");
         assert!(e.contains("larger than"), "{e}");
-        assert!(std::fs::metadata(&b).unwrap().len() <= cap + 1);
-        let e = fetch("http://127.0.0.1:1/none", &b, cap).unwrap_err();
+        assert!(std::fs::metadata(&b).expect("bundle").len() <= cap + 1);
+        let e = fetch("http://127.0.0.1:1/none", &b, cap).expect_err("refused");
         assert!(e.starts_with("download: wget"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     fn env(order: &str, a: u32, b: u32) -> BTreeMap<String, String> {

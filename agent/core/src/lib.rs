@@ -6,11 +6,15 @@
 //! - [`scenario`], [`sim`], [`gen`]: the simulator that compares it with other schedulers.
 //! - [`instance`]: instance bus messages, membership and trust (the instance manager).
 //! - [`lifecycle`]: this gateway's reservations for its local VMs: release, rebuild after a restart.
+//! - [`journal`]: the store-and-forward journal's record format (frames, segment header, state).
+//! - [`things`]: the parsers of outside input for things: actuator commands, MQTT things' payloads.
 
 pub mod allocator;
 pub mod forecast;
 pub mod gen;
 pub mod instance;
+pub mod journal;
 pub mod lifecycle;
 pub mod scenario;
 pub mod sim;
+pub mod things;

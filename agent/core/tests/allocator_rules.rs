@@ -374,7 +374,9 @@ fn policy_names_round_trip() {
     for k in PolicyKind::ALL {
         assert_eq!(k.name().parse::<PolicyKind>(), Ok(k));
     }
-    let e = "bestfit".parse::<PolicyKind>().unwrap_err();
+    let e = "bestfit"
+        .parse::<PolicyKind>()
+        .expect_err("bestfit is no policy");
     assert!(
         e.contains("best-fit") && e.contains("k8s-most-allocated"),
         "{e}"

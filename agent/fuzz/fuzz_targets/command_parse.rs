@@ -1,16 +1,12 @@
-//! Arbitrary bytes into the actuator command parser and the dedup memory (`things/command.rs`,
-//! compiled in directly: it only needs serde, serde_json and thiserror). Never a panic; an accepted
+//! Arbitrary bytes into the actuator command parser and the dedup memory
+//! (`betaas_core::things::command`, which the agent's actuators use). Never a panic; an accepted
 //! id is 1..=64 characters without control characters; what parses re-encodes to a command that
 //! parses the same; a command with an id that was applied is never applied a second time.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/things/command.rs"]
-#[allow(dead_code)]
-mod command;
-
-use command::{parse, process, CommandValue, Dedup, MAX_ID_CHARS};
+use betaas_core::things::command::{parse, process, CommandValue, Dedup, MAX_ID_CHARS};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

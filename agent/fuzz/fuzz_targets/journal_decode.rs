@@ -1,13 +1,11 @@
 //! Arbitrary bytes into the journal's decoders: they must return a typed error, never panic, never
-//! allocate more than MAX_PAYLOAD for a frame. `format.rs` is pure, so it is compiled in directly and the
-//! fuzz build does not pull in the agent's tokio/MQTT/I2C dependencies.
+//! allocate more than MAX_PAYLOAD for a frame. The format is `betaas_core::journal` (pure: the fuzz
+//! build does not pull in the agent's tokio/MQTT/I2C dependencies), the agent's journal store uses it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/journal/format.rs"]
-#[allow(dead_code)]
-mod format;
+use betaas_core::journal as format;
 
 fuzz_target!(|data: &[u8]| {
     let _ = format::decode_header(data);

@@ -1,16 +1,12 @@
-//! Arbitrary bytes into the MQTT-thing payload parser (`things/payload.rs`, compiled in directly: it
-//! only needs serde_json and thiserror). The first byte picks a field spec; the rest is the payload.
+//! Arbitrary bytes into the MQTT-thing payload parser (`betaas_core::things::payload`, which the
+//! agent's MQTT things use). The first byte picks a field spec; the rest is the payload.
 //! It must return a value or a typed error, never panic, and an accepted value must be finite and in
 //! range.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/things/payload.rs"]
-#[allow(dead_code)]
-mod payload;
-
-use payload::{extract, FieldSpec};
+use betaas_core::things::payload::{extract, FieldSpec};
 
 fn spec(pick: u8) -> FieldSpec {
     let pointer = [

@@ -1,19 +1,12 @@
 //! Arbitrary bytes into the betaas-vmd protocol decoder, as the daemon reads a socket: frames
 //! until the first frame error; each frame decodes to a request or to an error reply, never a
-//! panic, never an allocation beyond MAX_FRAME. The proto crate is pure, so its sources are
-//! compiled in directly (no workspace dependency from this separate fuzz workspace).
+//! panic, never an allocation beyond MAX_FRAME. `betaas-proto` is pure: the fuzz build pulls in
+//! no runtime.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../proto/src/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-#[path = "../../proto/src/msg.rs"]
-#[allow(dead_code)]
-mod msg;
-
-// frame.rs names its sibling as `crate::msg`, which this crate root provides.
+use betaas_proto::{frame, msg};
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = frame::FrameReader::new();

@@ -388,11 +388,13 @@ fn kind(t: &Thing) -> &'static str {
 
 /// The UI's control for an actuator.
 fn control(t: &Thing) -> Value {
-    match t.driver {
-        crate::config::Driver::Tmp105Limit => {
-            json!({"type": "number", "min": -55, "max": 125, "unit": "°C"})
+    use crate::things::spec::Component;
+    let info = t.driver.info();
+    match (info.component, info.range) {
+        (Component::Number, Some(r)) => {
+            json!({"type": "number", "min": r.min, "max": r.max, "unit": t.unit()})
         }
-        crate::config::Driver::GpioOut => json!({"type": "switch"}),
+        (Component::Switch, _) => json!({"type": "switch"}),
         _ => Value::Null,
     }
 }

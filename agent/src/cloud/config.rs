@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use betaas_core::allocator::Provider;
 use serde::Deserialize;
 
-use crate::config::TopicLevel;
+use crate::config::ids::TopicLevel;
 
 pub const CREDENTIALS_DIR: &str = "/etc/betaas/credentials";
 

@@ -116,6 +116,7 @@ fn table(o: &SimOutput) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

@@ -9,7 +9,8 @@
 //! Delivery is at least once: after a crash, records acknowledged since the last persisted ack are sent
 //! again with their original `(thing, seq)`, which consumers use to drop duplicates.
 
-pub mod format;
+/// The record format is pure and lives in `betaas-core` (the fuzz crate decodes with it too).
+pub use betaas_core::journal as format;
 pub mod store;
 
 use std::io;

@@ -80,6 +80,10 @@ impl History {
         self.samples.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     pub fn last(&self) -> Option<&Sample> {
         self.samples.back()
     }
@@ -151,6 +155,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HistoryError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

@@ -194,6 +194,7 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

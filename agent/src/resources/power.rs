@@ -31,7 +31,7 @@ pub fn read_power(root: &Path) -> Power {
     for dir in names {
         match read(&dir, "type").as_deref() {
             Some("Battery") => {
-                let present = read(&dir, "present").map_or(true, |v| v == "1");
+                let present = read(&dir, "present").is_none_or(|v| v == "1");
                 let capacity = read(&dir, "capacity").and_then(|v| v.parse::<f64>().ok());
                 if p.battery.is_none() && present {
                     p.battery = capacity.map(|c| (c / 100.0).clamp(0.0, 1.0));
@@ -47,6 +47,7 @@ pub fn read_power(root: &Path) -> Power {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

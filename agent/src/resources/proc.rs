@@ -60,6 +60,7 @@ pub fn parse_meminfo(text: &str) -> Option<Memory> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
 

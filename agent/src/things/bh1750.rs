@@ -19,6 +19,23 @@ use std::time::Duration;
 use bh1750::{BH1750Error, Resolution, BH1750};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
+use linux_embedded_hal::{Delay, I2cdev};
+
+use super::spec::{
+    init_error, open_i2c, Bus, Component, DriverSpec, Opening, Quantity, Run, Sensor,
+};
+
+/// Ambient light in lux (`driver = "bh1750"`).
+pub const SPEC: DriverSpec = DriverSpec {
+    name: "bh1750",
+    bus: Bus::I2c,
+    requires: &["device", "address"],
+    keys: &[],
+    quantities: &[Quantity::own("lx", Some("illuminance"))],
+    component: Component::Sensor,
+    range: None,
+    run: Run::Poll(open),
+};
 
 /// Max H-resolution measurement time (electrical characteristics table): until then the data
 /// register still holds 0, which would be published as darkness.
@@ -88,7 +105,20 @@ impl DelayNs for OneShotOnly {
     }
 }
 
+fn open(o: &Opening) -> Result<Box<dyn Sensor>, String> {
+    let mut s = Bh1750::new(open_i2c(&o.device)?, Delay, o.address);
+    s.init().map_err(|e| init_error(o.address, e))?;
+    Ok(Box::new(s))
+}
+
+impl Sensor for Bh1750<I2cdev, Delay> {
+    fn read(&mut self) -> Result<Vec<f64>, String> {
+        Ok(vec![self.read_lux().map_err(|e| e.to_string())?.into()])
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};

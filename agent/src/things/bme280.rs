@@ -27,6 +27,38 @@
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
+use linux_embedded_hal::{Delay, I2cdev};
+
+use super::spec::{self, init_error, open_i2c, Bus, Component, DriverSpec, Opening, Run, Sensor};
+
+/// Three readings, uncalibrated (scale/offset/min/max apply to single-value things):
+/// `<id>_temperature`, `<id>_humidity`, `<id>_pressure`.
+pub const SPEC: DriverSpec = DriverSpec {
+    name: "bme280",
+    bus: Bus::I2c,
+    requires: &["device", "address"],
+    keys: &[],
+    quantities: &[
+        spec::Quantity {
+            suffix: Some("temperature"),
+            unit: "°C",
+            device_class: Some("temperature"),
+        },
+        spec::Quantity {
+            suffix: Some("humidity"),
+            unit: "%",
+            device_class: Some("humidity"),
+        },
+        spec::Quantity {
+            suffix: Some("pressure"),
+            unit: "hPa",
+            device_class: Some("pressure"),
+        },
+    ],
+    component: Component::Sensor,
+    range: None,
+    run: Run::Poll(open),
+};
 
 const REG_CALIB_00: u8 = 0x88;
 const CALIB_00_LEN: usize = 26;
@@ -423,7 +455,22 @@ impl<I2C: I2c, D: DelayNs> Bme280<I2C, D> {
     }
 }
 
+fn open(o: &Opening) -> Result<Box<dyn Sensor>, String> {
+    let mut s = Bme280::new(open_i2c(&o.device)?, Delay, o.address);
+    s.init().map_err(|e| init_error(o.address, e))?;
+    Ok(Box::new(s))
+}
+
+impl Sensor for Bme280<I2cdev, Delay> {
+    /// In [`SPEC`]'s order: temperature, humidity, pressure.
+    fn read(&mut self) -> Result<Vec<f64>, String> {
+        let m = Bme280::read(self).map_err(|e| e.to_string())?;
+        Ok(vec![m.celsius(), m.humidity_percent(), m.hectopascal()])
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};

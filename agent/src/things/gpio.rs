@@ -20,7 +20,65 @@ use std::time::{Duration, Instant};
 use embedded_hal::digital::{OutputPin, PinState};
 use gpio_cdev::{Chip, EventRequestFlags, LineEventHandle, LineRequestFlags};
 
-use super::command::Dedup;
+use super::command::{CommandValue, Dedup};
+use super::spec::{Actuator, Bus, Component, DriverSpec, Key, Opening, Quantity, Run};
+
+/// A digital input (`driver = "gpio-in"`): every debounced edge is a reading, 1 active, 0 not.
+pub const IN: DriverSpec = DriverSpec {
+    name: "gpio-in",
+    bus: Bus::Gpio,
+    requires: &["device", "line"],
+    keys: &[Key {
+        name: "debounce_ms",
+        default: 20.0,
+        min: 0.0,
+        min_exclusive: false,
+        max: f64::MAX,
+        unit: "ms",
+    }],
+    quantities: &[Quantity::own("", None)],
+    component: Component::BinarySensor,
+    range: None,
+    run: Run::Watch,
+};
+
+/// A digital output (`driver = "gpio-out"`): a relay or LED, on/off/toggle commands.
+pub const OUT: DriverSpec = DriverSpec {
+    name: "gpio-out",
+    bus: Bus::Gpio,
+    requires: &["device", "line"],
+    keys: &[],
+    quantities: &[Quantity::own("", None)],
+    component: Component::Switch,
+    range: None,
+    run: Run::Actuate(open_relay),
+};
+
+fn open_relay(o: &Opening) -> Result<Box<dyn Actuator>, String> {
+    let pin =
+        open_output(&o.device, o.line, o.active_low, "betaas-agent").map_err(|e| e.to_string())?;
+    let relay = Relay::new(pin, o.active_low, 1).map_err(|e| e.to_string())?;
+    Ok(Box::new(Switch(relay, 0)))
+}
+
+/// The relay and the id its next command gets.
+struct Switch(Relay<linux_embedded_hal::CdevPin>, u64);
+
+impl Actuator for Switch {
+    fn state(&mut self) -> Result<serde_json::Value, String> {
+        Ok(serde_json::json!(self.0.is_on()))
+    }
+
+    fn apply(&mut self, value: &CommandValue) -> Result<serde_json::Value, String> {
+        let cmd = Command::parse(&value.to_json()).map_err(|e| e.to_string())?;
+        // Ids are deduplicated by command::process; the relay gets a fresh one each time.
+        self.1 += 1;
+        self.0
+            .execute(&self.1.to_string(), cmd)
+            .map(|on| serde_json::json!(on))
+            .map_err(|e| e.to_string())
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Input: debounce state machine (pure)
@@ -425,6 +483,7 @@ fn duration_ns(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal_mock::eh1::digital::{Mock as PinMock, State, Transaction as Pin};

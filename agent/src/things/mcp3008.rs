@@ -19,6 +19,39 @@
 use std::path::Path;
 
 use embedded_hal::spi::SpiDevice;
+use linux_embedded_hal::SpidevDevice;
+
+use super::spec::{Bus, Component, DriverSpec, Key, Opening, Quantity, Run, Sensor};
+
+/// One single-ended input in volts (`driver = "mcp3008"`).
+pub const SPEC: DriverSpec = DriverSpec {
+    name: "mcp3008",
+    bus: Bus::Spi,
+    requires: &["device", "channel"],
+    keys: &[
+        Key {
+            name: "channel",
+            default: 0.0,
+            min: 0.0,
+            min_exclusive: false,
+            max: (CHANNELS - 1) as f64,
+            unit: "",
+        },
+        // VREF sets the scale; the part runs at 2.7..5.5 V.
+        Key {
+            name: "vref",
+            default: 3.3,
+            min: 0.0,
+            min_exclusive: true,
+            max: 5.5,
+            unit: "V",
+        },
+    ],
+    quantities: &[Quantity::own("V", Some("voltage"))],
+    component: Component::Sensor,
+    range: None,
+    run: Run::Poll(open),
+};
 
 const START: u8 = 0b0000_0001;
 const SINGLE_ENDED: u8 = 0b1000_0000;
@@ -111,7 +144,27 @@ pub fn open_spidev(path: &Path) -> std::io::Result<linux_embedded_hal::SpidevDev
     Ok(dev)
 }
 
+fn open(o: &Opening) -> Result<Box<dyn Sensor>, String> {
+    let spi = open_spidev(&o.device).map_err(|e| format!("{}: {e}", o.device.display()))?;
+    let adc = Mcp3008::new(spi, o.key("vref") as f32).map_err(|e| format!("vref {}", e.0))?;
+    // The config checked the channel against SPEC's range.
+    Ok(Box::new(Input(adc, o.key("channel") as u8)))
+}
+
+struct Input(Mcp3008<SpidevDevice>, u8);
+
+impl Sensor for Input {
+    fn read(&mut self) -> Result<Vec<f64>, String> {
+        Ok(vec![self
+            .0
+            .read_volts(self.1)
+            .map_err(|e| e.to_string())?
+            .into()])
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::spi::ErrorKind;

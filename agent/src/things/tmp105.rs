@@ -6,6 +6,46 @@
 //! power-up or bus fault.
 
 use embedded_hal::i2c::I2c;
+use linux_embedded_hal::I2cdev;
+use serde_json::{json, Value};
+
+use super::command::CommandValue;
+use super::spec::{
+    init_error, open_i2c, Actuator, Bus, Component, DriverSpec, NumberRange, Opening, Quantity,
+    Run, Sensor,
+};
+
+/// The temperature (`driver = "tmp105"`).
+pub const SPEC: DriverSpec = DriverSpec {
+    name: "tmp105",
+    bus: Bus::I2c,
+    requires: &["device", "address"],
+    keys: &[],
+    quantities: &[Quantity::own("°C", Some("temperature"))],
+    component: Component::Sensor,
+    range: None,
+    run: Run::Poll(open),
+};
+
+/// The T_HIGH alert limit as an actuator (`driver = "tmp105-limit"`), written and read back.
+pub const LIMIT: DriverSpec = DriverSpec {
+    name: "tmp105-limit",
+    bus: Bus::I2c,
+    requires: &["device", "address"],
+    keys: &[],
+    quantities: &[Quantity::own("°C", Some("temperature"))],
+    component: Component::Number,
+    range: Some(LIMIT_RANGE),
+    run: Run::Actuate(open_limit),
+};
+
+/// The limit registers hold -128..127.9375 °C in 1/16 °C steps; the part is specified for
+/// -55..125 °C.
+pub const LIMIT_RANGE: NumberRange = NumberRange {
+    min: -55.0,
+    max: 125.0,
+    step: 0.0625,
+};
 
 const REG_TEMPERATURE: u8 = 0x00;
 const REG_CONFIG: u8 = 0x01;
@@ -66,7 +106,50 @@ pub fn raw_to_celsius(bytes: [u8; 2]) -> f32 {
     f32::from(i16::from_be_bytes(bytes) >> 4) * 0.0625
 }
 
+fn open(o: &Opening) -> Result<Box<dyn Sensor>, String> {
+    let mut s = Tmp105::new(open_i2c(&o.device)?, o.address);
+    s.init().map_err(|e| init_error(o.address, e))?;
+    Ok(Box::new(s))
+}
+
+impl Sensor for Tmp105<I2cdev> {
+    fn read(&mut self) -> Result<Vec<f64>, String> {
+        Ok(vec![self.read_celsius().map_err(|e| e.to_string())?.into()])
+    }
+}
+
+fn open_limit(o: &Opening) -> Result<Box<dyn Actuator>, String> {
+    let mut dev = Tmp105::new(open_i2c(&o.device)?, o.address);
+    dev.high_limit().map_err(|e| format!("read T_HIGH: {e}"))?;
+    Ok(Box::new(Limit(dev)))
+}
+
+struct Limit(Tmp105<I2cdev>);
+
+impl Actuator for Limit {
+    fn state(&mut self) -> Result<Value, String> {
+        self.0
+            .high_limit()
+            .map(|c| json!(c))
+            .map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, value: &CommandValue) -> Result<Value, String> {
+        let CommandValue::Number(c) = value else {
+            return Err(format!(
+                "expected a temperature in °C, got {}",
+                value.to_json()
+            ));
+        };
+        self.0
+            .set_high_limit(*c)
+            .map(|c| json!(c))
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the value in the message
 mod tests {
     use super::*;
     use embedded_hal::i2c::ErrorKind;

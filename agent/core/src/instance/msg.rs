@@ -354,6 +354,8 @@ impl Counter {
     }
 
     /// The next counter value, and a new bound to persist *before* sending, when one is due.
+    // Not an iterator: it never ends, and its second value is an instruction to the caller.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> (u64, Option<u64>) {
         let n = self.next;
         self.next += 1;

@@ -10,8 +10,8 @@
 //!
 //! The CRC covers the length too, so a flipped bit in the length is caught instead of sending the reader
 //! into the middle of the next record. `len` is capped at [`MAX_PAYLOAD`] so a corrupt length can never
-//! make a reader allocate gigabytes. This file is also compiled on its own by the fuzz crate
-//! (`agent/fuzz`), so it only uses `serde`, `postcard`, `crc32fast` and `thiserror`.
+//! make a reader allocate gigabytes. The agent's `journal::store` writes and reads files with it;
+//! the fuzz crate (`agent/fuzz`) feeds it arbitrary bytes.
 
 use serde::{Deserialize, Serialize};
 

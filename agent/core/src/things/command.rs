@@ -4,8 +4,8 @@
 //! Pure: [`parse`] turns a payload into a [`Command`], [`Dedup`] remembers the [`Outcome`] of
 //! recent command ids so a redelivered command (MQTT QoS 1 after a reconnect, a client retry)
 //! is answered again without being applied again, and [`process`] ties the two around the
-//! caller's `apply`. Depends only on serde, serde_json and thiserror, so the fuzz crate compiles
-//! this file directly.
+//! caller's `apply`. The agent's actuators (`actuators.rs`, `things::gpio`) use it; the fuzz crate
+//! feeds it arbitrary bytes.
 //!
 //! Accepted payloads:
 //! - `{"id": "<1..=64 chars>", "value": <bool | number | string>}`; other fields are ignored;

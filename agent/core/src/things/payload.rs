@@ -3,7 +3,7 @@
 //!
 //! Pure: bytes and a [`FieldSpec`] in, `f64` or a [`PayloadError`] out. The agent counts errors
 //! per [`PayloadError::kind`] and logs them with the topic; nothing here can panic on input.
-//! Depends only on `serde_json` and `thiserror`, so the fuzz crate compiles this file directly.
+//! The agent's MQTT things use it; the fuzz crate feeds it arbitrary bytes.
 
 use serde_json::Value;
 
