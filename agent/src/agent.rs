@@ -32,8 +32,13 @@ pub struct Agent {
     /// in memory they would escape the journal's size bound.
     session: Session,
     topics: Topics,
-    /// `None` once closed at shutdown.
+    /// `None` once closed at shutdown. Used only off the runtime ([`Agent::on_journal`]): its
+    /// lock is held through fsyncs, which take seconds on a card (or disk) busy with other writes.
     journal: Arc<Mutex<Option<Journal>>>,
+    /// The journal's stats after its last operation, for health: the runtime thread never waits for
+    /// the journal's lock (it once froze all four agents of a test for 25 s: heartbeats, session
+    /// and all, while another process's writeback made their fsyncs slow).
+    journal_stats: Arc<Mutex<Option<crate::journal::Stats>>>,
     /// Wakes the publisher: a record was appended.
     wake: Notify,
     started: Instant,
@@ -138,6 +143,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         session: session.clone(),
         status: Arc::new(ThingStatus::new(session.clone(), topics.clone())),
         topics,
+        journal_stats: Arc::new(Mutex::new(Some(journal.stats()))),
         journal: Arc::new(Mutex::new(Some(journal))),
         wake: Notify::new(),
         started: Instant::now(),
@@ -258,29 +264,28 @@ impl Agent {
     /// Accepts values: they are journaled (with their seq) before this returns Ok; from then on they
     /// will be published however the broker, the network or the agent fare.
     async fn accept(self: &Arc<Self>, values: Vec<Value>, ts_ms: u64) -> Result<(), String> {
-        let journal = self.journal.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut guard = lock(&journal);
-            let j = guard.as_mut().ok_or("journal closed")?;
-            let mut kept = Vec::with_capacity(values.len());
-            for v in values {
-                let seq = j.next_seq(&v.thing);
-                let rec = Record {
-                    seq,
-                    ts_ms,
-                    body: Body::Reading {
-                        value: v.value,
-                        unit: v.unit,
-                    },
-                    thing: v.thing,
-                };
-                j.append(&rec).map_err(|e| e.to_string())?;
-                kept.push(rec);
-            }
-            Ok::<_, String>(kept)
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        let done = self
+            .on_journal(move |j| {
+                let mut kept = Vec::with_capacity(values.len());
+                for v in values {
+                    let seq = j.next_seq(&v.thing);
+                    let rec = Record {
+                        seq,
+                        ts_ms,
+                        body: Body::Reading {
+                            value: v.value,
+                            unit: v.unit,
+                        },
+                        thing: v.thing,
+                    };
+                    j.append(&rec).map_err(|e| e.to_string())?;
+                    kept.push(rec);
+                }
+                Ok::<_, String>(kept)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.ok_or_else(|| "journal closed".to_owned())?);
         self.wake.notify_one();
         // Journaled: now the API may show them.
         for rec in done.as_deref().unwrap_or_default() {
@@ -291,8 +296,26 @@ impl Agent {
         done.map(|_| ())
     }
 
+    /// Runs `f` on the journal off the runtime (it may fsync) and refreshes the stats health reads.
+    /// `Ok(None)`: the journal is closed (shutting down).
+    async fn on_journal<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> T + Send + 'static,
+    ) -> Result<Option<T>, tokio::task::JoinError> {
+        let journal = self.journal.clone();
+        let stats = self.journal_stats.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&journal);
+            let j = guard.as_mut()?;
+            let r = f(j);
+            *lock(&stats) = Some(j.stats());
+            Some(r)
+        })
+        .await
+    }
+
     fn health(&self) -> serde_json::Value {
-        let stats = lock(&self.journal).as_ref().map(|j| j.stats());
+        let stats = *lock(&self.journal_stats);
         let things = self.status.snapshot();
         let mqtt = self.session.health();
         json!({
@@ -354,19 +377,17 @@ fn discovery_announcements(config: &Config) -> Vec<(String, String)> {
 /// Publishes the journal in order from the last acknowledged record, at most [`MAX_INFLIGHT`] ahead
 /// of the broker's acknowledgements, and acknowledges the journal as PUBACKs come in.
 async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
-    let mut read_at = lock(&agent.journal)
-        .as_ref()
-        .map(|j| j.ack_cursor())
-        .unwrap_or_default();
+    let mut read_at = match agent.on_journal(|j| j.ack_cursor()).await {
+        Ok(Some(c)) => c,
+        _ => return, // closed: shutting down
+    };
     loop {
         let mut upto = None;
         while let Ok(c) = acks.try_recv() {
             upto = Some(c);
         }
         if let Some(c) = upto {
-            let journal = agent.journal.clone();
-            let r = tokio::task::spawn_blocking(move || lock(&journal).as_mut().map(|j| j.ack(c)))
-                .await;
+            let r = agent.on_journal(move |j| j.ack(c)).await;
             if let Ok(Some(Err(e))) = r {
                 error!("journal ack: {e}");
             }
@@ -375,11 +396,7 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
         let room = MAX_INFLIGHT.saturating_sub(agent.session.records_pending());
         let mut sent = 0;
         if room > 0 && agent.session.connected() {
-            let journal = agent.journal.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                lock(&journal).as_mut().map(|j| j.read_from(read_at, room))
-            })
-            .await;
+            let batch = agent.on_journal(move |j| j.read_from(read_at, room)).await;
             let batch = match batch {
                 Ok(Some(Ok(b))) => b,
                 Ok(None) => return, // closed: shutting down
@@ -414,8 +431,9 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
                 _ = agent.wake.notified() => {}
                 _ = agent.session.progress().notified() => {}
                 Some(c) = acks.recv() => {
-                    let journal = agent.journal.clone();
-                    let _ = tokio::task::spawn_blocking(move || lock(&journal).as_mut().map(|j| j.ack(c))).await;
+                    if let Ok(Some(Err(e))) = agent.on_journal(move |j| j.ack(c)).await {
+                        error!("journal ack: {e}");
+                    }
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
@@ -423,19 +441,27 @@ async fn publish(agent: Arc<Agent>, mut acks: mpsc::UnboundedReceiver<Cursor>) {
     }
 }
 
-/// Journal housekeeping every second (fsync interval, ack persistence, age bound) and the health topic.
+/// Journal housekeeping every second (fsync interval, ack persistence, age bound), marking an A/B
+/// slot good, and the health topic.
 async fn housekeeping(agent: Arc<Agent>, health_every: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_health = Instant::now() - health_every;
     let mut last_mark = Instant::now() - Duration::from_secs(5);
+    // The journal's own tick in its own task: on a slow card it waits for fsyncs, health does not.
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match a.on_journal(|j| j.tick()).await {
+                Ok(Some(Err(e))) => error!("journal: {e}"),
+                Ok(None) => return, // closed: shutting down
+                _ => {}
+            }
+        }
+    });
     loop {
         tick.tick().await;
-        let journal = agent.journal.clone();
-        let r =
-            tokio::task::spawn_blocking(move || lock(&journal).as_mut().map(|j| j.tick())).await;
-        if let Ok(Some(Err(e))) = r {
-            error!("journal: {e}");
-        }
         // A/B updates: a slot on trial is marked good once the agent is connected and has read its
         // things; otherwise U-Boot's attempt counter (and boot-deadline) take the gateway back.
         let pending = lock(&agent.system).pending;
