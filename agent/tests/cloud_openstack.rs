@@ -768,7 +768,7 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
     reg.set_state("campus", "srv-old", RemoteState::Stopped, 0);
     store.save(&reg).unwrap();
 
-    betaas_agent::cloud::monitor::start(
+    let clouds = betaas_agent::cloud::monitor::start(
         "gw-1",
         &config.clouds,
         &config.data_dir,
@@ -777,7 +777,8 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let health = loop {
-        let h = betaas_agent::cloud::monitor::health().expect("a cloud is configured");
+        let h =
+            betaas_agent::cloud::monitor::health(clouds.as_ref()).expect("a cloud is configured");
         if h[0]["reachable"] == json!(true) && h[0]["vms_stopped"] == json!(0) {
             break h;
         }
