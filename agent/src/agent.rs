@@ -50,6 +50,8 @@ pub struct Agent {
     system: Mutex<crate::update::System>,
     /// How many things are configured: all must have been polled before the slot is marked good.
     things_configured: usize,
+    /// The remote clouds held here, if any (their health).
+    clouds: Option<crate::cloud::monitor::Clouds>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +118,23 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         things = config.things.len(),
         "starting"
     );
+    // Clouds configured through the API (data partition) over agent.toml's of the same name.
+    let cloud_configs = match &config.api {
+        Some(_) => crate::api::clouds::merge(
+            config.clouds.clone(),
+            crate::api::clouds::load(&config.data_dir),
+        ),
+        None => config.clouds.clone(),
+    };
+    // Handed to the instance manager and the API: nothing of theirs is process-wide.
+    let clouds = crate::cloud::monitor::start(
+        &config.gateway_id.to_string(),
+        &cloud_configs,
+        &config.data_dir,
+        config.health.interval_secs.0,
+        config.api.is_some(),
+    );
+    let resources = crate::resources::Handle::default();
     let instance = match config.instance.clone() {
         Some(cfg) => {
             let gw = config.gateway_id.to_string();
@@ -126,6 +145,8 @@ pub async fn run(config: Config) -> std::process::ExitCode {
                 &prefix,
                 &config.data_dir,
                 session.clone(),
+                clouds.clone(),
+                resources.clone(),
             ) {
                 Ok(rt) => Some(rt),
                 Err(e) => {
@@ -150,6 +171,7 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         instance,
         system: Mutex::new(crate::update::read()),
         things_configured: config.things.len(),
+        clouds: clouds.clone(),
     });
     // Retained state, (re)published by the session on every connect and Home Assistant birth.
     session.set_retained(&agent.topics.availability(), mqtt::ONLINE);
@@ -181,24 +203,10 @@ pub async fn run(config: Config) -> std::process::ExitCode {
     ));
     tokio::spawn(publish(agent.clone(), acks_rx));
     tokio::spawn(housekeeping(agent.clone(), config.health.interval_secs.0));
-    // Clouds configured through the API (data partition) over agent.toml's of the same name.
-    let clouds = match &config.api {
-        Some(_) => crate::api::clouds::merge(
-            config.clouds.clone(),
-            crate::api::clouds::load(&config.data_dir),
-        ),
-        None => config.clouds.clone(),
-    };
-    crate::cloud::monitor::start(
-        &config.gateway_id.to_string(),
-        &clouds,
-        &config.data_dir,
-        config.health.interval_secs.0,
-        config.api.is_some(),
-    );
     tokio::spawn(crate::resources::run(
         config.resources.clone(),
         config.data_dir.clone(),
+        resources.clone(),
     ));
     let mut actuators = BTreeMap::new();
     for (i, thing) in things.iter().enumerate() {
@@ -234,6 +242,8 @@ pub async fn run(config: Config) -> std::process::ExitCode {
                 status: agent.status.clone(),
                 actuators: actuators.clone(),
                 instance: agent.instance.clone(),
+                clouds: clouds.clone(),
+                resources: resources.clone(),
                 templates: config
                     .instance
                     .as_ref()
@@ -329,7 +339,7 @@ impl Agent {
                 "lost_records": s.lost_records, "fsyncs": s.fsyncs, "bytes_written": s.bytes_written,
             })),
             "things": things,
-            "clouds": crate::cloud::monitor::health(),
+            "clouds": crate::cloud::monitor::health(self.clouds.as_ref()),
             "instance": self.instance.as_ref().map(|rt| rt.health()),
             "api": crate::api::health(),
             "system": lock(&self.system).to_json(),

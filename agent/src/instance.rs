@@ -181,6 +181,10 @@ pub struct Runtime {
     sampling: std::sync::atomic::AtomicBool,
     /// VM requests being decided or carried out (each may wait minutes on a remote cloud).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// The remote clouds held here, if any.
+    clouds: Option<crate::cloud::monitor::Clouds>,
+    /// The resource monitor's latest figures (battery, forecast) for the resource reports.
+    resources: crate::resources::Handle,
 }
 
 /// One request's place among the [`MAX_REQUESTS`], given back when its task ends (or panics).
@@ -213,6 +217,8 @@ impl Runtime {
         prefix: &str,
         data_dir: &Path,
         session: Session,
+        clouds: Option<crate::cloud::monitor::Clouds>,
+        resources: crate::resources::Handle,
     ) -> Result<Arc<Runtime>, String> {
         let keys = Keys::load(&cfg.keys)?;
         if keys.credential.gateway != gateway {
@@ -285,6 +291,8 @@ impl Runtime {
             cfg,
             sampling: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            clouds,
+            resources,
         }))
     }
 
@@ -324,7 +332,7 @@ impl Runtime {
     }
 
     fn report(&self, st: &State) -> ResourceReport {
-        let latest = crate::resources::latest();
+        let latest = self.resources.latest();
         ResourceReport {
             capacity: st.local.capacity,
             used: st.local.res.used(),
@@ -333,7 +341,7 @@ impl Runtime {
             battery: latest.and_then(|l| l.battery),
             vms: st.local.res.count(),
             powerful: self.cfg.powerful,
-            remotes: crate::cloud::monitor::allocator_view(),
+            remotes: crate::cloud::monitor::allocator_view(self.clouds.as_ref()),
         }
     }
 
@@ -716,7 +724,8 @@ impl Runtime {
                 .map(|r| r.in_use)
                 .sum()
         };
-        let r = crate::cloud::monitor::deploy(cloud, template, res, others).await;
+        let r =
+            crate::cloud::monitor::deploy(self.clouds.as_ref(), cloud, template, res, others).await;
         // The cloud's VM count changed (or it proved unreachable): tell the instance.
         self.announce();
         match r {
@@ -982,7 +991,7 @@ impl Runtime {
             vm: vm.to_owned(),
             resumed: false,
         };
-        match crate::cloud::monitor::release(cloud, vm).await {
+        match crate::cloud::monitor::release(self.clouds.as_ref(), cloud, vm).await {
             Ok(()) => {
                 self.announce();
                 let me = self.gateway.clone();

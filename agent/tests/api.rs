@@ -41,6 +41,7 @@ fn field(a: &api_support::Answer) -> &str {
 
 #[test]
 fn every_endpoint_against_a_real_agent() {
+    betaas_e2e::seeded();
     let _serial = instance_support::serial();
     let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
     let (fx, model) = rt.block_on(fixture(Model::new()));

@@ -230,6 +230,7 @@ fn out_dir() -> PathBuf {
 
 #[test]
 fn the_ui_shows_live_values_and_drives_an_actuator() {
+    betaas_e2e::seeded();
     assert_eq!(&base64("iVBORw0KGgo=")[..4], b"\x89PNG");
     let _serial = instance_support::serial();
     let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());

@@ -338,6 +338,7 @@ fn anonymous_clients_and_wrong_passwords_are_refused() {
 
 #[test]
 fn a_payload_over_64_kib_is_dropped_by_the_broker() {
+    betaas_e2e::seeded();
     let b = Broker::start();
     let topic = format!("{BUS}/{}/announce", b.gw1);
     let mut peer = b.subscribe(&b.gw2, &[&format!("{BUS}/+/+")]);
@@ -449,6 +450,7 @@ fn cli(args: &[&str]) {
 
 #[test]
 fn agents_with_their_own_users_form_the_instance_and_read_their_devices() {
+    betaas_e2e::seeded();
     let b = Broker::start();
     let root = tempfile::tempdir().expect("tempdir");
     let inst = root.path().join("inst");

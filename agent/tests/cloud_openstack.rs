@@ -78,6 +78,7 @@ fn compute_requests(reqs: &[Req]) -> Vec<&Req> {
 
 #[tokio::test]
 async fn full_lifecycle_create_stop_resume_and_idle_destroy() {
+    betaas_e2e::seeded();
     let (logs, _guard) = capture_logs();
     let (fx, m) = fixture(Model::new()).await;
     let (password, creds) = {
@@ -271,7 +272,18 @@ async fn token_is_renewed_when_it_expires() {
     os.capacity().await.unwrap();
     os.capacity().await.unwrap();
     assert_eq!(m.lock().unwrap().tokens.len(), 1, "cached while valid");
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // Wait for the event itself: the clock reaching the issued token's expiry (less the client's
+    // margin), not a guess at how long that takes.
+    let expires = m.lock().unwrap().expires[0];
+    let margin = fast_timeouts().token_margin.as_secs();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cloud_support::openstack::now() + margin < expires {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     os.capacity().await.unwrap();
     let tokens = m.lock().unwrap().tokens.clone();
     assert_eq!(tokens.len(), 2);
@@ -768,7 +780,7 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
     reg.set_state("campus", "srv-old", RemoteState::Stopped, 0);
     store.save(&reg).unwrap();
 
-    betaas_agent::cloud::monitor::start(
+    let clouds = betaas_agent::cloud::monitor::start(
         "gw-1",
         &config.clouds,
         &config.data_dir,
@@ -777,7 +789,8 @@ async fn configured_cloud_appears_in_health_and_idle_vm_is_destroyed() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let health = loop {
-        let h = betaas_agent::cloud::monitor::health().expect("a cloud is configured");
+        let h =
+            betaas_agent::cloud::monitor::health(clouds.as_ref()).expect("a cloud is configured");
         if h[0]["reachable"] == json!(true) && h[0]["vms_stopped"] == json!(0) {
             break h;
         }

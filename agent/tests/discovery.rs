@@ -25,6 +25,7 @@ fn sysfs(id: &str, dir: &Path, extra: &str) -> String {
 
 #[test]
 fn configs_are_retained_and_removed_things_are_cleared() {
+    betaas_e2e::seeded();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     std::fs::write(d.join("v"), "21").expect("v");

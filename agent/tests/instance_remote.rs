@@ -140,6 +140,7 @@ fn creates(fx: &cloud_support::Fixture) -> Vec<cloud_support::Req> {
 
 #[test]
 fn remote_decisions_run_on_the_gateway_holding_the_cloud_and_fall_back_cleanly() {
+    betaas_e2e::seeded();
     let _serial = serial();
     let limit = fastrand::u32(1..=2);
     println!("vm_limit {limit}");
@@ -428,6 +429,7 @@ fn campus_in_use(h: &Value) -> Option<u64> {
 /// VM limit (the strictest either states) holds across both: VMs created through either count.
 #[test]
 fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across_both() {
+    betaas_e2e::seeded();
     use std::os::unix::fs::PermissionsExt;
     let _serial = serial();
     let limit = fastrand::u32(1..=2);

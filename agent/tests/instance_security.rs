@@ -86,6 +86,7 @@ fn random_template() -> &'static str {
 
 #[test]
 fn a_bus_message_replayed_after_the_receiver_restarted_is_refused() {
+    betaas_e2e::seeded();
     let _serial = serial();
     let (root, keys) = new_instance();
     let broker = Mosquitto::start();
@@ -211,6 +212,7 @@ fn a_bus_message_replayed_after_the_receiver_restarted_is_refused() {
 
 #[test]
 fn a_client_request_replayed_after_a_power_cut_is_refused() {
+    betaas_e2e::seeded();
     let _serial = serial();
     let One {
         root: _root,
@@ -277,6 +279,7 @@ fn a_client_request_replayed_after_a_power_cut_is_refused() {
 
 #[test]
 fn a_deploy_answer_from_a_gateway_that_was_not_asked_is_ignored() {
+    betaas_e2e::seeded();
     let _serial = serial();
     let (root, keys) = new_instance();
     let ops = client(&keys, root.path());
@@ -390,6 +393,7 @@ fn a_deploy_answer_from_a_gateway_that_was_not_asked_is_ignored() {
 
 #[test]
 fn unsigned_foreign_and_misaddressed_vm_requests_are_cancelled_and_reserve_nothing() {
+    betaas_e2e::seeded();
     let _serial = serial();
     let One {
         root,
@@ -503,6 +507,7 @@ fn one_json(lines: &[String]) -> Value {
 
 #[test]
 fn the_vm_request_cli_signs_sends_waits_and_exits_with_the_outcome() {
+    betaas_e2e::seeded();
     use std::os::unix::fs::PermissionsExt;
     let _serial = serial();
     let One {

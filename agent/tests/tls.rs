@@ -128,6 +128,7 @@ fn tls_broker(d: &Path) -> (KillOnDrop, u16, u16) {
 
 #[test]
 fn readings_arrive_over_tls_with_a_client_certificate() {
+    betaas_e2e::seeded();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     make_pki(d);
@@ -163,6 +164,7 @@ fn readings_arrive_over_tls_with_a_client_certificate() {
 /// to the second, `127.0.0.1`, the same broker, where the name matches.
 #[test]
 fn tls_checks_each_nodes_own_name_and_fails_over_on_a_mismatch() {
+    betaas_e2e::seeded();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     make_pki(d);

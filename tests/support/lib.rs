@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 pub mod libvirtd;
 
+/// Seeds this thread's `fastrand` for a test whose inputs are random, from `TEST_SEED` if set,
+/// else at random, and prints the seed: `TEST_SEED=<seed>` repeats a failing run's inputs
+/// (those drawn on this thread).
+pub fn seeded() -> u64 {
+    let seed = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    fastrand::seed(seed);
+    eprintln!("TEST_SEED={seed}");
+    seed
+}
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

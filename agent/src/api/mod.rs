@@ -65,6 +65,10 @@ pub struct Context {
     /// Each actuator's command queue (the MQTT commands' queue).
     pub actuators: BTreeMap<String, mpsc::Sender<Vec<u8>>>,
     pub instance: Option<Arc<crate::instance::Runtime>>,
+    /// The remote clouds held here, if any.
+    pub clouds: Option<crate::cloud::monitor::Clouds>,
+    /// The resource monitor's latest figures.
+    pub resources: crate::resources::Handle,
     /// The instance's template names (VM requests).
     pub templates: Vec<String>,
 }
@@ -283,7 +287,7 @@ async fn handle(s: &Arc<Shared>, ip: IpAddr, req: Request<Incoming>) -> Response
         },
         (&Method::GET, ["clouds"]) => Ok(json_response(
             200,
-            &crate::cloud::monitor::health().unwrap_or_else(|| json!([])),
+            &crate::cloud::monitor::health(s.ctx.clouds.as_ref()).unwrap_or_else(|| json!([])),
         )),
         (&Method::PUT, ["clouds", name]) => match body(req).await {
             Ok(b) => put_cloud(s, name, b).await,
@@ -318,9 +322,9 @@ fn health_now(s: &Shared) -> Value {
     let mut h = (s.ctx.health)();
     h["version"] = json!(env!("CARGO_PKG_VERSION"));
     h["gateway"] = json!(s.ctx.gateway);
-    let latest = crate::resources::latest();
+    let latest = s.ctx.resources.latest();
     h["resources"] = json!({
-        "now": crate::resources::now(),
+        "now": s.ctx.resources.now(),
         "battery": latest.and_then(|l| l.battery),
         "forecast": latest.map(|l| json!({
             "mem_available_mb": l.forecast.mem_available_mb,
@@ -561,6 +565,7 @@ async fn update(s: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
 
 async fn put_cloud(s: &Shared, name: &str, body: Bytes) -> Result<Response<Body>, ApiError> {
     let data_dir = s.ctx.data_dir.clone();
+    let monitor = s.ctx.clouds.clone();
     let name = name.to_owned();
     let n2 = name.clone();
     // Validation, the files (fsync) and loading the credentials: off the runtime, in a task a
@@ -581,12 +586,13 @@ async fn put_cloud(s: &Shared, name: &str, body: Bytes) -> Result<Response<Body>
                 ApiError::status(500, None, e)
             }
         })?;
-        crate::cloud::monitor::upsert(&put.config).map_err(|e| ApiError::status(500, None, e))
+        crate::cloud::monitor::upsert(monitor.as_ref(), &put.config)
+            .map_err(|e| ApiError::status(500, None, e))
     })
     .await
     .map_err(|e| ApiError::status(500, None, e.to_string()))?;
     done?;
-    let entry = crate::cloud::monitor::health().and_then(|l| {
+    let entry = crate::cloud::monitor::health(s.ctx.clouds.as_ref()).and_then(|l| {
         l.as_array()?
             .iter()
             .find(|c| c["name"] == name.as_str())

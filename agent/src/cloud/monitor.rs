@@ -14,7 +14,7 @@
 //! replaced meanwhile finishes on the old definition.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use betaas_core::allocator::{Provider, Remote, Res};
@@ -129,7 +129,10 @@ struct Monitor {
     store: Store,
 }
 
-static MONITOR: OnceLock<Arc<Monitor>> = OnceLock::new();
+/// The running monitor, handed by [`start`] to those who use the clouds (the instance manager, the
+/// API, the health message): no process-wide instance.
+#[derive(Clone)]
+pub struct Clouds(Arc<Monitor>);
 
 fn unix_secs() -> u64 {
     SystemTime::now()
@@ -160,18 +163,24 @@ fn entry(c: &CloudConfig) -> Entry {
 }
 
 /// Starts watching the clouds configured on gateway `me` (nothing when there are none, unless
-/// `changeable`: clouds may then be added later with [`upsert`]). Call once, inside the tokio
-/// runtime.
-pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration, changeable: bool) {
-    if (clouds.is_empty() && !changeable) || MONITOR.get().is_some() {
-        return;
+/// `changeable`: clouds may then be added later with [`upsert`]): the handle to them. Inside the
+/// tokio runtime.
+pub fn start(
+    me: &str,
+    clouds: &[CloudConfig],
+    data_dir: &Path,
+    every: Duration,
+    changeable: bool,
+) -> Option<Clouds> {
+    if clouds.is_empty() && !changeable {
+        return None;
     }
     let entries: Vec<Entry> = clouds.iter().map(entry).collect();
     let store = match Store::open(data_dir) {
         Ok(s) => s,
         Err(e) => {
             warn!("remote clouds disabled: {e}");
-            return;
+            return None;
         }
     };
     let mut registry = store.load().unwrap_or_else(|e| {
@@ -187,9 +196,7 @@ pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration,
         registry: tokio::sync::Mutex::new(registry),
         store,
     });
-    if MONITOR.set(m.clone()).is_err() {
-        return;
-    }
+    let handle = Clouds(m.clone());
     tokio::spawn(async move {
         loop {
             let names: Vec<String> = lock(&m.entries)
@@ -205,14 +212,15 @@ pub fn start(me: &str, clouds: &[CloudConfig], data_dir: &Path, every: Duration,
             }
         }
     });
+    Some(handle)
 }
 
 /// Adds cloud `c`, or replaces the cloud of its name (its credentials loaded again); it is checked
 /// at once. Err: the monitor does not run.
-pub fn upsert(c: &CloudConfig) -> Result<(), String> {
-    let m = MONITOR
-        .get()
-        .ok_or("remote clouds are not managed on this gateway")?;
+pub fn upsert(clouds: Option<&Clouds>, c: &CloudConfig) -> Result<(), String> {
+    let m = &clouds
+        .ok_or("remote clouds are not managed on this gateway")?
+        .0;
     let e = entry(c);
     {
         let mut entries = lock(&m.entries);
@@ -298,8 +306,8 @@ fn cloud_view(m: &Monitor, e: &Entry, res: Option<Res>) -> CloudView {
 
 /// The clouds held here as the allocator sees them (empty when none is configured); a cloud
 /// without room shows as full, an unreachable or disabled one as unreachable.
-pub fn allocator_view() -> Vec<Remote> {
-    let Some(m) = MONITOR.get() else {
+pub fn allocator_view(clouds: Option<&Clouds>) -> Vec<Remote> {
+    let Some(Clouds(m)) = clouds else {
         return Vec::new();
     };
     let views: Vec<CloudView> = lock(&m.entries)
@@ -310,15 +318,18 @@ pub fn allocator_view() -> Vec<Remote> {
 }
 
 #[allow(clippy::type_complexity)]
-fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, CloudConfig, Arc<AnyCloud>), DeployError> {
+fn find(
+    clouds: Option<&Clouds>,
+    cloud: &str,
+) -> Result<(Arc<Monitor>, CloudConfig, Arc<AnyCloud>), DeployError> {
     let not_here = || {
         DeployError::Cloud(CloudError::Client(format!(
             "cloud {cloud} is not configured (or disabled) on this gateway"
         )))
     };
-    let m = MONITOR.get().ok_or_else(not_here)?;
+    let m = &clouds.ok_or_else(not_here)?.0;
     match get(m, cloud) {
-        Some((config, Some(c))) => Ok((m, config, c)),
+        Some((config, Some(c))) => Ok((m.clone(), config, c)),
         _ => Err(not_here()),
     }
 }
@@ -328,12 +339,13 @@ fn find(cloud: &str) -> Result<(&'static Arc<Monitor>, CloudConfig, Arc<AnyCloud
 /// again without this cloud; an unreachable cloud is shown so until its next check.
 /// `others`: VMs other holders of the same cloud run; the cloud's VM limit counts them too.
 pub async fn deploy(
+    clouds: Option<&Clouds>,
     cloud: &str,
     template: &str,
     res: Res,
     others: u32,
 ) -> Result<Deployed, DeployError> {
-    let (m, conf, c) = find(cloud)?;
+    let (m, conf, c) = find(clouds, cloud)?;
     let image = conf.images.get(template).cloned().ok_or_else(|| {
         DeployError::Cloud(CloudError::Client(format!(
             "cloud {cloud}: no image configured for template {template} (images = {{ {template} = \"...\" }})"
@@ -355,7 +367,7 @@ pub async fn deploy(
     let mut view = {
         let entries = lock(&m.entries);
         match entries.iter().find(|e| e.config.name == conf.name) {
-            Some(e) => cloud_view(m, e, Some(res)),
+            Some(e) => cloud_view(&m, e, Some(res)),
             None => {
                 return Err(DeployError::Cloud(CloudError::Client(format!(
                     "cloud {cloud} was removed"
@@ -378,7 +390,7 @@ pub async fn deploy(
     *lock(&m.saved) = reg.clone();
     if let Err(e) = &result {
         if e.unreachable() {
-            set_seen(m, cloud, |s| {
+            set_seen(&m, cloud, |s| {
                 s.reachable = Some(false);
                 s.error = Some(e.to_string());
             });
@@ -389,8 +401,8 @@ pub async fn deploy(
 
 /// Stops a remote VM that is no longer needed (kept stopped for a later request of its template
 /// until its idle time is up).
-pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
-    let (m, conf, c) = find(cloud)?;
+pub async fn release(clouds: Option<&Clouds>, cloud: &str, id: &str) -> Result<(), DeployError> {
+    let (m, conf, c) = find(clouds, cloud)?;
     let mut reg = m.registry.lock().await;
     if !reg.on_cloud(cloud).any(|v| v.id.as_deref() == Some(id)) {
         return Err(DeployError::Cloud(CloudError::NotFound {
@@ -412,8 +424,8 @@ pub async fn release(cloud: &str, id: &str) -> Result<(), DeployError> {
 }
 
 /// The `clouds` member of the health message; `None` when no cloud is configured.
-pub fn health() -> Option<Value> {
-    let m = MONITOR.get()?;
+pub fn health(clouds: Option<&Clouds>) -> Option<Value> {
+    let m = &clouds?.0;
     let reg = lock(&m.saved).clone();
     let entries: Vec<(CloudConfig, Seen)> = lock(&m.entries)
         .iter()

@@ -10,7 +10,7 @@ pub mod power;
 pub mod proc;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use betaas_core::allocator::Res;
 use betaas_core::forecast::{fit, Holt};
@@ -105,18 +105,32 @@ pub struct Latest {
     pub forecast: FreeForecast,
 }
 
-static LATEST: Mutex<Option<Latest>> = Mutex::new(None);
-/// The latest sample itself (the API's status page shows it next to the forecast).
-static NOW: Mutex<Option<Sample>> = Mutex::new(None);
+/// The monitor's latest figures and sample, shared by handle with those who read them (the
+/// instance manager, the API): [`run`] writes them. No process-wide instance.
+#[derive(Debug, Clone, Default)]
+pub struct Handle(Arc<Mutex<Shared>>);
 
-/// The monitor's latest sample (`None` before the first).
-pub fn now() -> Option<Sample> {
-    NOW.lock().unwrap_or_else(|p| p.into_inner()).clone()
+#[derive(Debug, Default)]
+struct Shared {
+    latest: Option<Latest>,
+    /// The latest sample itself (the API's status page shows it next to the forecast).
+    now: Option<Sample>,
 }
 
-/// The monitor's latest figures (`None` before its first sample).
-pub fn latest() -> Option<Latest> {
-    *LATEST.lock().unwrap_or_else(|p| p.into_inner())
+impl Handle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The monitor's latest sample (`None` before the first).
+    pub fn now(&self) -> Option<Sample> {
+        self.lock().now.clone()
+    }
+
+    /// The monitor's latest figures (`None` before its first sample).
+    pub fn latest(&self) -> Option<Latest> {
+        self.lock().latest
+    }
 }
 
 /// The forecast as the allocator takes it: what the VMs may get of the host's free memory and
@@ -129,7 +143,7 @@ pub fn forecast_res(f: &FreeForecast) -> Option<Res> {
 
 /// The monitor task: runs until the agent stops. Samples not yet written when it stops (fewer
 /// than `persist_every`) are lost: that bound is the price of sparing the SD card.
-pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
+pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf, handle: Handle) {
     let path = data_dir.join("resources").join("history.json");
     let cap = cfg.history_len.0 as usize;
     let mut history = match History::load(&path, cap) {
@@ -155,11 +169,14 @@ pub async fn run(cfg: ResourcesConfig, data_dir: PathBuf) {
         let f = forecast_free(&history, alpha, beta, 1);
         debug!(sample = ?history.last(), forecast = ?f, "resources (forecast: one interval ahead)");
         let battery = history.last().and_then(|s| s.battery.filter(|_| !s.mains));
-        *NOW.lock().unwrap_or_else(|p| p.into_inner()) = history.last().cloned();
-        *LATEST.lock().unwrap_or_else(|p| p.into_inner()) = Some(Latest {
-            battery,
-            forecast: f,
-        });
+        {
+            let mut shared = handle.lock();
+            shared.now = history.last().cloned();
+            shared.latest = Some(Latest {
+                battery,
+                forecast: f,
+            });
+        }
         unsaved += 1;
         if unsaved >= cfg.persist_every.0 {
             unsaved = 0;

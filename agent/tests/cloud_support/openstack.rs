@@ -28,6 +28,8 @@ pub struct Model {
     pub app_id: String,
     pub app_secret: String,
     pub tokens: Vec<String>,
+    /// Each issued token's `expires_at`, Unix seconds (same order as `tokens`).
+    pub expires: Vec<u64>,
     pub valid: HashSet<String>,
     pub ttl_secs: u64,
     pub no_compute: bool,
@@ -53,6 +55,7 @@ impl Model {
             app_id: format!("app-{}", random_hex(8)),
             app_secret: format!("appsecret-{}", random_hex(24)),
             tokens: Vec::new(),
+            expires: Vec::new(),
             valid: HashSet::new(),
             ttl_secs: 3600,
             no_compute: false,
@@ -147,6 +150,7 @@ pub fn handle(m: &mut Model, r: &Req) -> Resp {
             }
             let token = format!("gAAAAA{}", random_hex(40));
             m.tokens.push(token.clone());
+            m.expires.push(now() + m.ttl_secs);
             m.valid.insert(token.clone());
             let mut catalog = vec![
                 json!({"type": "identity", "name": "keystone", "endpoints": [
@@ -159,7 +163,7 @@ pub fn handle(m: &mut Model, r: &Req) -> Resp {
             }
             return Resp::json(
                 201,
-                json!({"token": {"methods": [id["methods"][0]], "expires_at": iso(now() + m.ttl_secs),
+                json!({"token": {"methods": [id["methods"][0]], "expires_at": iso(m.expires[m.expires.len() - 1]),
                                  "issued_at": iso(now()), "catalog": catalog}}),
             )
             .header("X-Subject-Token", &token);

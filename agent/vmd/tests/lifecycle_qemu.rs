@@ -363,7 +363,32 @@ fn qemu_libvirtd_killed_while_idle_and_mid_save() {
         );
         c.call(&Request::Stop { vm: name }).expect("reply")
     });
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill libvirtd once the save is under way (libvirt shows the domain's job), not after a
+    // guessed delay; a save quicker than the poll is reported as such.
+    let t0 = Instant::now();
+    let mid_save = loop {
+        let (_, info) = virsh(&["domjobinfo", &v.name]);
+        if info.contains("Unbounded") {
+            break true;
+        }
+        if stop.is_finished() {
+            break false;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the managed save never started: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "killing libvirtd {} ({:.1?} after the stop request)",
+        if mid_save {
+            "mid-save"
+        } else {
+            "after the save finished (quicker than the poll)"
+        },
+        t0.elapsed()
+    );
     Libvirtd::kill();
     std::thread::sleep(Duration::from_secs(1));
     Libvirtd::restart();
