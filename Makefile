@@ -102,6 +102,8 @@ test-e2e: $(STAMP)
 	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
 	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture --skip nested_tcg
+	@echo "==> the tiny template boots, ticks and powers off (x86_64 and armhf, QEMU TCG)"
+	cargo test --locked -p betaas-templates --test tiny_boot -- --ignored --test-threads=1 --nocapture
 
 # Built from Debian packages only; the paper's templates (templates/*/build.sh) need internet.
 templates: $(STAMP)
