@@ -17,3 +17,4 @@ pub mod resources;
 pub mod session;
 pub mod things;
 pub mod vm;
+pub mod war;

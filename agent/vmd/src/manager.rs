@@ -728,12 +728,15 @@ impl Manager {
 
     /// ACPI power button, then wait; a hard power-off if the guest ignores it.
     fn shutdown(&mut self, name: &str) -> Result<(), VmdError> {
-        self.domain_op(name, "ACPI shutdown", |d| {
-            d.shutdown_flags(libvirt::SHUTDOWN_ACPI_POWER_BTN)
-                .or_else(|_| d.shutdown())
+        let kind = self.kind_of(name);
+        let flag = match kind {
+            VirtKind::Lxc => libvirt::SHUTDOWN_SIGNAL,
+            _ => libvirt::SHUTDOWN_ACPI_POWER_BTN,
+        };
+        self.domain_op(name, "shutdown", |d| {
+            d.shutdown_flags(flag).or_else(|_| d.shutdown())
         })?;
         let deadline = Instant::now() + Duration::from_secs(self.cfg.shutdown_timeout_s);
-        let kind = self.kind_of(name);
         while Instant::now() < deadline {
             let active = self.hv_of(kind).with("poll domain", |c: &Connect| {
                 c.lookup_domain_by_name(name)?.is_active()
