@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The `app` template: Arch Linux ARM + OpenJDK 17 (headless) + Tomcat 10 deploying WAR files.
-# NEEDS INTERNET; cannot run on CI machines (it stops at once there, before writing anything).
+# The `app` template as the paper built it: Arch Linux ARM + OpenJDK 17 (headless) + Tomcat 10
+# deploying WAR files, for users with internet (descriptor: alarm.toml). The offline build from
+# Debian packages is build.sh (template.toml). NEEDS INTERNET; cannot run on CI machines (it stops at once there, before writing anything).
 # Downloads (see templates/lib/alarm.sh): the Arch Linux ARM ARMv7 rootfs from $ALARM_URL and,
 # with the guest's pacman from the Arch Linux ARM mirrors: linux-armv7, jre17-openjdk-headless, tomcat10.
 # Output: out/templates/app/{vmlinuz,initrd.img,disk.qcow2,rootfs.tar.gz,template.toml,manifest.txt}.
-# Usage (as root): templates/app/build.sh
+# Usage (as root): templates/app/build-alarm.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . templates/lib/alarm.sh
+export TPL_DESC=templates/app/alarm.toml
 tpl_start app
 R=$TPL_OUT/rootfs
 tpl_rootfs "$R"
