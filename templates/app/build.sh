@@ -9,7 +9,7 @@
 #               templates/app/{init,server.xml,logging.properties}; docs and manuals left out
 #   container   the rootfs as rootfs.tar.gz (libvirt lxc, init /init)
 #   VM          the Debian kernel, an initramfs (templates/app/vm-init: virtio disk + net + ext4
-#               modules, switch_root) and disk.qcow2: the same rootfs as an ext4 filesystem
+#               modules, crc32c for ext4, switch_root) and disk.qcow2: the same rootfs as an ext4 filesystem
 #               (mkfs.ext4 -d: no loop device, no root needed)
 # Output: out/templates/app-<arch>/{vmlinuz,initrd.img,disk.qcow2,rootfs.tar.gz,template.toml,
 # manifest.txt,inputs.sha256}. Skipped when its inputs (these files, the package versions) did not
@@ -22,8 +22,8 @@ cd "$top"
 start=$(date +%s)
 . templates/lib/initramfs.sh
 case "$ARCH" in
-  x86_64) MODS="button evdev virtio_blk virtio_net ext4" ;;
-  armhf)  MODS="evdev virtio_mmio virtio_blk virtio_net ext4" ;;
+  x86_64) MODS="button evdev virtio_blk virtio_net crc32c_generic ext4" ;;
+  armhf)  MODS="evdev virtio_mmio virtio_blk virtio_net crc32c_generic ext4" ;;
   *) echo "app: unknown arch '$ARCH' (x86_64 or armhf)" >&2; exit 2 ;;
 esac
 PKGS="libc6 libgcc-s1 libstdc++6 zlib1g openjdk-17-jre-headless tomcat10 tomcat10-common libtomcat10-java libeclipse-jdt-core-java"
