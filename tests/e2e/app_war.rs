@@ -263,6 +263,8 @@ fn request(g: &Gateway, id: &str, war_url: &str, sha: Option<&str>) -> (Value, i
 
 /// request → token; release → stopped, not answering; request → resumed, token again.
 fn deploy_release_resume(kind: &str) {
+    // Before the sweeper: it must run while libvirtd is still up.
+    let _libvirtd = Libvirtd::acquire();
     let tag = format!("aw{}", fastrand::u32(..100_000));
     let _sweep = DomainsCleanup(tag.clone());
     let root = tempfile::tempdir().expect("tempdir");
@@ -328,6 +330,7 @@ fn a_war_deployed_by_request_answers_in_a_vm_and_after_release_and_resume() {
 #[test]
 #[ignore = "real libvirtd (LXC) + agent + vmd binaries + the app template: make test-e2e"]
 fn bad_wars_are_cancelled_and_nothing_is_created() {
+    let _libvirtd = Libvirtd::acquire();
     let tag = format!("ab{}", fastrand::u32(..100_000));
     let _sweep = DomainsCleanup(tag.clone());
     let root = tempfile::tempdir().expect("tempdir");
