@@ -75,7 +75,8 @@ pub async fn fetch(
     std::fs::create_dir_all(dir).map_err(|e| format!("war: {}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".fetch-{:016x}", crate::instance::random_u64()));
     let r = async {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("war: {}: {e}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| format!("war: {}: {e}", tmp.display()))?;
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut bytes = 0u64;
         // The body is counted as it comes: a server that sends no length (or lies) is cut off at
@@ -90,9 +91,11 @@ pub async fn fetch(
                 return Err(too_large(bytes));
             }
             ctx.update(&chunk);
-            f.write_all(&chunk).map_err(|e| format!("war: {}: {e}", tmp.display()))?;
+            f.write_all(&chunk)
+                .map_err(|e| format!("war: {}: {e}", tmp.display()))?;
         }
-        f.sync_all().map_err(|e| format!("war: {}: {e}", tmp.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("war: {}: {e}", tmp.display()))?;
         let got = hex(ctx.finish().as_ref());
         if let Some(w) = &want {
             if *w != got {
@@ -146,17 +149,23 @@ mod tests {
     #[test]
     fn sha256_is_64_hex_digits() {
         let s = "AB".repeat(32);
-        assert_eq!(parse_sha256(&s).unwrap(), "ab".repeat(32));
-        assert!(parse_sha256("abc").unwrap_err().contains("64 hexadecimal"));
+        assert_eq!(parse_sha256(&s).expect("test input"), "ab".repeat(32));
+        assert!(parse_sha256("abc")
+            .expect_err("fails")
+            .contains("64 hexadecimal"));
         assert!(parse_sha256(&"g".repeat(64)).is_err());
     }
 
     #[tokio::test]
     async fn other_schemes_and_bad_urls_are_refused_before_any_io() {
-        let d = tempfile::tempdir().unwrap();
-        let e = fetch("file:///etc/passwd", None, 10, d.path()).await.unwrap_err();
+        let d = tempfile::tempdir().expect("test input");
+        let e = fetch("file:///etc/passwd", None, 10, d.path())
+            .await
+            .expect_err("fails");
         assert!(e.contains("only http and https"), "{e}");
-        let e = fetch("not a url", None, 10, d.path()).await.unwrap_err();
+        let e = fetch("not a url", None, 10, d.path())
+            .await
+            .expect_err("fails");
         assert!(e.contains("not a URL"), "{e}");
         assert!(!d.path().join("x").exists());
     }

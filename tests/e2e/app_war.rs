@@ -125,7 +125,11 @@ fn answer(mut s: TcpStream, war: &[u8]) {
             Ok(n) => req.extend_from_slice(&b[..n]),
         }
     }
-    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_owned();
+    let line = String::from_utf8_lossy(&req)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     if line.starts_with("GET /app.war ") {
         let _ = write!(
             s,
@@ -235,12 +239,16 @@ fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
         &r.join("ops"),
         &broker,
     );
-    sub.wait_for("gw1 synced with its VM manager", Duration::from_secs(180), |t, p| {
-        (t == "betaas/gw1/health")
-            .then(|| serde_json::from_str::<Value>(p).ok())
-            .flatten()
-            .filter(|h| h["instance"]["synced"] == true)
-    });
+    sub.wait_for(
+        "gw1 synced with its VM manager",
+        Duration::from_secs(180),
+        |t, p| {
+            (t == "betaas/gw1/health")
+                .then(|| serde_json::from_str::<Value>(p).ok())
+                .flatten()
+                .filter(|h| h["instance"]["synced"] == true)
+        },
+    );
     Gateway {
         _vmd: vmd,
         _agent: agent,
@@ -289,7 +297,11 @@ fn deploy_release_resume(kind: &str) {
     let vm = v["vm"].as_str().expect("vm").to_owned();
 
     let (rel, code) = g.ops.run("release", "gw1", "rel1", &["--vm", &vm], 120);
-    assert_eq!((rel["decision"].as_str(), code), (Some("released"), 0), "{rel}");
+    assert_eq!(
+        (rel["decision"].as_str(), code),
+        (Some("released"), 0),
+        "{rel}"
+    );
     let listed = vmd_list(&g.socket);
     assert!(
         listed.len() == 1 && matches!(listed[0].state, VmState::ShutOff | VmState::Saved),
@@ -299,7 +311,12 @@ fn deploy_release_resume(kind: &str) {
 
     let (v2, code, warm) = request(&g, "w2", &url, None);
     assert_eq!(
-        (v2["decision"].as_str(), code, v2["resumed"].as_bool(), v2["vm"].as_str()),
+        (
+            v2["decision"].as_str(),
+            code,
+            v2["resumed"].as_bool(),
+            v2["vm"].as_str()
+        ),
         (Some("local"), 0, Some(true), Some(vm.as_str())),
         "{v2}"
     );
@@ -363,9 +380,16 @@ fn bad_wars_are_cancelled_and_nothing_is_created() {
     ];
     for (i, (url, sha, why)) in cases.iter().enumerate() {
         let (v, code, _) = request(&g, &format!("bad{i}"), url, sha.as_deref());
-        assert_eq!((v["decision"].as_str(), code), (Some("cancel"), 1), "{url}: {v}");
+        assert_eq!(
+            (v["decision"].as_str(), code),
+            (Some("cancel"), 1),
+            "{url}: {v}"
+        );
         let reason = v["reason"].as_str().unwrap_or("");
-        assert!(reason.contains(why), "{url}: reason {reason:?} lacks {why:?}");
+        assert!(
+            reason.contains(why),
+            "{url}: reason {reason:?} lacks {why:?}"
+        );
         assert!(v["url"].is_null(), "{v}");
         eprintln!("{url}: cancel: {reason}");
     }

@@ -164,7 +164,9 @@ fn start() -> u32 {
             ))
             .status()
     } else {
-        Command::new("libvirtd").args(["-d", "-p", PIDFILE]).status()
+        Command::new("libvirtd")
+            .args(["-d", "-p", PIDFILE])
+            .status()
     }
     .expect("libvirtd runs (image/host-deps.sh installs it)");
     assert!(st.success(), "libvirtd -d failed");

@@ -98,7 +98,9 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
         return Err(err("a VM needs its overlay disk"));
     }
     if !container && spec.share.is_some() {
-        return Err(err("a shared directory is for containers (a VM gets a seed disk)"));
+        return Err(err(
+            "a shared directory is for containers (a VM gets a seed disk)",
+        ));
     }
     if !spec.forwards.is_empty() && !spec.user_net {
         return Err(err("port forwards need user-mode networking"));
@@ -330,12 +332,7 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
             _ => "virtio-net-pci,netdev=betaas0,addr=0x1e",
         };
         w.write_event(Event::Start(BytesStart::new("qemu:commandline")))?;
-        for arg in [
-            "-netdev",
-            &format!("user,id=betaas0{fwd}"),
-            "-device",
-            nic,
-        ] {
+        for arg in ["-netdev", &format!("user,id=betaas0{fwd}"), "-device", nic] {
             w.write_event(Event::Empty(
                 BytesStart::new("qemu:arg").with_attributes([("value", arg)]),
             ))?;
@@ -606,7 +603,10 @@ mod tests {
             x.contains("<source dir=\"/v/c/share\"/>\n      <target dir=\"/srv/betaas\"/>"),
             "{x}"
         );
-        assert!(!x.contains("<interface"), "a container shares the host's network: {x}");
+        assert!(
+            !x.contains("<interface"),
+            "a container shares the host's network: {x}"
+        );
 
         for (arch, nic) in [
             (Arch::X86_64, "virtio-net-pci,netdev=betaas0"),

@@ -537,7 +537,11 @@ impl Manager {
         };
         let dir = self.dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let ports = t.network.as_ref().map(|n| n.ports.clone()).unwrap_or_default();
+        let ports = t
+            .network
+            .as_ref()
+            .map(|n| n.ports.clone())
+            .unwrap_or_default();
         let r = match &ident {
             _ if !ports.is_empty() && ident.is_none() => service::assign_ports(&dir, &ports)
                 .map(drop)

@@ -228,24 +228,24 @@ mod tests {
     fn url_names_the_first_port_and_brackets_ipv6() {
         assert_eq!(url("gw-1", &[]), None);
         let p = [pm(8080, 41234), pm(1, 2)];
-        assert_eq!(url("gw-1", &p).unwrap(), "http://gw-1:41234/");
-        assert_eq!(url("::1", &p).unwrap(), "http://[::1]:41234/");
+        assert_eq!(url("gw-1", &p).expect("test input"), "http://gw-1:41234/");
+        assert_eq!(url("::1", &p).expect("test input"), "http://[::1]:41234/");
     }
 
     #[test]
     fn assigned_ports_are_distinct_and_recorded() {
-        let d = tempfile::tempdir().unwrap();
-        let p = assign_ports(d.path(), &[8080, 8443]).unwrap();
+        let d = tempfile::tempdir().expect("test input");
+        let p = assign_ports(d.path(), &[8080, 8443]).expect("test input");
         assert_ne!(p[0].host, p[1].host);
         assert_eq!(read_ports(d.path()), p);
     }
 
     #[test]
     fn war_is_copied_only_with_its_sha256_and_the_seed_holds_it() {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().expect("test input");
         let war = d.path().join("in.war");
         let body = fastrand::u64(..).to_string();
-        std::fs::write(&war, &body).unwrap();
+        std::fs::write(&war, &body).expect("test input");
         let sum = hex(&Sha256::digest(body.as_bytes()));
         let vm = d.path().join("vm");
         let ports = [pm(8080, 41234)];
@@ -253,19 +253,25 @@ mod tests {
             path: war.to_string_lossy().into(),
             sha256: "0".repeat(64),
         };
-        let e = prepare(&vm, &ports, false, Some(&bad)).unwrap_err();
+        let e = prepare(&vm, &ports, false, Some(&bad)).expect_err("fails");
         assert!(matches!(e, ServiceError::Sha256 { .. }), "{e}");
         assert!(!vm.join("share/webapps/ROOT.war").exists());
         let good = WarFile { sha256: sum, ..bad };
-        assert!(prepare(&vm, &ports, false, Some(&good)).unwrap());
-        assert!(!prepare(&vm, &ports, false, Some(&good)).unwrap(), "same WAR again: unchanged");
-        let mut a = tar::Archive::new(std::fs::File::open(vm.join(SEED)).unwrap());
+        assert!(prepare(&vm, &ports, false, Some(&good)).expect("test input"));
+        assert!(
+            !prepare(&vm, &ports, false, Some(&good)).expect("test input"),
+            "same WAR again: unchanged"
+        );
+        let mut a = tar::Archive::new(std::fs::File::open(vm.join(SEED)).expect("test input"));
         let mut seen = std::collections::BTreeMap::new();
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
+        for e in a.entries().expect("test input") {
+            let mut e = e.expect("test input");
             let mut s = String::new();
-            e.read_to_string(&mut s).unwrap();
-            seen.insert(e.path().unwrap().to_string_lossy().into_owned(), s);
+            e.read_to_string(&mut s).expect("test input");
+            seen.insert(
+                e.path().expect("test input").to_string_lossy().into_owned(),
+                s,
+            );
         }
         assert_eq!(seen["app.env"], "PORT_8080=8080\n");
         assert_eq!(seen["webapps/ROOT.war"], body);

@@ -548,7 +548,12 @@ impl Template {
                 ));
             }
         }
-        if raw.console.ready.as_ref().is_some_and(|r| r.trim().is_empty()) {
+        if raw
+            .console
+            .ready
+            .as_ref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
             return Err(err(
                 "console",
                 "ready",

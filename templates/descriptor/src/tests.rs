@@ -395,7 +395,10 @@ fn network_is_optional_user_mode_only_and_not_for_containers() {
 
 #[test]
 fn service_ports_and_ready_marker() {
-    let with = format!("{}\n[network]\nmode = \"user\"\nports = [8080, 8443]\n", good());
+    let with = format!(
+        "{}\n[network]\nmode = \"user\"\nports = [8080, 8443]\n",
+        good()
+    );
     let t = parse(&with).unwrap();
     assert_eq!(t.network.unwrap().ports, vec![8080, 8443]);
     assert_eq!(t.ready_marker, None);
@@ -405,17 +408,19 @@ fn service_ports_and_ready_marker() {
         with
     )
     .replacen("kinds = [\"kvm\", \"qemu\"]", "kinds = [\"qemu\", \"lxc\"]", 1);
-    assert_eq!(parse(&lxc).unwrap().network.unwrap().ports, vec![8080, 8443]);
+    assert_eq!(
+        parse(&lxc).unwrap().network.unwrap().ports,
+        vec![8080, 8443]
+    );
     let e = err(&with.replacen("[8080, 8443]", "[8080, 8080]", 1));
     assert_eq!(e.field, "network.ports", "{e}");
     let e = err(&with.replacen("[8080, 8443]", "[0]", 1));
     assert_eq!(e.field, "network.ports", "{e}");
-    let ready = good().replacen(
-        "[console]\n",
-        "[console]\nready = \"TINY-READY\"\n",
-        1,
+    let ready = good().replacen("[console]\n", "[console]\nready = \"TINY-READY\"\n", 1);
+    assert_eq!(
+        parse(&ready).unwrap().ready_marker.as_deref(),
+        Some("TINY-READY")
     );
-    assert_eq!(parse(&ready).unwrap().ready_marker.as_deref(), Some("TINY-READY"));
     let e = err(&good().replacen("[console]\n", "[console]\nready = \" \"\n", 1));
     assert_eq!(e.field, "console.ready", "{e}");
 }

@@ -30,7 +30,11 @@ fn every_source_descriptor_is_valid() {
         if alarm.is_file() {
             let text = std::fs::read_to_string(&alarm).expect("alarm.toml is readable");
             check_source(&alarm, &text).unwrap_or_else(|e| panic!("{e}"));
-            assert!(dir.join("build-alarm.sh").is_file(), "{} has no build-alarm.sh", dir.display());
+            assert!(
+                dir.join("build-alarm.sh").is_file(),
+                "{} has no build-alarm.sh",
+                dir.display()
+            );
         }
         names.push(
             dir.file_name()
