@@ -8,7 +8,7 @@
 //! stopped, the URL no longer answers; request again → the same instance resumed, the token answers
 //! again. Bad input — an unreachable URL, an archive over `war_max_mb`, a sha256 that does not
 //! match — is cancelled with the reason and nothing is created. Prints request → answering times
-//! (container; the VM variant in its own test).
+//! (container; the VM variant in its own test, `BETAAS_APP_ARCH=armhf` for the armhf VM).
 //!
 //!   make templates-app && cargo build --workspace --bins &&
 //!   cargo test -p betaas-e2e --test app_war -- --ignored --nocapture --test-threads=1
@@ -31,11 +31,17 @@ use serde_json::Value;
 /// The agent's limit in these tests: the "too large" archive is just over it.
 const WAR_MAX_MB: u64 = 1;
 
+/// The guests' architecture: x86_64, or `BETAAS_APP_ARCH=armhf` (the VM variant under
+/// qemu-system-arm; a container needs the host's own architecture).
+fn arch() -> String {
+    std::env::var("BETAAS_APP_ARCH").unwrap_or_else(|_| "x86_64".into())
+}
+
 fn templates_dir() -> PathBuf {
     let dir = repo().join("out/templates");
-    for t in ["app-x86_64", "tiny-x86_64"] {
+    for t in [format!("app-{}", arch()), format!("tiny-{}", arch())] {
         assert!(
-            dir.join(t).join("template.toml").is_file(),
+            dir.join(&t).join("template.toml").is_file(),
             "out/templates/{t} missing: `make templates-app` (make test-e2e does)"
         );
     }
@@ -45,7 +51,7 @@ fn templates_dir() -> PathBuf {
 /// `ROOT.war` in `dir`: one servlet at / printing `token`, compiled against the template's own
 /// servlet API jar (taken from its rootfs).
 fn build_war(dir: &Path, token: &str) -> PathBuf {
-    let rootfs = templates_dir().join("app-x86_64/rootfs.tar.gz");
+    let rootfs = templates_dir().join(format!("app-{}/rootfs.tar.gz", arch()));
     let st = Command::new("tar")
         .arg("-xzf")
         .arg(&rootfs)
@@ -180,11 +186,12 @@ fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
         r.join("vmd.toml"),
         format!(
             "socket = \"{}\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\nstate_dir = \"{}\"\n\
-             templates = [\"{}\"]\narch = \"x86_64\"\nservice_host = \"127.0.0.1\"\n\
+             templates = [\"{}\"]\narch = \"{}\"\nservice_host = \"127.0.0.1\"\n\
              shutdown_timeout_s = 20\nlibvirt_retry_s = 30\n[probe]\nkinds = [\"{kind}\"]\ntimeout_s = 90\n",
             socket.display(),
             r.join("vms").display(),
-            templates_dir().display()
+            templates_dir().display(),
+            arch()
         ),
     )
     .expect("vmd.toml");
@@ -325,7 +332,8 @@ fn deploy_release_resume(kind: &str) {
     assert_eq!(v2["url"].as_str(), Some(app.as_str()), "{v2}");
     assert_eq!(get(&app).as_deref(), Some(token.as_str()), "{app}");
     eprintln!(
-        "app ({kind}): request → answering {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
+        "app ({kind}, {}): request → answering {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
+        arch(),
         cold.as_secs_f64(),
         warm.as_secs_f64(),
         std::fs::metadata(&war).map_or(0, |m| m.len())
