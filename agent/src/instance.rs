@@ -199,9 +199,6 @@ impl Drop for InFlight {
     }
 }
 
-/// How long a deployed application's server may take to answer (a JVM under emulation is slow).
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// At most one announce in answer to join requests per this long, however many arrive.
 pub const ANSWER_GAP_MS: u64 = 500;
 /// Each answer waits a random 0..this, so the members do not all announce at once.
@@ -705,7 +702,10 @@ impl Runtime {
                 self.state().local.res.started(token, &vm.name);
                 // The result names a URL that answers: the guest's server is waited for.
                 let ready = match &url {
-                    Some(u) => crate::war::answers(u, APP_READY_TIMEOUT).await,
+                    Some(u) => {
+                        let wait = Duration::from_secs(self.cfg.app_ready_secs);
+                        crate::war::answers(u, wait).await
+                    }
                     None => false,
                 };
                 Ok(Placed {

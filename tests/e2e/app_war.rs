@@ -30,6 +30,14 @@ use serde_json::Value;
 
 /// The agent's limit in these tests: the "too large" archive is just over it.
 const WAR_MAX_MB: u64 = 1;
+/// How long the agent waits for the application to answer: a JVM in an emulated VM takes minutes
+/// on these shared cores (`BETAAS_APP_READY_SECS`; the request's own timeout is 60 s more).
+fn ready_secs() -> u64 {
+    std::env::var("BETAAS_APP_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(240)
+}
 
 /// The guests' architecture: x86_64, or `BETAAS_APP_ARCH=armhf` (the VM variant under
 /// qemu-system-arm; a container needs the host's own architecture).
@@ -231,12 +239,13 @@ fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
         "gateway_id = \"gw1\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [health]\ninterval_secs = 1\n\
          [instance]\nname = \"apps\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\n\
-         virt = \"{kind}\"\nvmd_socket = \"{s}\"\nwar_max_mb = {WAR_MAX_MB}\n\
+         virt = \"{kind}\"\nvmd_socket = \"{s}\"\nwar_max_mb = {WAR_MAX_MB}\napp_ready_secs = {ready}\n\
          capacity = {{ cpus = 1, mem_mb = 768, disk_gb = 4 }}\n\
          [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 512\ndisk_gb = 2\nrole = \"app-light\"\n",
         d = gw.display(),
         port = broker.port,
         s = socket.display(),
+        ready = ready_secs(),
     );
     let agent = spawn_agent(&agent, &gw, &toml);
     let ops = VmClient::admit(
@@ -272,7 +281,7 @@ fn request(g: &Gateway, id: &str, war_url: &str, sha: Option<&str>) -> (Value, i
         args.extend(["--war-sha256", s]);
     }
     let t0 = Instant::now();
-    let (v, code) = g.ops.run("request", "gw1", id, &args, 300);
+    let (v, code) = g.ops.run("request", "gw1", id, &args, ready_secs() + 60);
     (v, code, t0.elapsed())
 }
 
