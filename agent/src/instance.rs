@@ -835,9 +835,13 @@ impl Runtime {
         };
         // An application is fetched before anything is decided: a bad URL, a too large archive or
         // a wrong sha256 ends the request with nothing started.
-        let war = match v["war"].as_str() {
-            None => None,
-            Some(url) => {
+        let war = match (&v["war"], v["war"].as_str()) {
+            (serde_json::Value::Null, _) => None,
+            (_, None) => {
+                let why = "\"war\" must be the application's http(s) URL (a string)";
+                return self.result(&id, "cancel", "", "", None, why, 0);
+            }
+            (_, Some(url)) => {
                 let max = self.cfg.war_max_mb.saturating_mul(1024 * 1024);
                 match crate::war::fetch(url, v["war_sha256"].as_str(), max, &self.wars_dir).await {
                     Ok(w) => {

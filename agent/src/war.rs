@@ -3,8 +3,8 @@
 //! bad URL, an archive over `[instance] war_max_mb` or a sha256 that does not match ends the
 //! request with nothing running. The agent fetches rather than `betaas-vmd`: it already speaks
 //! HTTP(S) (reqwest + rustls, for the remote clouds) on its async runtime, while the daemon stays a
-//! small libvirt front end. The archive is kept as `data_dir/wars/<sha256>.war` for the daemon to
-//! copy into the guest's share (it checks the sha256 again).
+//! small libvirt front end. The archive is kept as `data_dir/wars/<sha256>-<random>.war` for the
+//! daemon to copy into the guest's share (it checks the sha256 again), then removed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,7 +73,8 @@ pub async fn fetch(
     }
     // Plain file writes (the agent's tokio has no fs feature): chunks of a bounded archive.
     std::fs::create_dir_all(dir).map_err(|e| format!("war: {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(".fetch-{:016x}", crate::instance::random_u64()));
+    let nonce = format!("{:016x}", crate::instance::random_u64());
+    let tmp = dir.join(format!(".fetch-{nonce}"));
     let r = async {
         let mut f =
             std::fs::File::create(&tmp).map_err(|e| format!("war: {}: {e}", tmp.display()))?;
@@ -104,7 +105,8 @@ pub async fn fetch(
                 ));
             }
         }
-        let path = dir.join(format!("{got}.war"));
+        // Unique per request: another request for the same archive may remove its own copy.
+        let path = dir.join(format!("{got}-{nonce}.war"));
         std::fs::rename(&tmp, &path).map_err(|e| format!("war: {}: {e}", path.display()))?;
         Ok(Fetched {
             path,
