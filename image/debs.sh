@@ -5,7 +5,7 @@
 #        image/debs.sh --libs PKG... the same for PKG and, followed through its Depends, every library
 #                                    package it needs (lib*, zlib1g: no maintainer-script tools, the
 #                                    image has no dpkg); the image copies only the sonames it links.
-# Env: MIRROR (default: the host's Debian mirror), SUITE (default: stable), DL (default: dl),
+# Env: MIRROR (default: the host's Debian mirror), SUITE (default: stable; another suite: its own state), DL (default: dl),
 #      ARCH (default: armhf). Another ARCH keeps its own state: dl/apt-<arch>/, dl/pkgs-<arch>/<name>/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,6 +14,8 @@ SUITE=${SUITE:-stable}
 DL=${DL:-dl}
 ARCH=${ARCH:-armhf}
 sfx=; [ "$ARCH" = armhf ] || sfx=-$ARCH   # armhf keeps dl/apt and dl/pkgs (image/build.sh reads dl/pkgs/<name>)
+# Another suite (SUITE=bookworm) keeps its own lists and packages too: dl/apt-<arch>-<suite>/, dl/pkgs-<arch>-<suite>/.
+[ "$SUITE" = stable ] || sfx=${sfx:--armhf}-$SUITE
 W=$DL/apt$sfx
 PK=$DL/pkgs$sfx
 mkdir -p "$W/lists/partial" "$W/cache/archives/partial" "$DL/debs" "$PK"

@@ -132,6 +132,11 @@ pub fn random_key() -> std::io::Result<SigningKey> {
 struct Placed {
     vm: String,
     resumed: bool,
+    /// Where the VM's service answers (a request with a WAR), and whether it answered in time.
+    url: Option<String>,
+    ready: bool,
+    /// The sha256 of the WAR handed to the guest (given in the request, or computed).
+    war_sha256: Option<String>,
 }
 
 /// This gateway's own side: capacity for VMs and what is reserved on it.
@@ -164,6 +169,8 @@ struct State {
 
 pub struct Runtime {
     cfg: InstanceConfig,
+    /// Applications fetched for requests (`data_dir/wars`), until `betaas-vmd` has its copy.
+    wars_dir: std::path::PathBuf,
     gateway: String,
     keys: Keys,
     session: Session,
@@ -259,6 +266,7 @@ impl Runtime {
         let templates = cfg.templates.iter().map(|t| t.to_core()).collect();
         let capacity = Res::new(cfg.capacity.cpus, cfg.capacity.mem_mb, cfg.capacity.disk_gb);
         Ok(Arc::new(Runtime {
+            wars_dir: data_dir.join("wars"),
             base: format!("{prefix}/{}/$instance", cfg.name),
             my_base: format!("{prefix}/{gateway}"),
             gateway: gateway.to_owned(),
@@ -604,7 +612,7 @@ impl Runtime {
                         me.floors_durable().await;
                         let done = match &cloud {
                             Some(c) => me.deploy_remote(c, &template, res).await,
-                            None => me.deploy(res, &template).await,
+                            None => me.deploy(res, &template, None).await,
                         };
                         let answer = match done {
                             Ok(p) => Body::DeployAnswer {
@@ -651,6 +659,7 @@ impl Runtime {
                             Ok(Placed {
                                 resumed: reason == "resumed",
                                 vm,
+                                ..Placed::default()
                             })
                         } else {
                             Err(reason)
@@ -666,7 +675,12 @@ impl Runtime {
     /// Re-checks a request against this gateway's live capacity, reserves it, and (with a
     /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
     /// gives the reservation back and refuses, so the requester decides again.
-    async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> Result<Placed, String> {
+    async fn deploy(
+        self: &Arc<Self>,
+        res: Res,
+        template: &str,
+        war: Option<&crate::war::Fetched>,
+    ) -> Result<Placed, String> {
         // Just started: what still runs here comes first (it may have been running all along).
         let unsynced = self
             .cfg
@@ -683,16 +697,34 @@ impl Runtime {
         };
         let vmd = crate::vm::Vmd::new(&socket);
         let t = template.to_owned();
-        let started = tokio::task::spawn_blocking(move || vmd.acquire(&t))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let war_file = war.map(|w| betaas_proto::WarFile {
+            path: w.path.to_string_lossy().into_owned(),
+            sha256: w.sha256.clone(),
+        });
+        let started = tokio::task::spawn_blocking(move || match war_file {
+            Some(w) => vmd.acquire_service(&t, Some(w)),
+            None => vmd.acquire(&t).map(|(vm, resumed)| (vm, resumed, None)),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match started {
-            Ok((vm, resumed)) => {
-                info!(template, vm = %vm.name, state = ?vm.state, resumed, "VM running");
+            Ok((vm, resumed, url)) => {
+                info!(template, vm = %vm.name, state = ?vm.state, resumed, ?url, "VM running");
                 self.state().local.res.started(token, &vm.name);
+                // The result names a URL that answers: the guest's server is waited for.
+                let ready = match &url {
+                    Some(u) => {
+                        let wait = Duration::from_secs(self.cfg.app_ready_secs);
+                        crate::war::answers(u, wait).await
+                    }
+                    None => false,
+                };
                 Ok(Placed {
                     vm: vm.name,
                     resumed,
+                    url,
+                    ready,
+                    war_sha256: war.map(|w| w.sha256.clone()),
                 })
             }
             Err(e) => {
@@ -732,6 +764,7 @@ impl Runtime {
             Ok(d) => Ok(Placed {
                 vm: d.id,
                 resumed: d.resumed,
+                ..Placed::default()
             }),
             Err(e) => Err(e.to_string()),
         }
@@ -815,6 +848,44 @@ impl Runtime {
             let why = format!("unknown template {name:?}; registered: {known:?}");
             return self.result(&id, "cancel", "", "", None, &why, 0);
         };
+        // An application is fetched before anything is decided: a bad URL, a too large archive or
+        // a wrong sha256 ends the request with nothing started.
+        let war = match (&v["war"], v["war"].as_str()) {
+            (serde_json::Value::Null, _) => None,
+            (_, None) => {
+                let why = "\"war\" must be the application's http(s) URL (a string)";
+                return self.result(&id, "cancel", "", "", None, why, 0);
+            }
+            (_, Some(url)) => {
+                let max = self.cfg.war_max_mb.saturating_mul(1024 * 1024);
+                match crate::war::fetch(url, v["war_sha256"].as_str(), max, &self.wars_dir).await {
+                    Ok(w) => {
+                        info!(request = %id, url, sha256 = %w.sha256, bytes = w.bytes, "WAR fetched");
+                        Some(w)
+                    }
+                    Err(why) => return self.result(&id, "cancel", "", "", None, &why, 0),
+                }
+            }
+        };
+        let r = self.place(&id, &template, war.as_ref()).await;
+        if let Some(w) = &war {
+            // betaas-vmd has its own copy by now (or the request failed).
+            let _ = std::fs::remove_file(&w.path);
+        }
+        r
+    }
+
+    /// Decides `template`'s placement and carries it out, leaving out every gateway or cloud that
+    /// refuses. With a WAR only this gateway is considered: the archive is here, and a deploy
+    /// request to another member carries no application (its message format has no field for it).
+    async fn place(
+        self: &Arc<Self>,
+        id: &str,
+        template: &Template,
+        war: Option<&crate::war::Fetched>,
+    ) -> serde_json::Value {
+        let id = id.to_owned();
+        let template = template.clone();
         let mut excluded: Vec<String> = Vec::new();
         let mut failed_clouds: Vec<String> = Vec::new();
         // Why each left-out gateway or cloud refused: the cancel says it, not only the log.
@@ -828,6 +899,10 @@ impl Runtime {
                 let mut view = st.inst.view(&me, &self.templates, &me.remotes);
                 view.gateways.retain(|g| !excluded.contains(&g.id));
                 view.remotes.retain(|r| !failed_clouds.contains(&r.name));
+                if war.is_some() {
+                    view.gateways.retain(|g| g.id == self.gateway);
+                    view.remotes.clear();
+                }
                 let req = Request {
                     id: request,
                     template: template.clone(),
@@ -876,7 +951,7 @@ impl Runtime {
                     failed_clouds.push(cloud);
                 }
                 Outcome::Local(gw) if gw == self.gateway => {
-                    match self.deploy(template.res(), &template.name).await {
+                    match self.deploy(template.res(), &template.name, war).await {
                         Ok(p) => {
                             return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
                         }
@@ -989,7 +1064,7 @@ impl Runtime {
         };
         let placed = Placed {
             vm: vm.to_owned(),
-            resumed: false,
+            ..Placed::default()
         };
         match crate::cloud::monitor::release(self.clouds.as_ref(), cloud, vm).await {
             Ok(()) => {
@@ -1035,7 +1110,7 @@ impl Runtime {
         .unwrap_or_else(|e| Err(e.to_string()));
         let placed = Placed {
             vm: vm.to_owned(),
-            resumed: false,
+            ..Placed::default()
         };
         match done {
             Ok((ReleaseAction::NotHere, _)) => {
@@ -1089,6 +1164,12 @@ impl Runtime {
             "reason": reason,
             "attempts": attempts,
         });
+        let mut payload = payload;
+        if let Some(p) = placed.filter(|p| p.url.is_some()) {
+            payload["url"] = json!(p.url);
+            payload["ready"] = json!(p.ready);
+            payload["war_sha256"] = json!(p.war_sha256);
+        }
         self.session
             .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
         crate::api::hub::vm_result(&payload);

@@ -18,3 +18,4 @@ pub mod session;
 pub mod things;
 pub mod update;
 pub mod vm;
+pub mod war;

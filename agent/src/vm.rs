@@ -53,6 +53,25 @@ impl Vmd {
         }
     }
 
+    /// `acquire` for a template with service ports, with the application to hand to the guest:
+    /// the VM, whether it was resumed, and the URL where its service answers.
+    pub fn acquire_service(
+        &self,
+        template: &str,
+        war: Option<betaas_proto::WarFile>,
+    ) -> Result<(VmInfo, bool, Option<String>), String> {
+        match self.call(&Request::AcquireService {
+            template: template.to_owned(),
+            war,
+        })? {
+            Response::AcquiredService {
+                vm, resumed, url, ..
+            } => Ok((vm, resumed, url)),
+            Response::Error(e) => Err(format!("betaas-vmd: {:?}: {}", e.kind, e.message)),
+            other => Err(format!("betaas-vmd answered {other:?} to acquire-service")),
+        }
+    }
+
     /// Resumes a stopped VM of `template`, or creates and starts one; says whether it was
     /// resumed. Blocking: call it off the async runtime.
     pub fn acquire(&self, template: &str) -> Result<(VmInfo, bool), String> {

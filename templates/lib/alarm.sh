@@ -144,7 +144,7 @@ tpl_image() {
 tpl_finish() {
   local root=$1
   . templates/lib/descriptor.sh
-  tpl_descriptor "templates/$TPL/template.toml" "$TPL_OUT"
+  tpl_descriptor "${TPL_DESC:-templates/$TPL/template.toml}" "$TPL_OUT"
   {
     echo "# out/templates/$TPL built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git describe --always --dirty 2>/dev/null || echo unknown)"
     cat "$TPL_OUT/sources.txt"
@@ -166,5 +166,5 @@ tpl_start() {
 
 # tpl_min_disk_gb: the image size from the source descriptor's [image] min_disk_gb.
 tpl_min_disk_gb() {
-  awk '/^\[/ { t = $0 } t == "[image]" && /^min_disk_gb = / { print $3 }' "templates/$TPL/template.toml"
+  awk '/^\[/ { t = $0 } t == "[image]" && /^min_disk_gb = / { print $3 }' "${TPL_DESC:-templates/$TPL/template.toml}"
 }

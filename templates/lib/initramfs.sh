@@ -9,7 +9,7 @@
 #   (the caller adds its own files under $IR here)
 #   ir_pack                    $OUT/initrd.img (fixed mtimes, sorted: same inputs, same bytes)
 #   ir_rootfs                  (optional) the same tree as $OUT/rootfs.tar.gz, a container's root
-#   ir_finish SRC_DESCRIPTOR   the kernel, an empty 1 GiB qcow2 base disk, template.toml with the
+#   ir_finish SRC_DESCRIPTOR   the kernel, an empty 1 GiB qcow2 base disk (DISK_RAW=file: that raw image instead), template.toml with the
 #                              sha256s, manifest.txt; removes the staging directory
 # Kernel modules per arch are the caller's: everything else the guest needs is built into Debian's
 # kernels (virtio-pci, 8250/PL011 serial consoles, devtmpfs, gzip initrd, gpio-keys + PL061).
@@ -76,7 +76,11 @@ ir_finish() { # SRC_DESCRIPTOR [extra manifest lines on stdin are not read]
   step "kernel and empty base disk"
   cp "$PK/$KPKG/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
   rm -f "$OUT/disk.qcow2"
-  qemu-img create -q -f qcow2 "$OUT/disk.qcow2" 1G
+  if [ -n "${DISK_RAW:-}" ]; then   # a recipe's own root filesystem image (the app template)
+    qemu-img convert -q -f raw -O qcow2 "$DISK_RAW" "$OUT/disk.qcow2"
+  else
+    qemu-img create -q -f qcow2 "$OUT/disk.qcow2" 1G
+  fi
 
   step "template.toml"
   . templates/lib/descriptor.sh

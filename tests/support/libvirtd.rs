@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use crate::{repo, sha256_hex};
 
 pub const URI: &str = "qemu:///system";
+/// libvirt's LXC driver (containers), served by the same libvirtd.
+pub const LXC_URI: &str = "lxc:///system";
 /// The pid file of the libvirtd a test process started.
 const PIDFILE: &str = "/run/betaas-tests-libvirtd.pid";
 /// The pid of the test process that started it: a libvirtd left behind by a test run that was
@@ -146,10 +148,27 @@ fn left_behind() -> Option<u32> {
 fn start() -> u32 {
     let t0 = Instant::now();
     let _ = std::fs::remove_file(PIDFILE);
-    let st = Command::new("libvirtd")
-        .args(["-d", "-p", PIDFILE])
-        .status()
-        .expect("libvirtd runs (image/host-deps.sh installs it)");
+    // A hybrid cgroup host (v1 controllers plus the v2 hierarchy at /sys/fs/cgroup/unified, as
+    // these machines have) makes libvirt 9's LXC driver fail every container ("Unable to create
+    // directory /sys/fs/cgroup/unified"): libvirtd runs in a mount namespace of its own without
+    // that mount. Containers then use the v1 controllers; nothing changes for the rest of the host.
+    let hybrid = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.contains(" /sys/fs/cgroup/unified ") && l.contains(" - cgroup2 "))
+    });
+    let st = if hybrid {
+        Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "umount /sys/fs/cgroup/unified && exec libvirtd -d -p {PIDFILE}"
+            ))
+            .status()
+    } else {
+        Command::new("libvirtd")
+            .args(["-d", "-p", PIDFILE])
+            .status()
+    }
+    .expect("libvirtd runs (image/host-deps.sh installs it)");
     assert!(st.success(), "libvirtd -d failed");
     let pid: u32 = crate::wait_until("libvirtd's pid file", Duration::from_secs(20), || {
         read_pid(PIDFILE)
@@ -199,15 +218,26 @@ pub struct DomainsCleanup(pub String);
 
 impl Drop for DomainsCleanup {
     fn drop(&mut self) {
-        let (_, names) = virsh(&["list", "--all", "--name"]);
-        for name in names
-            .lines()
-            .map(str::trim)
-            .filter(|n| !n.is_empty() && n.starts_with(&self.0))
-        {
-            let _ = virsh(&["destroy", name]);
-            let _ = virsh(&["undefine", name, "--managed-save"]);
-            eprintln!("tests: removed domain {name}");
+        // Containers live on the LXC driver (absent on a host without it: nothing listed there).
+        for uri in [URI, LXC_URI] {
+            let on = |args: &[&str]| {
+                Command::new("virsh")
+                    .args(["-c", uri])
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let names = on(&["list", "--all", "--name"]);
+            for name in names
+                .lines()
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && n.starts_with(&self.0))
+            {
+                let _ = on(&["destroy", name]);
+                let _ = on(&["undefine", name, "--managed-save"]);
+                eprintln!("tests: removed domain {name} ({uri})");
+            }
         }
     }
 }

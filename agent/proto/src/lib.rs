@@ -18,6 +18,6 @@ pub use frame::{
     DecodeError, EncodeError, FrameError, FrameReader, RawFrame, HEADER_LEN, MAX_FRAME, VERSION,
 };
 pub use msg::{
-    Capability, ErrorKind, ErrorReply, ProbeResult, Request, Response, VirtKind, VmInfo, VmState,
-    VmStats,
+    Capability, ErrorKind, ErrorReply, PortMap, ProbeResult, Request, Response, VirtKind, VmInfo,
+    VmState, VmStats, WarFile,
 };

@@ -30,6 +30,29 @@ pub enum Request {
     List,
     /// CPU time, memory and disk of one VM, for the resources monitor.
     Stats { vm: String },
+    /// `Acquire` for a template with service ports (`[network] ports`), with the application to
+    /// run: a WAR file the agent fetched and checked, handed to the guest (a container's shared
+    /// directory, a VM's seed disk) as its ROOT.war. Answered `AcquiredService`.
+    AcquireService {
+        template: String,
+        war: Option<WarFile>,
+    },
+}
+
+/// An application archive on the gateway's disk, for the VM manager to hand to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarFile {
+    /// Absolute path, readable by the daemon.
+    pub path: String,
+    /// Hex sha256 the copy handed to the guest must have.
+    pub sha256: String,
+}
+
+/// A guest's service port and the host port where it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    pub guest: u16,
+    pub host: u16,
 }
 
 /// What the daemon answers; exactly one response per request, with the request's id.
@@ -50,6 +73,16 @@ pub enum Response {
     Acquired {
         vm: VmInfo,
         resumed: bool,
+    },
+    /// The answer to `AcquireService`: as `Acquired`, plus where the service answers: each
+    /// declared port's host port, `url` for the first (`http://<service_host>:<port>/`) and the
+    /// template's readiness marker (its console prints it once the service answers).
+    AcquiredService {
+        vm: VmInfo,
+        resumed: bool,
+        ports: Vec<PortMap>,
+        url: Option<String>,
+        ready_marker: Option<String>,
     },
 }
 

@@ -60,6 +60,13 @@ pub struct RequestArgs {
     /// The template to run.
     #[arg(long)]
     template: String,
+    /// An application for a template with service ports (`app`): the WAR's http(s) URL, fetched
+    /// by the gateway; the result then carries "url" where it answers.
+    #[arg(long)]
+    war: Option<String>,
+    /// The WAR's sha256 (64 hex digits): the gateway refuses an archive that does not match.
+    #[arg(long, requires = "war")]
+    war_sha256: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -93,7 +100,16 @@ pub fn update(args: &UpdateArgs) -> ExitCode {
 }
 
 pub fn request(args: &RequestArgs) -> ExitCode {
-    let body = json!({"template": args.template});
+    let mut body = json!({"template": args.template});
+    if let Some(w) = &args.war {
+        body["war"] = json!(w);
+    }
+    if let Some(h) = &args.war_sha256 {
+        match crate::war::parse_sha256(h) {
+            Ok(h) => body["war_sha256"] = json!(h),
+            Err(e) => return fail(e),
+        }
+    }
     run(&args.target, body)
 }
 
@@ -111,7 +127,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Signs a request object (`{"template"}` or `{"release","target"}`) with the client's keys in
+/// Signs a request object (`{"template"}`, with `"war"` and `"war_sha256"` when given, or `{"release","target"}`) with the client's keys in
 /// `keys`, for `gateway` of `instance`. Without an `"id"`, a random one is given. Returns the id
 /// and the bytes to publish on the gateway's `vm/request` topic.
 pub fn sign(

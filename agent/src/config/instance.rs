@@ -29,6 +29,13 @@ pub struct InstanceConfig {
     /// (the cloud's own deploy timeout plus margin).
     #[serde(default = "default_remote_timeout_ms")]
     pub remote_timeout_ms: u64,
+    /// The largest application archive (WAR) a request may name, in MiB: fetched by this gateway.
+    #[serde(default = "default_war_max_mb")]
+    pub war_max_mb: u64,
+    /// How long a deployed application may take to answer at its URL before the result says
+    /// `"ready": false` (a JVM in an emulated VM takes minutes).
+    #[serde(default = "default_app_ready_secs")]
+    pub app_ready_secs: u64,
     #[serde(default = "default_dismiss_threshold")]
     pub dismiss_threshold: f64,
     #[serde(default = "default_dismiss_after")]
@@ -91,8 +98,10 @@ pub enum InstanceKey {
 }
 
 /// Accepted ranges of `[instance]`: (key, lowest, highest).
-const INSTANCE_RANGES: [(&str, u64, u64); 5] = [
+const INSTANCE_RANGES: [(&str, u64, u64); 7] = [
     ("heartbeat_ms", 50, 60_000),
+    ("war_max_mb", 1, 4096),
+    ("app_ready_secs", 1, 3600),
     ("deploy_timeout_ms", 100, 600_000),
     ("remote_timeout_ms", 1_000, 3_600_000),
     ("dismiss_after_secs", 1, 86_400),
@@ -112,6 +121,8 @@ impl InstanceConfig {
                 "heartbeat_ms" => self.heartbeat_ms,
                 "deploy_timeout_ms" => self.deploy_timeout_ms,
                 "remote_timeout_ms" => self.remote_timeout_ms,
+                "war_max_mb" => self.war_max_mb,
+                "app_ready_secs" => self.app_ready_secs,
                 "dismiss_after_secs" => self.dismiss_after_secs,
                 _ => self.readmit_after_secs,
             };
@@ -209,6 +220,12 @@ fn default_deploy_timeout_ms() -> u64 {
 }
 fn default_remote_timeout_ms() -> u64 {
     330_000
+}
+fn default_war_max_mb() -> u64 {
+    64
+}
+fn default_app_ready_secs() -> u64 {
+    180
 }
 fn default_dismiss_threshold() -> f64 {
     0.3

@@ -588,6 +588,9 @@ role = "storage"
             ("dismiss_after_secs", "0", "1..=86400"),
             ("readmit_after_secs", "0", "1..=604800"),
             ("readmit_after_secs", "604801", "1..=604800"),
+            ("war_max_mb", "0", "1..=4096"),
+            ("war_max_mb", "4097", "1..=4096"),
+            ("app_ready_secs", "0", "1..=3600"),
         ] {
             let (line, field, msg) = instance_err(
                 "timeout_ms = 4000\n",

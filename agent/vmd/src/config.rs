@@ -51,6 +51,9 @@ pub struct Config {
     /// The pool of logical-gateway identities (one subdirectory each: agent.toml, instance.pub,
     /// gateway.key, credential): every new VM of a `role = "gateway"` template gets a free one.
     pub logical_dir: PathBuf,
+    /// The host name or address in the URL of a VM's service (`Response::AcquiredService`):
+    /// where the gateway is reached. Default: the host name.
+    pub service_host: String,
     pub probe: ProbeConfig,
     /// A VM that dies without being stopped is restarted up to this many times, then reported
     /// failed and left stopped.
@@ -135,6 +138,7 @@ struct Raw {
     libvirt_retry_s: Option<u64>,
     verify_checksums: Option<bool>,
     logical_dir: Option<PathBuf>,
+    service_host: Option<String>,
     probe: Option<RawProbe>,
     restart_max: Option<u32>,
     restart_backoff_ms: Option<u64>,
@@ -176,6 +180,11 @@ impl Default for Config {
             libvirt_retry_s: 15,
             verify_checksums: true,
             logical_dir: "/etc/betaas/logical".into(),
+            service_host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into()),
             probe: ProbeConfig {
                 template: "tiny".into(),
                 kinds: VirtKind::ALL.to_vec(),
@@ -387,6 +396,7 @@ impl Config {
             libvirt_retry_s: raw.libvirt_retry_s.unwrap_or(d.libvirt_retry_s),
             verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
             logical_dir: raw.logical_dir.map(abs).unwrap_or(d.logical_dir),
+            service_host: raw.service_host.unwrap_or(d.service_host),
             probe,
             restart_max: raw.restart_max.unwrap_or(d.restart_max),
             restart_backoff_ms,

@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::path::PathBuf;
 
-use betaas_proto::VirtKind;
+use betaas_proto::{PortMap, VirtKind};
 use betaas_templates::Arch;
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
@@ -15,6 +15,8 @@ use thiserror::Error;
 /// Our metadata namespace: a domain whose `<metadata>` has an element in it (with our owner) was
 /// created by this daemon; any other domain is foreign and never touched.
 pub const NS: &str = "urn:betaas:vmd:1";
+/// libvirt's namespace for QEMU command-line passthrough.
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 /// The prefix libvirt stores our element under.
 pub const NS_PREFIX: &str = "betaas";
 
@@ -60,6 +62,10 @@ pub struct DomainSpec {
     pub seed: Option<PathBuf>,
     /// A virtio NIC on QEMU's user-mode network (guest 10.0.2.15, the host at 10.0.2.2).
     pub user_net: bool,
+    /// With `user_net`: host ports forwarded to guest ports (`hostfwd`, on all host addresses).
+    pub forwards: Vec<PortMap>,
+    /// A container's `/srv/betaas`: this host directory (the VM's service share).
+    pub share: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -91,6 +97,14 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
     if !container && spec.disk.is_none() {
         return Err(err("a VM needs its overlay disk"));
     }
+    if !container && spec.share.is_some() {
+        return Err(err(
+            "a shared directory is for containers (a VM gets a seed disk)",
+        ));
+    }
+    if !spec.forwards.is_empty() && !spec.user_net {
+        return Err(err("port forwards need user-mode networking"));
+    }
     if container && (spec.seed.is_some() || spec.user_net) {
         return Err(err(
             "a container takes neither a seed disk nor user-mode networking",
@@ -98,9 +112,13 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
     }
     let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
     let dom_type = spec.mark.kind.as_str();
-    w.write_event(Event::Start(
-        BytesStart::new("domain").with_attributes([("type", dom_type)]),
-    ))?;
+    let mut domain = BytesStart::new("domain").with_attributes([("type", dom_type)]);
+    if !spec.forwards.is_empty() {
+        // libvirt 9's user-mode <interface> has no port forwards (only with passt): the NIC is
+        // given to QEMU directly.
+        domain.push_attribute(("xmlns:qemu", QEMU_NS));
+    }
+    w.write_event(Event::Start(domain))?;
     text_el(&mut w, "name", &spec.name)?;
     write_mark(&mut w, &spec.mark)?;
     w.write_event(Event::Start(
@@ -194,6 +212,18 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                 BytesStart::new("target").with_attributes([("dir", "/")]),
             ))?;
             w.write_event(Event::End(BytesEnd::new("filesystem")))?;
+            if let Some(share) = &spec.share {
+                w.write_event(Event::Start(
+                    BytesStart::new("filesystem").with_attributes([("type", "mount")]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("source").with_attributes([("dir", path_str(share).as_str())]),
+                ))?;
+                w.write_event(Event::Empty(
+                    BytesStart::new("target").with_attributes([("dir", "/srv/betaas")]),
+                ))?;
+                w.write_event(Event::End(BytesEnd::new("filesystem")))?;
+            }
         }
         _ => {
             // The armhf guest (Debian's non-LPAE armmp kernel) cannot use QEMU virt's PCI host
@@ -242,7 +272,7 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
                 address(&mut w)?;
                 w.write_event(Event::End(BytesEnd::new("disk")))?;
             }
-            if spec.user_net {
+            if spec.user_net && spec.forwards.is_empty() {
                 w.write_event(Event::Start(
                     BytesStart::new("interface").with_attributes([("type", "user")]),
                 ))?;
@@ -289,6 +319,26 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
         ))?;
     }
     w.write_event(Event::End(BytesEnd::new("devices")))?;
+    if !spec.forwards.is_empty() {
+        let fwd: String = spec
+            .forwards
+            .iter()
+            .map(|p| format!(",hostfwd=tcp::{}-:{}", p.host, p.guest))
+            .collect();
+        // armhf: on virtio-mmio like the other devices (see above). x86: a PCI slot of its own,
+        // far above the ones libvirt hands out from 2 up (it does not know this device).
+        let nic = match spec.mark.arch {
+            Arch::Armhf => "virtio-net-device,netdev=betaas0",
+            _ => "virtio-net-pci,netdev=betaas0,addr=0x1e",
+        };
+        w.write_event(Event::Start(BytesStart::new("qemu:commandline")))?;
+        for arg in ["-netdev", &format!("user,id=betaas0{fwd}"), "-device", nic] {
+            w.write_event(Event::Empty(
+                BytesStart::new("qemu:arg").with_attributes([("value", arg)]),
+            ))?;
+        }
+        w.write_event(Event::End(BytesEnd::new("qemu:commandline")))?;
+    }
     w.write_event(Event::End(BytesEnd::new("domain")))?;
     String::from_utf8(w.into_inner().into_inner())
         .map_err(|e| XmlError::Read(format!("writer produced non-UTF-8: {e}")))
@@ -416,6 +466,8 @@ mod tests {
             serial_log: "/var/lib/betaas/vms/betaas-tiny-1/serial.log".into(),
             seed: None,
             user_net: false,
+            forwards: vec![],
+            share: None,
         }
     }
 
@@ -535,6 +587,49 @@ mod tests {
             assert!(x.contains(want), "missing {want} in\n{x}");
         }
         assert!(!x.contains("<kernel>") && !x.contains("<disk"));
+    }
+
+    #[test]
+    fn a_service_container_mounts_its_share_a_service_vm_forwards_its_ports() {
+        let mut s = spec(VirtKind::Lxc, Arch::X86_64);
+        s.boot = BootSpec::Container {
+            rootfs: "/v/c/rootfs".into(),
+            init: "/init".into(),
+        };
+        s.disk = None;
+        s.share = Some("/v/c/share".into());
+        let x = domain_xml(&s).expect("xml");
+        assert!(
+            x.contains("<source dir=\"/v/c/share\"/>\n      <target dir=\"/srv/betaas\"/>"),
+            "{x}"
+        );
+        assert!(
+            !x.contains("<interface"),
+            "a container shares the host's network: {x}"
+        );
+
+        for (arch, nic) in [
+            (Arch::X86_64, "virtio-net-pci,netdev=betaas0"),
+            (Arch::Armhf, "virtio-net-device,netdev=betaas0"),
+        ] {
+            let mut v = spec(VirtKind::Qemu, arch);
+            v.user_net = true;
+            v.forwards = vec![PortMap {
+                guest: 8080,
+                host: 41234,
+            }];
+            let x = domain_xml(&v).expect("xml");
+            for want in [
+                "xmlns:qemu=\"http://libvirt.org/schemas/domain/qemu/1.0\"",
+                "<qemu:arg value=\"user,id=betaas0,hostfwd=tcp::41234-:8080\"/>",
+                nic,
+            ] {
+                assert!(x.contains(want), "missing {want} in\n{x}");
+            }
+            assert!(!x.contains("<interface"), "one NIC, QEMU's: {x}");
+            v.share = Some("/x".into());
+            assert!(domain_xml(&v).is_err(), "a VM takes a seed, not a share");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! reconciliation, idle policy, resume-first, names), [`lifecycle`] (stop per kind, restart
 //! budget), [`access`] (who may connect), [`config`]. I/O: [`libvirt`] (connection with backoff),
 //! [`overlay`] (qemu-img), [`catalog`] (template files), [`probe`] (boots a guest per kind),
-//! [`manager`] (the lifecycle), [`server`] (the socket).
+//! [`manager`] (the lifecycle), [`server`] (the socket), [`service`] (a VM's ports and application).
 
 pub mod access;
 pub mod catalog;
@@ -22,3 +22,4 @@ pub mod overlay;
 pub mod probe;
 pub mod registry;
 pub mod server;
+pub mod service;

@@ -18,6 +18,10 @@ use virt::error::{Error as VirtError, ErrorNumber};
 pub const METADATA_ELEMENT: i32 = 2;
 pub const AFFECT_CONFIG: u32 = 2;
 pub const SHUTDOWN_ACPI_POWER_BTN: u32 = 1;
+/// `VIR_DOMAIN_SHUTDOWN_SIGNAL`: SIGTERM to a container's init. libvirt's default for lxc tries
+/// /dev/initctl first, which a busybox init does not read: the container then ran until the
+/// shutdown timeout.
+pub const SHUTDOWN_SIGNAL: u32 = 4;
 pub const UNDEFINE_MANAGED_SAVE: u32 = 1;
 pub const UNDEFINE_NVRAM: u32 = 4;
 pub const XML_INACTIVE: u32 = 2;

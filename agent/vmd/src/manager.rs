@@ -25,6 +25,7 @@ use crate::lifecycle::{self, Action, Budget, Track};
 use crate::overlay::{self, OverlayError};
 use crate::probe;
 use crate::registry::{self, Observed, Vm};
+use crate::service::{self, ServiceError};
 
 const DISK: &str = "disk.qcow2";
 const SERIAL: &str = "serial.log";
@@ -60,6 +61,10 @@ pub enum VmdError {
     Xml(#[from] XmlError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("template {0:?} declares no service ports ([network] ports): it takes no WAR")]
+    NotAService(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -83,6 +88,9 @@ impl VmdError {
             VmdError::Io { .. } => ErrorKind::Io,
             VmdError::Identity(IdentityError::Io { .. }) => ErrorKind::Io,
             VmdError::Identity(_) => ErrorKind::NoIdentity,
+            VmdError::Service(ServiceError::Sha256 { .. }) => ErrorKind::InvalidState,
+            VmdError::Service(_) => ErrorKind::Io,
+            VmdError::NotAService(_) => ErrorKind::BadTemplate,
         };
         ErrorReply::new(kind, self.to_string())
     }
@@ -228,6 +236,9 @@ impl Manager {
             Request::Undefine { vm } => self.undefine(&vm).map(|()| Response::Undefined { vm }),
             Request::List => self.list().map(Response::Vms),
             Request::Stats { vm } => self.stats(&vm).map(Response::Stats),
+            Request::AcquireService { template, war } => {
+                self.acquire_service(&template, war.as_ref())
+            }
         };
         r.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "request failed");
@@ -526,7 +537,15 @@ impl Manager {
         };
         let dir = self.dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let ports = t
+            .network
+            .as_ref()
+            .map(|n| n.ports.clone())
+            .unwrap_or_default();
         let r = match &ident {
+            _ if !ports.is_empty() && ident.is_none() => service::assign_ports(&dir, &ports)
+                .map(drop)
+                .map_err(VmdError::from),
             Some(id) => identity::record(&dir, &id.name)
                 .and_then(|()| identity::write_seed(&dir.join(identity::SEED), id))
                 .map_err(VmdError::from),
@@ -577,7 +596,17 @@ impl Manager {
         name: &str,
         dir: &Path,
     ) -> Result<Vm, VmdError> {
-        let spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
+        let mut spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
+        if t.network.as_ref().is_some_and(|n| !n.ports.is_empty()) {
+            // A service (chosen in create): a container mounts its share, a VM gets the
+            // forwards and the share as a seed disk.
+            if kind == VirtKind::Lxc {
+                spec.share = Some(dir.join(service::SHARE));
+            } else {
+                spec.forwards = service::read_ports(dir);
+                spec.seed = Some(dir.join(service::SEED));
+            }
+        }
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
         }
@@ -703,12 +732,15 @@ impl Manager {
 
     /// ACPI power button, then wait; a hard power-off if the guest ignores it.
     fn shutdown(&mut self, name: &str) -> Result<(), VmdError> {
-        self.domain_op(name, "ACPI shutdown", |d| {
-            d.shutdown_flags(libvirt::SHUTDOWN_ACPI_POWER_BTN)
-                .or_else(|_| d.shutdown())
+        let kind = self.kind_of(name);
+        let flag = match kind {
+            VirtKind::Lxc => libvirt::SHUTDOWN_SIGNAL,
+            _ => libvirt::SHUTDOWN_ACPI_POWER_BTN,
+        };
+        self.domain_op(name, "shutdown", |d| {
+            d.shutdown_flags(flag).or_else(|_| d.shutdown())
         })?;
         let deadline = Instant::now() + Duration::from_secs(self.cfg.shutdown_timeout_s);
-        let kind = self.kind_of(name);
         while Instant::now() < deadline {
             let active = self.hv_of(kind).with("poll domain", |c: &Connect| {
                 c.lookup_domain_by_name(name)?.is_active()
@@ -819,6 +851,62 @@ impl Manager {
         Ok((self.start(&name)?, resumed))
     }
 
+    /// `Acquire` for a template with service ports, handing `war` to the guest: a stopped VM of
+    /// the template is brought back (with the new WAR if one is given) before a new one is made.
+    /// A VM resumed from its managed save would keep the application it booted with, so with a
+    /// different WAR its save is dropped and it boots afresh. A VM made for this request and not
+    /// started (a bad WAR, a failed start) is undefined: nothing is left behind.
+    pub fn acquire_service(
+        &mut self,
+        template: &str,
+        war: Option<&betaas_proto::WarFile>,
+    ) -> Result<Response, VmdError> {
+        let t = self
+            .catalog
+            .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
+        if t.network.as_ref().is_none_or(|n| n.ports.is_empty()) {
+            return Err(VmdError::NotAService(template.to_owned()));
+        }
+        self.refresh()?;
+        let pick = registry::pick_resumable(self.vms.values(), template, self.cfg.arch)
+            .map(|v| v.name.clone());
+        let (name, resumed) = match pick {
+            Some(n) => (n, true),
+            None => (self.create(template)?.name, false),
+        };
+        let r = self.start_service(&name, war);
+        if r.is_err() && !resumed {
+            let _ = self.undefine(&name);
+        }
+        let vm = r?;
+        let ports = service::read_ports(&self.dir(&name));
+        tracing::info!(vm = %name, template, resumed, ?ports, "service acquired");
+        Ok(Response::AcquiredService {
+            vm,
+            resumed,
+            url: service::url(&self.cfg.service_host, &ports),
+            ports,
+            ready_marker: t.ready_marker.clone(),
+        })
+    }
+
+    fn start_service(
+        &mut self,
+        name: &str,
+        war: Option<&betaas_proto::WarFile>,
+    ) -> Result<VmInfo, VmdError> {
+        let vm = self.ours(name)?;
+        let container = vm.mark.kind == VirtKind::Lxc;
+        let dir = self.dir(name);
+        let changed = service::prepare(&dir, &service::read_ports(&dir), container, war)?;
+        if changed && vm.state == VmState::Saved {
+            tracing::info!(vm = %name, "new WAR: managed save dropped, the VM boots afresh");
+            self.domain_op(name, "drop managed save", |d| d.managed_save_remove(0))?;
+            self.set_state(name, VmState::ShutOff);
+        }
+        self.start(name)
+    }
+
     /// The dependability manager's round: a VM that died without being stopped is started again
     /// after its backoff, up to the restart budget; then it is reported failed and left stopped
     /// (its idle clock starts). Returns what was done or is waited for, by VM.
@@ -926,5 +1014,7 @@ pub fn domain_spec(
         serial_log: dir.join(SERIAL),
         seed: (t.role == Role::Gateway && kind != VirtKind::Lxc).then(|| dir.join(identity::SEED)),
         user_net: t.network.is_some() && kind != VirtKind::Lxc,
+        forwards: Vec::new(),
+        share: None,
     })
 }

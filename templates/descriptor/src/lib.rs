@@ -35,6 +35,8 @@ pub struct Template {
     pub boot: Boot,
     /// A line on the serial console containing this text means "booted".
     pub booted_marker: String,
+    /// `[console] ready`: a line containing this means the guest's service answers (optional).
+    pub ready_marker: Option<String>,
     /// Present exactly when `kinds` contains `lxc`.
     pub lxc: Option<Lxc>,
     /// The guest's network interface, when it needs one (`[network]`); none otherwise.
@@ -42,10 +44,15 @@ pub struct Template {
 }
 
 /// `[network]`: how the guest is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub mode: NetworkMode,
+    /// The guest's service ports (TCP). The VM manager gives each a host port: forwarded to the
+    /// guest's port under QEMU, listened on by the guest itself in a container (which shares the
+    /// host's network). Empty: nothing reaches the guest from outside.
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -520,11 +527,38 @@ impl Template {
                 Boot::Disk
             }
         };
-        if raw.network.is_some() && wants_lxc {
+        // A container with service ports shares the host's network; without ports a [network]
+        // would only mean QEMU's user-mode network, which a container cannot have.
+        if raw.network.as_ref().is_some_and(|n| n.ports.is_empty()) && wants_lxc {
             return Err(err(
                 "network",
                 "mode",
-                "user-mode networking is QEMU's: not with lxc in virtualization.kinds".into(),
+                "user-mode networking is QEMU's: not with lxc in virtualization.kinds \
+                 (unless the template declares service ports)"
+                    .into(),
+            ));
+        }
+        if let Some(n) = &raw.network {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(p) = n.ports.iter().find(|p| **p == 0 || !seen.insert(**p)) {
+                return Err(err(
+                    "network",
+                    "ports",
+                    format!("{p}: ports are 1..=65535, each once"),
+                ));
+            }
+        }
+        if raw
+            .console
+            .ready
+            .as_ref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
+            return Err(err(
+                "console",
+                "ready",
+                "empty: give the text of the line that means the service answers, or leave it out"
+                    .into(),
             ));
         }
         if raw.console.booted.trim().is_empty() {
@@ -546,6 +580,7 @@ impl Template {
             image,
             boot,
             booted_marker: raw.console.booted,
+            ready_marker: raw.console.ready,
             lxc,
             network: raw.network,
         })
@@ -631,6 +666,7 @@ struct RawBoot {
 #[serde(deny_unknown_fields)]
 struct RawConsole {
     booted: String,
+    ready: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -367,7 +367,8 @@ fn network_is_optional_user_mode_only_and_not_for_containers() {
     assert_eq!(
         parse(&with).unwrap().network,
         Some(Network {
-            mode: NetworkMode::User
+            mode: NetworkMode::User,
+            ports: vec![]
         })
     );
     // Line 36 is `mode = …` in the appended table.
@@ -390,4 +391,36 @@ fn network_is_optional_user_mode_only_and_not_for_containers() {
     let e = err(&lxc);
     assert_eq!((e.line, e.field.as_str()), (36, "network.mode"), "{e}");
     assert!(e.message.contains("lxc"), "{e}");
+}
+
+#[test]
+fn service_ports_and_ready_marker() {
+    let with = format!(
+        "{}\n[network]\nmode = \"user\"\nports = [8080, 8443]\n",
+        good()
+    );
+    let t = parse(&with).unwrap();
+    assert_eq!(t.network.unwrap().ports, vec![8080, 8443]);
+    assert_eq!(t.ready_marker, None);
+    // A container with service ports shares the host's network: allowed.
+    let lxc = format!(
+        "{}\n[lxc]\nrootfs = \"rootfs.tar.gz\"\nrootfs_sha256 = \"{SUM_B}\"\ninit = \"/sbin/init\"\n",
+        with
+    )
+    .replacen("kinds = [\"kvm\", \"qemu\"]", "kinds = [\"qemu\", \"lxc\"]", 1);
+    assert_eq!(
+        parse(&lxc).unwrap().network.unwrap().ports,
+        vec![8080, 8443]
+    );
+    let e = err(&with.replacen("[8080, 8443]", "[8080, 8080]", 1));
+    assert_eq!(e.field, "network.ports", "{e}");
+    let e = err(&with.replacen("[8080, 8443]", "[0]", 1));
+    assert_eq!(e.field, "network.ports", "{e}");
+    let ready = good().replacen("[console]\n", "[console]\nready = \"TINY-READY\"\n", 1);
+    assert_eq!(
+        parse(&ready).unwrap().ready_marker.as_deref(),
+        Some("TINY-READY")
+    );
+    let e = err(&good().replacen("[console]\n", "[console]\nready = \" \"\n", 1));
+    assert_eq!(e.field, "console.ready", "{e}");
 }

@@ -25,6 +25,17 @@ fn every_source_descriptor_is_valid() {
         }
         let recipe = dir.join("build.sh");
         assert!(recipe.is_file(), "{} has no build.sh", dir.display());
+        // The paper's Arch Linux ARM variant kept beside an offline recipe (app: build-alarm.sh).
+        let alarm = dir.join("alarm.toml");
+        if alarm.is_file() {
+            let text = std::fs::read_to_string(&alarm).expect("alarm.toml is readable");
+            check_source(&alarm, &text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                dir.join("build-alarm.sh").is_file(),
+                "{} has no build-alarm.sh",
+                dir.display()
+            );
+        }
         names.push(
             dir.file_name()
                 .expect("a name")
