@@ -26,6 +26,7 @@ APT_PKGS=(
   rauc squashfs-tools                             # `make bundle`: signed RAUC update bundles (rauc bundle runs mksquashfs)
   u-boot-tools                                    # mkimage: the A/B boot script (boot.scr); fw_printenv-compatible env images
   debian-archive-keyring apt-utils
+  shellcheck                                      # make lint: the build, image and test scripts
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
