@@ -72,8 +72,11 @@ module_files() { # NAME... -> relative .ko paths, dependencies first, each once
 }
 install_modules() { # DEST NAME...
   local dest=$1; shift
-  local f
-  for f in $(module_files "$@"); do
+  local out f files=()
+  # Resolved first, not in `for … in $(…)`: that would drop module_files' exit status (a missing module).
+  out=$(module_files "$@") || { echo "image: kernel modules for ${dest#"$ST"/} not resolved: $*" >&2; exit 1; }
+  [ -z "$out" ] || mapfile -t files <<< "$out"
+  for f in "${files[@]}"; do
     install -D -m 0644 "$KMOD/$f" "$dest/lib/modules/$KVER/$f"
   done
   cp "$KMOD/modules.order" "$KMOD/modules.builtin" "$KMOD/modules.builtin.modinfo" "$dest/lib/modules/$KVER/"
