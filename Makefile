@@ -22,7 +22,7 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e fuzz bench clean templates lgw flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e test-reproducible fuzz bench clean templates lgw flash flash-tool
 
 all: agent-arm
 
@@ -93,8 +93,8 @@ test-e2e: $(STAMP)
 	$(MAKE) vmd-arm
 	# qemu-cubieboard (U-Boot, A/B updates, API, flash) as the lite image (VIRT=0): none of its tests
 	# runs VMs, and its 96 MiB slots keep the update tests' downloads and writes short; qemu-virt and
-	# cubietruck carry the local cloud.
-	VIRT=0 $(MAKE) image BOARD=qemu-cubieboard
+	# cubietruck carry the local cloud. Built twice: the second build must give the same bytes.
+	$(MAKE) test-reproducible
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml
@@ -102,6 +102,12 @@ test-e2e: $(STAMP)
 	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
 	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture --skip nested_tcg
+
+# `make image` twice gives the same sdcard.img (lite qemu-cubieboard): the first build is out/qemu-cubieboard,
+# the second goes to out/repro/ and is compared; both sha256s and build times are printed.
+test-reproducible: agent-arm flash-tool vmd-arm out/templates/tiny-armhf/template.toml
+	@echo "==> building the lite qemu-cubieboard image twice: the same bytes"
+	VIRT=0 bash tests/reproducible.sh qemu-cubieboard
 
 # Built from Debian packages only; the paper's templates (templates/*/build.sh) need internet.
 templates: $(STAMP)

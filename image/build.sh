@@ -12,6 +12,12 @@
 #           p3 ext4  "rootfs-b": slot B, the same size; the factory image carries the same system in both
 #           p4 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history)
 # The image size is a power of two: QEMU's SD card model requires it.
+#
+# Reproducible: the same tree gives the same sdcard.img bytes (tests/reproducible.sh). File times are
+# SOURCE_DATE_EPOCH (default: the last commit's time), the file systems' UUIDs, hash seed and FAT
+# volume id are derived from the board and version, the initramfs is sorted with fixed owners and times.
+# Env: OUT (output directory, default out/BOARD), VIRT (0: the lite image), VERSION (default: git
+# describe), SOURCE_DATE_EPOCH, AGENT, VMD, FLASH (the binaries, default: cargo's target/).
 set -euo pipefail
 BOARD=${1:?usage: image/build.sh BOARD}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,8 +30,34 @@ AGENT=${AGENT:-target/armv7-unknown-linux-gnueabihf/release/betaas-agent}
 [ -x "$AGENT" ] || { echo "image: $AGENT missing: run 'make agent-arm'" >&2; exit 1; }
 file "$AGENT" | grep -q 'ARM, EABI5.*statically linked' || { echo "image: $AGENT is not a static ARM binary" >&2; exit 1; }
 
-OUT=out/$BOARD
+OUT=${OUT:-out/$BOARD}
 ST=$OUT/staging
+VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+export SOURCE_DATE_EPOCH   # mkimage's boot.scr header time
+# A UUID (RFC 4122 layout, version 5 bits) from sha256 of the board, the version and NAME: the same
+# build gets the same file system identities, another board or version other ones.
+uuid_for() { # NAME
+  local h
+  h=$(printf 'betaas %s %s %s' "$BOARD" "$VERSION" "$1" | sha256sum | cut -c1-32)
+  printf '%s-%s-5%s-%x%s-%s\n' "${h:0:8}" "${h:8:4}" "${h:13:3}" $(( (0x${h:16:1} & 3) | 8 )) "${h:17:3}" "${h:20:12}"
+}
+fix_times() { # DIR: every file, directory and link dated SOURCE_DATE_EPOCH
+  find "$1" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+}
+# An ext4 image of DIR. mke2fs -d copies each file's times, but ctime cannot be set on the host:
+# debugfs sets it afterwards (the superblock times come from E2FSPROGS_FAKE_TIME).
+mkext4() { # LABEL DIR FILE SIZE
+  local label=$1 dir=$2 img=$3 size=$4 uuid seed err
+  uuid=$(uuid_for "$label") seed=$(uuid_for "$label hash_seed")
+  fix_times "$dir"
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L "$label" -U "$uuid" \
+    -E "root_owner=0:0,hash_seed=$seed" -d "$dir" "$img" "$size"
+  err=$( (echo "sif / ctime @$SOURCE_DATE_EPOCH"
+          cd "$dir" && find . -mindepth 1 -printf '/%P\n' | sed "s|.*|sif \"&\" ctime @$SOURCE_DATE_EPOCH|") \
+        | E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f - "$img" 2>&1 >/dev/null | grep -v '^debugfs [0-9]' || true)
+  [ -z "$err" ] || { echo "image: setting the file times in $img: $err" >&2; exit 1; }
+}
 # 1 + boot + rootfs + data < the image size, a power of two (QEMU's SD card model requires it).
 # With virtualization the rootfs holds libvirt, QEMU and the templates, and the data partition the
 # VMs' overlays, unpacked container roots and saved states (a 128 MiB guest saves ~130 MiB).
@@ -53,12 +85,13 @@ rm -rf "$ST" && mkdir -p "$ST"
 # Modules with their dependencies, from a depmod of the package's own tree (the .deb ships no modules.dep).
 step "resolving kernel modules ($KVER)"
 [ -f "$KMOD/modules.dep" ] || depmod -b "$PK/linux-image-armmp/usr" "$KVER"
-ROOT_MODULES="crc32c_generic sunxi-mmc ext4"     # to mount the root filesystem
-case "$PARTITION" in /dev/vd*) ROOT_MODULES="crc32c_generic virtio_blk ext4";; esac
+ROOT_MODULES=(crc32c_generic sunxi-mmc ext4)     # to mount the root filesystem
+case "$PARTITION" in /dev/vd*) ROOT_MODULES=(crc32c_generic virtio_blk ext4) ;; esac
 # The boot partition is mounted read-only at /boot to pick up a provisioned /boot/betaas/agent.toml.
-BASE_MODULES="vfat nls_cp437 nls_ascii"
+BASE_MODULES=(vfat nls_cp437 nls_ascii)
 # RAUC mounts an update bundle (a squashfs image) through a loop device.
-BASE_MODULES="$BASE_MODULES loop squashfs"
+BASE_MODULES+=(loop squashfs)
+read -r -a BOARD_MODULES <<< "$MODULES"   # board.conf: a space-separated list
 module_files() { # NAME... -> relative .ko paths, dependencies first, each once
   for m in "$@"; do
     local path
@@ -100,8 +133,9 @@ install -m 0755 "$PK/busybox-static/usr/bin/busybox" "$IR/bin/busybox"
 for a in sh mount umount modprobe switch_root sed sleep cat; do ln -s busybox "$IR/bin/$a"; done
 ln -s bin "$IR/sbin"
 install -m 0755 image/initramfs/init "$IR/init"
-install_modules "$IR" $ROOT_MODULES
-(cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner 0:0) | gzip -9n > "$ST/initrd.img"
+install_modules "$IR" "${ROOT_MODULES[@]}"
+fix_times "$IR"
+(cd "$IR" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner 0:0 --reproducible) | gzip -9n > "$ST/initrd.img"
 
 step "root filesystem"
 RF=$ST/rootfs
@@ -109,7 +143,7 @@ mkdir -p "$RF"/{dev,proc,sys,run,tmp,root,mnt,etc/betaas,var/lib/betaas,var/log,
 busybox_into "$RF"
 cp -a image/rootfs/. "$RF/"
 [ -d "boards/$BOARD/overlay" ] && cp -a "boards/$BOARD/overlay/." "$RF/"
-install_modules "$RF" $MODULES $BASE_MODULES
+install_modules "$RF" "${BOARD_MODULES[@]}" "${BASE_MODULES[@]}"
 tty=${CONSOLE%%,*}
 sed -i "s/@CONSOLE_TTY@/$tty/" "$RF/etc/inittab"
 echo "betaas-$BOARD" > "$RF/etc/hostname"
@@ -220,7 +254,6 @@ fi
 install -m 0644 "boards/$BOARD/agent.toml" "$RF/etc/betaas/agent.toml"
 step "checking the shipped agent config with the ARM agent itself"
 qemu-arm-static "$RF/usr/bin/betaas-agent" check-config --config "$RF/etc/betaas/agent.toml"
-VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 cat > "$RF/etc/os-release" <<OSR
 NAME="BETaaS gateway firmware"
 ID=betaas
@@ -246,15 +279,18 @@ if [ -n "$UBOOT_TARGET" ]; then
   mkimage -A arm -O linux -T script -C none -n "BETaaS A/B boot" -d "$ST/boot.cmd" "$BT/boot.scr" >/dev/null
 fi
 rm -f "$ST/boot.vfat"
-mkfs.vfat -n BOOT -C "$ST/boot.vfat" $((BOOT_MB * 1024)) >/dev/null
-[ -z "$(ls "$BT")" ] || mcopy -s -i "$ST/boot.vfat" "$BT"/* ::/
+# -i: a volume id from the build; --invariant: a fixed time in the volume label's entry (mkfs.fat 4.2
+# ignores SOURCE_DATE_EPOCH there); mcopy -m keeps the files' (fixed) times.
+mkfs.vfat --invariant -i "$(uuid_for boot | cut -c1-8)" -n BOOT -C "$ST/boot.vfat" $((BOOT_MB * 1024)) >/dev/null
+fix_times "$BT"
+[ -z "$(ls "$BT")" ] || mcopy -m -s -i "$ST/boot.vfat" "$BT"/* ::/
 
 step "ext4 partitions"
-# Fixed timestamps and UUID-less hashing keep rebuilds comparable; -E root_owner: files belong to root.
-mke2fs -q -F -t ext4 -L rootfs -E root_owner=0:0 -d "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
+# Fixed times, UUIDs and hash seeds (mkext4); -E root_owner: files belong to root.
+mkext4 rootfs "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
 cp "$RF/etc/betaas-release" "$OUT/version"
 mkdir -p "$ST/data"
-mke2fs -q -F -t ext4 -L data -E root_owner=0:0 -d "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
+mkext4 data "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
 
 step "disk image ($IMG_MB MiB)"
 IMG=$OUT/sdcard.img
@@ -262,6 +298,7 @@ rm -f "$IMG"
 truncate -s "${IMG_MB}M" "$IMG"
 sfdisk -q "$IMG" <<SF
 label: dos
+label-id: 0x$(uuid_for disk | cut -c1-8)
 start=1MiB, size=${BOOT_MB}MiB, type=c, bootable
 size=${ROOT_MB}MiB, type=83
 size=${ROOT_MB}MiB, type=83
@@ -322,7 +359,7 @@ fi
 
 step "manifest"
 {
-  echo "# out/$BOARD built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git describe --always --dirty 2>/dev/null || echo unknown)"
+  echo "# $BOARD image $VERSION, file times $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ) (SOURCE_DATE_EPOCH)"
   echo "# package version sha256(.deb) file"
   cat "$OUT/packages.txt"
   echo "kernel $KVER"
@@ -354,4 +391,4 @@ FLASH=${FLASH:-target/debug/betaas-flash}
   --from "$ST/rootfs.ext4@$((1 + BOOT_MB + ROOT_MB))MiB" \
   --from "$ST/data.ext4@$((1 + BOOT_MB + 2 * ROOT_MB))MiB"
 echo "==> [$BOARD] write it to an SD card: make flash BOARD=$BOARD DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]"
-step "done: $IMG"
+step "done: $IMG ($SECONDS s)"
