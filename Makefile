@@ -1,7 +1,7 @@
 # BETaaS gateway firmware — the front door.
 #   make qemu                 boot the firmware in QEMU with an emulated I2C sensor and a local broker
-#   make test                 lint (fmt, clippy), unit tests, end-to-end tests under QEMU, fuzzers
-#                             (installs what it needs)
+#   make test                 lint (fmt, clippy, shellcheck), unit tests, end-to-end tests under QEMU
+#                             (the image built twice: the same bytes), fuzzers (installs what it needs)
 #   make agent-arm            the static ARM agent
 #   make vmd-arm              betaas-vmd for armhf, linked against Debian's armhf libvirt (out/sysroot-armhf)
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
@@ -79,11 +79,13 @@ qemu: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
 	cargo run --quiet --locked -p betaas-e2e --bin qemu-demo
 
-# Formatting and clippy with warnings as errors (the workspace's lints: Cargo.toml), every target.
+# Formatting and clippy with warnings as errors (the workspace's lints: Cargo.toml), every target;
+# shellcheck over the shell scripts (tests/shellcheck.sh: the file set, settings in .shellcheckrc).
 lint: $(STAMP)
-	@echo "==> cargo fmt --check, cargo clippy -D warnings"
+	@echo "==> cargo fmt --check, cargo clippy -D warnings, shellcheck"
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	bash tests/shellcheck.sh
 
 test-unit: $(STAMP)
 	@echo "==> host unit tests"

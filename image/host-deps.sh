@@ -7,6 +7,7 @@ need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
 SUDO=$(need_root)
 
 # The Debian mirror comes from the host's own apt sources; override with MIRROR=...
+# shellcheck source=mirror.sh
 . "$(dirname "$0")/mirror.sh"
 
 APT_PKGS=(
@@ -48,6 +49,7 @@ updated=0
 apt_update() { [ "$updated" = 1 ] || { echo "==> apt-get update"; $SUDO apt-get update -q; updated=1; }; }
 
 if ! qemu_ok; then
+  # shellcheck source=/dev/null   # the host's file, not the repository's
   codename=$(. /etc/os-release; echo "${VERSION_CODENAME:-bookworm}")
   list=/etc/apt/sources.list.d/betaas-backports.list
   if [ "$codename" = bookworm ] && [ ! -f "$list" ]; then
