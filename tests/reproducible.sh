@@ -10,6 +10,11 @@ BOARD=${1:-qemu-cubieboard}
 cd "$(dirname "$0")/.."
 first=out/$BOARD
 second=out/repro/$BOARD
+# Both builds from the same inputs, even if a commit lands between them (the version and the file
+# times come from git otherwise).
+VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+export VERSION SOURCE_DATE_EPOCH
 
 declare -A took sum
 for out in "$first" "$second"; do
@@ -20,7 +25,7 @@ for out in "$first" "$second"; do
   sum[$out]=$(sha256sum "$out/sdcard.img" | cut -d' ' -f1)
 done
 
-echo "==> reproducible: $BOARD sdcard.img"
+echo "==> reproducible: $BOARD sdcard.img, version $VERSION, SOURCE_DATE_EPOCH $SOURCE_DATE_EPOCH"
 for out in "$first" "$second"; do
   printf '    %s  %s/sdcard.img  (built in %s s)\n' "${sum[$out]}" "$out" "${took[$out]}"
 done
