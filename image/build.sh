@@ -126,6 +126,7 @@ busybox_into() { # DEST: the static busybox and one symlink per applet
   install -D -m 0755 "$PK/busybox-static/usr/bin/busybox" "$dest/bin/busybox"
   local a applets
   mapfile -t applets < <(qemu-arm-static "$dest/bin/busybox" --list-full)
+  # (a process substitution's exit status is lost: a busybox that did not run lists nothing)
   [ ${#applets[@]} -gt 100 ] || { echo "image: busybox --list-full listed ${#applets[@]} applets" >&2; exit 1; }
   for a in "${applets[@]}"; do
     [ -e "$dest/$a" ] || { mkdir -p "$dest/$(dirname "$a")"; ln -s /bin/busybox "$dest/$a"; }
