@@ -1,7 +1,7 @@
 # BETaaS gateway firmware — the front door.
 #   make qemu                 boot the firmware in QEMU with an emulated I2C sensor and a local broker
-#   make test                 lint (fmt, clippy), unit tests, end-to-end tests under QEMU, fuzzers
-#                             (installs what it needs)
+#   make test                 lint (fmt, clippy, shellcheck), unit tests, end-to-end tests under QEMU
+#                             (the image built twice: the same bytes), fuzzers (installs what it needs)
 #   make agent-arm            the static ARM agent
 #   make vmd-arm              betaas-vmd for armhf, linked against Debian's armhf libvirt (out/sysroot-armhf)
 #   make image BOARD=<board>  out/<board>/ (boards/: cubietruck, qemu-cubieboard, qemu-virt)
@@ -25,7 +25,7 @@ LGW_ARCH ?= x86_64
 APP_ARCH ?= x86_64 armhf
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e fuzz bench clean templates lgw templates-app flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e test-reproducible fuzz bench clean templates lgw templates-app flash flash-tool
 
 all: agent-arm
 
@@ -82,11 +82,13 @@ qemu: $(STAMP)
 	$(MAKE) image BOARD=qemu-cubieboard
 	cargo run --quiet --locked -p betaas-e2e --bin qemu-demo
 
-# Formatting and clippy with warnings as errors (the workspace's lints: Cargo.toml), every target.
+# Formatting and clippy with warnings as errors (the workspace's lints: Cargo.toml), every target;
+# shellcheck over the shell scripts (tests/shellcheck.sh: the file set, settings in .shellcheckrc).
 lint: $(STAMP)
-	@echo "==> cargo fmt --check, cargo clippy -D warnings"
+	@echo "==> cargo fmt --check, cargo clippy -D warnings, shellcheck"
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	bash tests/shellcheck.sh
 
 test-unit: $(STAMP)
 	@echo "==> host unit tests"
@@ -96,8 +98,8 @@ test-e2e: $(STAMP)
 	$(MAKE) vmd-arm
 	# qemu-cubieboard (U-Boot, A/B updates, API, flash) as the lite image (VIRT=0): none of its tests
 	# runs VMs, and its 96 MiB slots keep the update tests' downloads and writes short; qemu-virt and
-	# cubietruck carry the local cloud.
-	VIRT=0 $(MAKE) image BOARD=qemu-cubieboard
+	# cubietruck carry the local cloud. Built twice: the second build must give the same bytes.
+	$(MAKE) test-reproducible
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml
@@ -108,6 +110,12 @@ test-e2e: $(STAMP)
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture --skip nested_tcg --skip in_a_vm
 	@echo "==> the tiny template boots, ticks and powers off (x86_64 and armhf, QEMU TCG)"
 	cargo test --locked -p betaas-templates --test tiny_boot -- --ignored --test-threads=1 --nocapture
+
+# `make image` twice gives the same sdcard.img (lite qemu-cubieboard): the first build is out/qemu-cubieboard,
+# the second goes to out/repro/ and is compared; both sha256s and build times are printed.
+test-reproducible: agent-arm flash-tool vmd-arm out/templates/tiny-armhf/template.toml
+	@echo "==> building the lite qemu-cubieboard image twice: the same bytes"
+	VIRT=0 bash tests/reproducible.sh qemu-cubieboard
 
 # Built from Debian packages only; the paper's templates (templates/*/build.sh) need internet.
 templates: $(STAMP)

@@ -12,20 +12,53 @@
 #           p3 ext4  "rootfs-b": slot B, the same size; the factory image carries the same system in both
 #           p4 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history)
 # The image size is a power of two: QEMU's SD card model requires it.
+#
+# Reproducible: the same tree gives the same sdcard.img bytes (tests/reproducible.sh). File times are
+# SOURCE_DATE_EPOCH (default: the last commit's time), the file systems' UUIDs, hash seed and FAT
+# volume id are derived from the board and version, the initramfs is sorted with fixed owners and times.
+# Env: OUT (output directory, default out/BOARD), VIRT (0: the lite image), VERSION (default: git
+# describe), SOURCE_DATE_EPOCH, AGENT, VMD, FLASH (the binaries, default: cargo's target/).
 set -euo pipefail
 BOARD=${1:?usage: image/build.sh BOARD}
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 conf=boards/$BOARD/board.conf
-[ -f "$conf" ] || { echo "image: no board '$BOARD' (boards: $(ls boards | tr '\n' ' '))" >&2; exit 2; }
+[ -f "$conf" ] || { echo "image: no board '$BOARD' (boards: $(cd boards && echo *))" >&2; exit 2; }
+# The board's file, chosen at run time (tests/shellcheck.sh checks each board.conf on its own).
 # shellcheck disable=SC1090
 . "$conf"
 AGENT=${AGENT:-target/armv7-unknown-linux-gnueabihf/release/betaas-agent}
 [ -x "$AGENT" ] || { echo "image: $AGENT missing: run 'make agent-arm'" >&2; exit 1; }
 file "$AGENT" | grep -q 'ARM, EABI5.*statically linked' || { echo "image: $AGENT is not a static ARM binary" >&2; exit 1; }
 
-OUT=out/$BOARD
+OUT=${OUT:-out/$BOARD}
 ST=$OUT/staging
+VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+export SOURCE_DATE_EPOCH   # mkimage's boot.scr header time
+# A UUID (RFC 4122 layout, version 5 bits) from sha256 of the board, the version and NAME: the same
+# build gets the same file system identities, another board or version other ones.
+uuid_for() { # NAME
+  local h
+  h=$(printf 'betaas %s %s %s' "$BOARD" "$VERSION" "$1" | sha256sum | cut -c1-32)
+  printf '%s-%s-5%s-%x%s-%s\n' "${h:0:8}" "${h:8:4}" "${h:13:3}" $(( (0x${h:16:1} & 3) | 8 )) "${h:17:3}" "${h:20:12}"
+}
+fix_times() { # DIR: every file, directory and link dated SOURCE_DATE_EPOCH
+  find "$1" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+}
+# An ext4 image of DIR. mke2fs -d copies each file's times, but ctime cannot be set on the host:
+# debugfs sets it afterwards (the superblock times come from E2FSPROGS_FAKE_TIME).
+mkext4() { # LABEL DIR FILE SIZE
+  local label=$1 dir=$2 img=$3 size=$4 uuid seed err
+  uuid=$(uuid_for "$label") seed=$(uuid_for "$label hash_seed")
+  fix_times "$dir"
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L "$label" -U "$uuid" \
+    -E "root_owner=0:0,hash_seed=$seed" -d "$dir" "$img" "$size"
+  err=$( (echo "sif / ctime @$SOURCE_DATE_EPOCH"
+          cd "$dir" && find . -mindepth 1 -printf '/%P\n' | sed "s|.*|sif \"&\" ctime @$SOURCE_DATE_EPOCH|") \
+        | E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f - "$img" 2>&1 >/dev/null | grep -v '^debugfs [0-9]' || true)
+  [ -z "$err" ] || { echo "image: setting the file times in $img: $err" >&2; exit 1; }
+}
 # 1 + boot + rootfs + data < the image size, a power of two (QEMU's SD card model requires it).
 # With virtualization the rootfs holds libvirt, QEMU and the templates, and the data partition the
 # VMs' overlays, unpacked container roots and saved states (a 128 MiB guest saves ~130 MiB).
@@ -53,27 +86,34 @@ rm -rf "$ST" && mkdir -p "$ST"
 # Modules with their dependencies, from a depmod of the package's own tree (the .deb ships no modules.dep).
 step "resolving kernel modules ($KVER)"
 [ -f "$KMOD/modules.dep" ] || depmod -b "$PK/linux-image-armmp/usr" "$KVER"
-ROOT_MODULES="crc32c_generic sunxi-mmc ext4"     # to mount the root filesystem
-case "$PARTITION" in /dev/vd*) ROOT_MODULES="crc32c_generic virtio_blk ext4";; esac
+ROOT_MODULES=(crc32c_generic sunxi-mmc ext4)     # to mount the root filesystem
+case "$PARTITION" in /dev/vd*) ROOT_MODULES=(crc32c_generic virtio_blk ext4) ;; esac
 # The boot partition is mounted read-only at /boot to pick up a provisioned /boot/betaas/agent.toml.
-BASE_MODULES="vfat nls_cp437 nls_ascii"
+BASE_MODULES=(vfat nls_cp437 nls_ascii)
 # RAUC mounts an update bundle (a squashfs image) through a loop device.
-BASE_MODULES="$BASE_MODULES loop squashfs"
+BASE_MODULES+=(loop squashfs)
+read -r -a BOARD_MODULES <<< "$MODULES"   # board.conf: a space-separated list
 module_files() { # NAME... -> relative .ko paths, dependencies first, each once
+  local m path deps i
   for m in "$@"; do
-    local path
     path=$(awk -v m="$m" -F: '{ n=$1; sub(/.*\//,"",n); sub(/\.ko.*/,"",n); gsub(/-/,"_",n); k=m; gsub(/-/,"_",k); if (n==k) { print; exit } }' "$KMOD/modules.dep")
     if [ -z "$path" ]; then
       grep -q "/${m//-/[-_]}\.ko" "$KMOD/modules.builtin" || { echo "image: module $m not in $KVER" >&2; exit 1; }
       continue
     fi
-    for dep in $(echo "${path#*:}" | tr ' ' '\n' | tac) "${path%%:*}"; do echo "$dep"; done
+    # modules.dep lists the dependencies in reverse load order: print them backwards, then the module.
+    read -r -a deps <<< "${path#*:}"
+    for ((i = ${#deps[@]} - 1; i >= 0; i--)); do echo "${deps[i]}"; done
+    echo "${path%%:*}"
   done | awk 'NF && !seen[$0]++'
 }
 install_modules() { # DEST NAME...
   local dest=$1; shift
-  local f
-  for f in $(module_files "$@"); do
+  local out f files=()
+  # Resolved first, not in `for … in $(…)`: that would drop module_files' exit status (a missing module).
+  out=$(module_files "$@") || { echo "image: kernel modules for ${dest#"$ST"/} not resolved: $*" >&2; exit 1; }
+  [ -z "$out" ] || mapfile -t files <<< "$out"
+  for f in "${files[@]}"; do
     install -D -m 0644 "$KMOD/$f" "$dest/lib/modules/$KVER/$f"
   done
   cp "$KMOD/modules.order" "$KMOD/modules.builtin" "$KMOD/modules.builtin.modinfo" "$dest/lib/modules/$KVER/"
@@ -84,8 +124,11 @@ install_modules() { # DEST NAME...
 busybox_into() { # DEST: the static busybox and one symlink per applet
   local dest=$1
   install -D -m 0755 "$PK/busybox-static/usr/bin/busybox" "$dest/bin/busybox"
-  local a
-  for a in $(qemu-arm-static "$dest/bin/busybox" --list-full); do
+  local a applets
+  mapfile -t applets < <(qemu-arm-static "$dest/bin/busybox" --list-full)
+  # (a process substitution's exit status is lost: a busybox that did not run lists nothing)
+  [ ${#applets[@]} -gt 100 ] || { echo "image: busybox --list-full listed ${#applets[@]} applets" >&2; exit 1; }
+  for a in "${applets[@]}"; do
     [ -e "$dest/$a" ] || { mkdir -p "$dest/$(dirname "$a")"; ln -s /bin/busybox "$dest/$a"; }
   done
 }
@@ -97,8 +140,9 @@ install -m 0755 "$PK/busybox-static/usr/bin/busybox" "$IR/bin/busybox"
 for a in sh mount umount modprobe switch_root sed sleep cat; do ln -s busybox "$IR/bin/$a"; done
 ln -s bin "$IR/sbin"
 install -m 0755 image/initramfs/init "$IR/init"
-install_modules "$IR" $ROOT_MODULES
-(cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --quiet --owner 0:0) | gzip -9n > "$ST/initrd.img"
+install_modules "$IR" "${ROOT_MODULES[@]}"
+fix_times "$IR"
+(cd "$IR" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner 0:0 --reproducible) | gzip -9n > "$ST/initrd.img"
 
 step "root filesystem"
 RF=$ST/rootfs
@@ -106,7 +150,7 @@ mkdir -p "$RF"/{dev,proc,sys,run,tmp,root,mnt,etc/betaas,var/lib/betaas,var/log,
 busybox_into "$RF"
 cp -a image/rootfs/. "$RF/"
 [ -d "boards/$BOARD/overlay" ] && cp -a "boards/$BOARD/overlay/." "$RF/"
-install_modules "$RF" $MODULES $BASE_MODULES
+install_modules "$RF" "${BOARD_MODULES[@]}" "${BASE_MODULES[@]}"
 tty=${CONSOLE%%,*}
 sed -i "s/@CONSOLE_TTY@/$tty/" "$RF/etc/inittab"
 echo "betaas-$BOARD" > "$RF/etc/hostname"
@@ -127,10 +171,11 @@ install_dynamic() { # PKG|FILE PATH: installs dl/pkgs/PKG/PATH (or FILE) at PATH
   local from=$PK/$1/$2
   [ -f "$1" ] && from=$1
   install -D -m 0755 "$from" "$RF/$2"
-  local todo=("$RF/$2") seen=" " f so src
+  local todo=("$RF/$2") seen=" " f so src needed
   while [ ${#todo[@]} -gt 0 ]; do
     f=${todo[0]} todo=("${todo[@]:1}")
-    for so in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    mapfile -t needed < <(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+    for so in "${needed[@]}"; do
       case "$seen" in *" $so "*) continue ;; esac
       seen="$seen$so "
       src=$(find "$PK"/lib* "$PK"/zlib1g -path '*/arm-linux-gnueabihf/*' -name "$so" 2>/dev/null | head -1)
@@ -217,7 +262,6 @@ fi
 install -m 0644 "boards/$BOARD/agent.toml" "$RF/etc/betaas/agent.toml"
 step "checking the shipped agent config with the ARM agent itself"
 qemu-arm-static "$RF/usr/bin/betaas-agent" check-config --config "$RF/etc/betaas/agent.toml"
-VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 cat > "$RF/etc/os-release" <<OSR
 NAME="BETaaS gateway firmware"
 ID=betaas
@@ -243,15 +287,18 @@ if [ -n "$UBOOT_TARGET" ]; then
   mkimage -A arm -O linux -T script -C none -n "BETaaS A/B boot" -d "$ST/boot.cmd" "$BT/boot.scr" >/dev/null
 fi
 rm -f "$ST/boot.vfat"
-mkfs.vfat -n BOOT -C "$ST/boot.vfat" $((BOOT_MB * 1024)) >/dev/null
-[ -z "$(ls "$BT")" ] || mcopy -s -i "$ST/boot.vfat" "$BT"/* ::/
+# -i: a volume id from the build; --invariant: a fixed time in the volume label's entry (mkfs.fat 4.2
+# ignores SOURCE_DATE_EPOCH there); mcopy -m keeps the files' (fixed) times.
+mkfs.vfat --invariant -i "$(uuid_for boot | cut -c1-8)" -n BOOT -C "$ST/boot.vfat" $((BOOT_MB * 1024)) >/dev/null
+fix_times "$BT"
+[ -z "$(ls "$BT")" ] || mcopy -m -s -i "$ST/boot.vfat" "$BT"/* ::/
 
 step "ext4 partitions"
-# Fixed timestamps and UUID-less hashing keep rebuilds comparable; -E root_owner: files belong to root.
-mke2fs -q -F -t ext4 -L rootfs -E root_owner=0:0 -d "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
+# Fixed times, UUIDs and hash seeds (mkext4); -E root_owner: files belong to root.
+mkext4 rootfs "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
 cp "$RF/etc/betaas-release" "$OUT/version"
 mkdir -p "$ST/data"
-mke2fs -q -F -t ext4 -L data -E root_owner=0:0 -d "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
+mkext4 data "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
 
 step "disk image ($IMG_MB MiB)"
 IMG=$OUT/sdcard.img
@@ -259,6 +306,7 @@ rm -f "$IMG"
 truncate -s "${IMG_MB}M" "$IMG"
 sfdisk -q "$IMG" <<SF
 label: dos
+label-id: 0x$(uuid_for disk | cut -c1-8)
 start=1MiB, size=${BOOT_MB}MiB, type=c, bootable
 size=${ROOT_MB}MiB, type=83
 size=${ROOT_MB}MiB, type=83
@@ -286,6 +334,7 @@ if [ "$OUTPUT" = qemu ]; then
   else
     boot_args="-kernel zImage -initrd initrd.img -append \"$cmdline\"${DTB:+ -dtb $DTB}"
   fi
+  disk=${QEMU_DISK/sdcard.img/\"\$img\"}   # the script boots its copy of the image
   cat > "$OUT/run-qemu.sh" <<RUN
 #!/bin/sh
 # Generated by image/build.sh for board $BOARD. Extra QEMU arguments are appended, e.g.
@@ -312,14 +361,14 @@ net="$QEMU_NET"
 [ -z "\${HOSTFWD:-}" ] || net=\$(echo "\$net" | sed "s|user|user,hostfwd=\$HOSTFWD|")
 cd "\$here"
 exec qemu-system-arm $QEMU_MACHINE -nographic -no-reboot \\
-  $(echo "$QEMU_DISK" | sed 's/sdcard\.img/"$img"/') \$net $QEMU_DEVICES $boot_args "\$@"
+  $disk \$net $QEMU_DEVICES $boot_args "\$@"
 RUN
   chmod +x "$OUT/run-qemu.sh"
 fi
 
 step "manifest"
 {
-  echo "# out/$BOARD built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git describe --always --dirty 2>/dev/null || echo unknown)"
+  echo "# $BOARD image $VERSION, file times $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ) (SOURCE_DATE_EPOCH)"
   echo "# package version sha256(.deb) file"
   cat "$OUT/packages.txt"
   echo "kernel $KVER"
@@ -351,4 +400,4 @@ FLASH=${FLASH:-target/debug/betaas-flash}
   --from "$ST/rootfs.ext4@$((1 + BOOT_MB + ROOT_MB))MiB" \
   --from "$ST/data.ext4@$((1 + BOOT_MB + 2 * ROOT_MB))MiB"
 echo "==> [$BOARD] write it to an SD card: make flash BOARD=$BOARD DEVICE=/dev/sdX [CONFIG=agent.toml] [PROVISION=dir]"
-step "done: $IMG"
+step "done: $IMG ($SECONDS s)"

@@ -9,6 +9,7 @@
 #      ARCH (default: armhf). Another ARCH keeps its own state: dl/apt-<arch>/, dl/pkgs-<arch>/<name>/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=mirror.sh
 . "$here/mirror.sh"
 SUITE=${SUITE:-stable}
 DL=${DL:-dl}
@@ -34,6 +35,13 @@ if [ -z "$(find "$W/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null 
   apt-get "${APT[@]}" -q update >&2
 fi
 
+deb_file() { # NAME VERSION: the downloaded .deb (for ARCH or all), or nothing
+  local f
+  for f in "$DL/debs/${1}_${2//:/%3a}_"{"$ARCH",all}.deb; do
+    if [ -f "$f" ]; then echo "$f"; return; fi
+  done
+}
+
 resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-image-* dependency
   local name=$1 dep
   dep=$(apt-cache "${APT[@]}" depends "$name" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
@@ -43,13 +51,13 @@ resolve() { # a metapackage (linux-image-armmp) resolves to its first linux-imag
 # The same request again, with the same package lists, every package still downloaded and unpacked:
 # the previous answer.
 answer=$W/answer-$(echo "$ARCH $*" | sha256sum | cut -c1-16)
-newest=$(ls -t "$W"/lists/*Packages* | head -1)
+newest=$(find "$W/lists" -maxdepth 1 -name '*Packages*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
 if [ -f "$answer" ] && [ "$answer" -nt "$newest" ]; then
   ok=1
   while read -r name ver _ deb; do
-    [ -f "$DL/debs/$deb" ] && [ "$(cat "$PK/$name/.version" 2>/dev/null)" = "$ver" ] || { ok=0; break; }
+    if [ ! -f "$DL/debs/$deb" ] || [ "$(cat "$PK/$name/.version" 2>/dev/null)" != "$ver" ]; then ok=0; break; fi
   done < "$answer"
-  [ $ok = 1 ] && { cat "$answer"; exit 0; }
+  if [ $ok = 1 ]; then cat "$answer"; exit 0; fi
 fi
 
 answer_all() {
@@ -66,10 +74,10 @@ answer_all() {
       done
       todo=()
       [ ${#layer[@]} -gt 0 ] || break
-      for d in $(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "${layer[@]}" 2>/dev/null \
-                 | awk '/^ *(Pre)?Depends: [^<]/ {print $2}'); do
+      while read -r d; do
         case "$d" in lib*|zlib1g) todo+=("${d%%:*}") ;; esac
-      done
+      done < <(apt-cache "${APT[@]}" depends --no-recommends --no-suggests "${layer[@]}" 2>/dev/null \
+                 | awk '/^ *(Pre)?Depends: [^<]/ {print $2}')
     done
   fi
 
@@ -86,11 +94,11 @@ answer_all() {
     want=${*:i+1:1} name=${names[$i]}
     ver=${version[$name]:-}
     [ -n "$ver" ] || { echo "debs: package $name not found in $SUITE/$ARCH" >&2; exit 1; }
-    deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
+    deb=$(deb_file "$name" "$ver")
     if [ -z "$deb" ]; then
       echo "==> downloading $name $ver" >&2
       (cd "$DL/debs" && apt-get "${APT[@]}" -q download "$name=$ver" >&2)
-      deb=$(ls "$DL/debs/${name}_${ver//:/%3a}_"{"$ARCH",all}.deb 2>/dev/null | head -1 || true)
+      deb=$(deb_file "$name" "$ver")
       [ -n "$deb" ] || { echo "debs: $name $ver ($ARCH) not in $DL/debs after download" >&2; exit 1; }
     fi
     dest=$PK/$name

@@ -7,6 +7,7 @@ need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
 SUDO=$(need_root)
 
 # The Debian mirror comes from the host's own apt sources; override with MIRROR=...
+# shellcheck source=mirror.sh
 . "$(dirname "$0")/mirror.sh"
 
 APT_PKGS=(
@@ -26,6 +27,7 @@ APT_PKGS=(
   rauc squashfs-tools                             # `make bundle`: signed RAUC update bundles (rauc bundle runs mksquashfs)
   u-boot-tools                                    # mkimage: the A/B boot script (boot.scr); fw_printenv-compatible env images
   debian-archive-keyring apt-utils
+  shellcheck                                      # make lint: the build, image and test scripts
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
@@ -50,6 +52,7 @@ updated=0
 apt_update() { [ "$updated" = 1 ] || { echo "==> apt-get update"; $SUDO apt-get update -q; updated=1; }; }
 
 if ! qemu_ok; then
+  # shellcheck source=/dev/null   # the host's file, not the repository's
   codename=$(. /etc/os-release; echo "${VERSION_CODENAME:-bookworm}")
   list=/etc/apt/sources.list.d/betaas-backports.list
   if [ "$codename" = bookworm ] && [ ! -f "$list" ]; then

@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
     *) usage ;;
   esac
 done
-[ -n "$out" ] && [ -n "$instance" ] && [ ${#gateways[@]} -gt 0 ] || usage
+if [ -z "$out" ] || [ -z "$instance" ] || [ ${#gateways[@]} -eq 0 ]; then usage; fi
 command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found (Debian: apt-get install mosquitto)"
 level "$prefix" prefix
 level "$instance" instance
@@ -57,7 +57,7 @@ for c in "${clients[@]}"; do level "$c" client; users+=("$c"); done
 filters=()
 for d in "${devices[@]}"; do
   name=${d%%=*} filter=${d#*=}
-  [ "$name" != "$d" ] && [ -n "$filter" ] || die "--device $d: use NAME=FILTER"
+  if [ "$name" = "$d" ] || [ -z "$filter" ]; then die "--device $d: use NAME=FILTER"; fi
   level "$name" device
   case "$filter" in "$prefix"/*|homeassistant/*|\$*) die "--device $d: $filter is the instance's own tree" ;; esac
   users+=("$name") filters+=("$filter")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced: sets MIRROR to the host's Debian mirror (first deb822 URIs: line or first sources.list deb line),
 # unless MIRROR is already set. No mirror host name lives in this repository.
 if [ -z "${MIRROR:-}" ]; then

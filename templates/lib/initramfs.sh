@@ -53,7 +53,8 @@ ir_tree() { # INIT "MODULES" APPLET...
   ln -s bin "$IR/sbin"
   install -m 0755 "$init" "$IR/init"
   install -D -m 0644 templates/lib/power-button.sh "$IR/lib/betaas/power-button.sh"
-  for f in $(ir_module_files $MODULES); do install -D -m 0644 "$KMOD/$f" "$IR/lib/modules/$KVER/$f"; done
+  f=$(ir_module_files $MODULES) || exit 1   # not inside `for … in $(…)`: that would drop its exit status
+  for f in $f; do install -D -m 0644 "$KMOD/$f" "$IR/lib/modules/$KVER/$f"; done
   cp "$KMOD/modules.order" "$KMOD/modules.builtin" "$KMOD/modules.builtin.modinfo" "$IR/lib/modules/$KVER/"
   depmod -b "$IR" "$KVER"
   printf '%s\n' $MODULES > "$IR/etc/modules"
