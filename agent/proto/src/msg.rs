@@ -30,6 +30,13 @@ pub enum Request {
     List,
     /// CPU time, memory and disk of one VM, for the resources monitor.
     Stats { vm: String },
+    /// `Acquire` with an environment for the guest (a container's init gets it; a clustered
+    /// worker its master's URL). A stopped VM is reused only if it was made with the same
+    /// environment. Answered `AcquiredAt`.
+    AcquireWith {
+        template: String,
+        env: Vec<(String, String)>,
+    },
 }
 
 /// What the daemon answers; exactly one response per request, with the request's id.
@@ -50,6 +57,13 @@ pub enum Response {
     Acquired {
         vm: VmInfo,
         resumed: bool,
+    },
+    /// The answer to `AcquireWith`: as `Acquired`, plus the URL the guest serves at when its
+    /// template is a clustered master or storage node (`[cluster] url` at this gateway's address).
+    AcquiredAt {
+        vm: VmInfo,
+        resumed: bool,
+        url: Option<String>,
     },
 }
 

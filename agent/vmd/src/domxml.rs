@@ -60,6 +60,8 @@ pub struct DomainSpec {
     pub seed: Option<PathBuf>,
     /// A virtio NIC on QEMU's user-mode network (guest 10.0.2.15, the host at 10.0.2.2).
     pub user_net: bool,
+    /// A container's init environment (libvirt `<initenv>`); ignored for VMs.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Error)]
@@ -116,6 +118,13 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
         BootSpec::Container { init, .. } => {
             text_el(&mut w, "type", "exe")?;
             text_el(&mut w, "init", init)?;
+            for (k, v) in &spec.env {
+                w.write_event(Event::Start(
+                    BytesStart::new("initenv").with_attributes([("name", k.as_str())]),
+                ))?;
+                w.write_event(Event::Text(BytesText::new(v)))?;
+                w.write_event(Event::End(BytesEnd::new("initenv")))?;
+            }
         }
         boot => {
             let (arch, machine) = match spec.mark.arch {
@@ -416,6 +425,7 @@ mod tests {
             serial_log: "/var/lib/betaas/vms/betaas-tiny-1/serial.log".into(),
             seed: None,
             user_net: false,
+            env: Vec::new(),
         }
     }
 

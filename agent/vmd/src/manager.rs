@@ -60,6 +60,8 @@ pub enum VmdError {
     Xml(#[from] XmlError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("environment for the guest: {0}")]
+    BadEnv(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -83,6 +85,7 @@ impl VmdError {
             VmdError::Io { .. } => ErrorKind::Io,
             VmdError::Identity(IdentityError::Io { .. }) => ErrorKind::Io,
             VmdError::Identity(_) => ErrorKind::NoIdentity,
+            VmdError::BadEnv(_) => ErrorKind::InvalidState,
         };
         ErrorReply::new(kind, self.to_string())
     }
@@ -93,6 +96,32 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmdError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A VM's environment as given at create (`KEY=value` lines), next to its overlay.
+const ENV: &str = "env";
+
+fn env_file(env: &[(String, String)]) -> String {
+    env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// Names like shell variables, values on one line, at most 32 of them.
+fn check_env(env: &[(String, String)]) -> Result<(), VmdError> {
+    let bad = VmdError::BadEnv;
+    if env.len() > 32 {
+        return Err(bad(format!("{} variables (at most 32)", env.len())));
+    }
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok || k.starts_with("BETAAS_") || v.contains(['\n', '\0']) || v.len() > 1024 {
+            return Err(bad(format!(
+                "{k:?}: a name of letters, digits and _ (not BETAAS_*), a value of one line"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn unix_now() -> u64 {
@@ -221,6 +250,9 @@ impl Manager {
             Request::Acquire { template } => self
                 .acquire(&template)
                 .map(|(vm, resumed)| Response::Acquired { vm, resumed }),
+            Request::AcquireWith { template, env } => self
+                .acquire_with(&template, &env)
+                .map(|(vm, resumed, url)| Response::AcquiredAt { vm, resumed, url }),
             Request::Start { vm } => self.start(&vm).map(Response::Vm),
             Request::Stop { vm } => self.stop(&vm).map(Response::Vm),
             Request::Resume { vm } => self.resume(&vm).map(Response::Vm),
@@ -495,6 +527,15 @@ impl Manager {
     }
 
     pub fn create(&mut self, template: &str) -> Result<VmInfo, VmdError> {
+        self.create_with(template, &[])
+    }
+
+    /// `create` with an environment for a container's init (recorded in the VM's file `env`).
+    pub fn create_with(
+        &mut self,
+        template: &str,
+        env: &[(String, String)],
+    ) -> Result<VmInfo, VmdError> {
         let t = self
             .catalog
             .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
@@ -532,7 +573,14 @@ impl Manager {
                 .map_err(VmdError::from),
             None => Ok(()),
         }
-        .and_then(|()| self.define(&t, kind, &name, &dir));
+        .and_then(|()| {
+            if env.is_empty() {
+                return Ok(());
+            }
+            let path = dir.join(ENV);
+            std::fs::write(&path, env_file(env)).map_err(io_err(&path))
+        })
+        .and_then(|()| self.define(&t, kind, &name, &dir, env));
         if r.is_err() {
             // Nothing half-made stays behind: the overlay goes with the failed define.
             let _ = std::fs::remove_dir_all(&dir);
@@ -576,8 +624,19 @@ impl Manager {
         kind: VirtKind,
         name: &str,
         dir: &Path,
+        env: &[(String, String)],
     ) -> Result<Vm, VmdError> {
-        let spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
+        let mut spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
+        if kind == VirtKind::Lxc {
+            // Containers share the gateway's network: what they serve is at its address.
+            spec.env = vec![
+                ("BETAAS_VM".into(), name.to_owned()),
+                ("BETAAS_ADDRESS".into(), self.cfg.address.clone()),
+                ("BETAAS_VCPUS".into(), t.resources.vcpus.to_string()),
+                ("BETAAS_MEMORY_MB".into(), t.resources.memory_mb.to_string()),
+            ];
+            spec.env.extend(env.iter().cloned());
+        }
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
         }
@@ -806,17 +865,43 @@ impl Manager {
     /// The allocator's request: bring back a stopped VM of `template` if there is one, else make
     /// one. Also says whether it was brought back.
     pub fn acquire(&mut self, template: &str) -> Result<(VmInfo, bool), VmdError> {
+        self.acquire_with(template, &[]).map(|(vm, resumed, _)| (vm, resumed))
+    }
+
+    /// `acquire` with an environment for the guest: only a stopped VM made with the same
+    /// environment is reused (a worker of another master is not). Also returns the URL the
+    /// guest serves at, for a template with a `[cluster] url`.
+    pub fn acquire_with(
+        &mut self,
+        template: &str,
+        env: &[(String, String)],
+    ) -> Result<(VmInfo, bool, Option<String>), VmdError> {
+        check_env(env)?;
         self.refresh()?;
-        let pick = registry::pick_resumable(self.vms.values(), template, self.cfg.arch)
-            .map(|v| v.name.clone());
+        let want = env_file(env);
+        let same_env: Vec<&registry::Vm> = self
+            .vms
+            .values()
+            .filter(|v| {
+                std::fs::read_to_string(self.dir(&v.name).join(ENV)).unwrap_or_default() == want
+            })
+            .collect();
+        let pick =
+            registry::pick_resumable(same_env, template, self.cfg.arch).map(|v| v.name.clone());
         let (name, resumed) = match pick {
             Some(n) => {
                 tracing::info!(vm = %n, %template, "acquire: reusing a stopped VM");
                 (n, true)
             }
-            None => (self.create(template)?.name, false),
+            None => (self.create_with(template, env)?.name, false),
         };
-        Ok((self.start(&name)?, resumed))
+        let vm = self.start(&name)?;
+        let url = self
+            .catalog
+            .find(template, self.cfg.arch, false)
+            .ok()
+            .and_then(|t| t.cluster.as_ref().and_then(|c| c.url_at(&self.cfg.address)));
+        Ok((vm, resumed, url))
     }
 
     /// The dependability manager's round: a VM that died without being stopped is started again
@@ -926,5 +1011,6 @@ pub fn domain_spec(
         serial_log: dir.join(SERIAL),
         seed: (t.role == Role::Gateway && kind != VirtKind::Lxc).then(|| dir.join(identity::SEED)),
         user_net: t.network.is_some() && kind != VirtKind::Lxc,
+        env: Vec::new(),
     })
 }
