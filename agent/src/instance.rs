@@ -22,6 +22,8 @@
 //! asked on the bus) through [`crate::cloud::monitor::deploy`]; a cloud that fails is left out and
 //! the decision taken again, so it falls back to local or cancels.
 
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -132,6 +134,8 @@ pub fn random_key() -> std::io::Result<SigningKey> {
 struct Placed {
     vm: String,
     resumed: bool,
+    /// Where the guest serves (a cluster's master or storage node).
+    url: Option<String>,
 }
 
 /// This gateway's own side: capacity for VMs and what is reserved on it.
@@ -179,6 +183,8 @@ pub struct Runtime {
     sampling: std::sync::atomic::AtomicBool,
     /// VM requests being decided or carried out (each may wait minutes on a remote cloud).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// The clusters this gateway manages (requests naming a `"cluster"`), one change at a time.
+    clusters: tokio::sync::Mutex<BTreeMap<String, cluster::ClusterRec>>,
 }
 
 /// One request's place among the [`MAX_REQUESTS`], given back when its task ends (or panics).
@@ -282,6 +288,7 @@ impl Runtime {
             cfg,
             sampling: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            clusters: tokio::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -473,6 +480,11 @@ impl Runtime {
             if n % 10 == 5 {
                 self.clone().sample_vms();
             }
+            if n % 5 == 2 {
+                // The Big Data Manager: workers on a gateway that went down are replaced.
+                let me = self.clone();
+                tokio::spawn(async move { me.reconcile_all().await });
+            }
             // Heartbeats, trust and announces move the floors all the time: written at most
             // every FLOORS_EVERY (an SD card wears), so after a power cut only the last few
             // seconds of such harmless messages could be replayed.
@@ -585,6 +597,8 @@ impl Runtime {
                     template,
                     res,
                     cloud,
+                    env,
+                    cluster,
                 } => {
                     // Starting a VM takes seconds (minutes on a remote cloud): answer from a task
                     // of its own.
@@ -593,9 +607,20 @@ impl Runtime {
                         me.floors_durable().await;
                         let done = match &cloud {
                             Some(c) => me.deploy_remote(c, &template, res).await,
-                            None => me.deploy(res, &template).await,
+                            None => me.deploy(res, &template, cluster.then_some(&env[..])).await,
                         };
                         let answer = match done {
+                            Ok(p) if cluster => Body::ClusterAnswer {
+                                request,
+                                accepted: true,
+                                reason: if p.resumed {
+                                    "resumed".into()
+                                } else {
+                                    String::new()
+                                },
+                                vm: p.vm,
+                                url: p.url,
+                            },
                             Ok(p) => Body::DeployAnswer {
                                 request,
                                 accepted: true,
@@ -616,12 +641,29 @@ impl Runtime {
                         me.send(&me.msg_topic(), false, Some(&from), answer);
                     });
                 }
+                Event::ReleaseRequest { from, request, vm } => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.floors_durable().await;
+                        let r = me.release_local(&format!("{from}-{request}"), &vm).await;
+                        let accepted = r["decision"] == "released";
+                        let reason = r["reason"].as_str().unwrap_or("").to_owned();
+                        let answer = Body::DeployAnswer {
+                            request,
+                            accepted,
+                            reason,
+                            vm,
+                        };
+                        me.send(&me.msg_topic(), false, Some(&from), answer);
+                    });
+                }
                 Event::DeployAnswer {
                     from,
                     request,
                     accepted,
                     reason,
                     vm,
+                    url,
                 } => {
                     let waiter = {
                         let mut st = self.state();
@@ -640,6 +682,7 @@ impl Runtime {
                             Ok(Placed {
                                 resumed: reason == "resumed",
                                 vm,
+                                url,
                             })
                         } else {
                             Err(reason)
@@ -655,7 +698,12 @@ impl Runtime {
     /// Re-checks a request against this gateway's live capacity, reserves it, and (with a
     /// `vmd_socket`) has `betaas-vmd` resume or start a VM of the template; a VM manager failure
     /// gives the reservation back and refuses, so the requester decides again.
-    async fn deploy(self: &Arc<Self>, res: Res, template: &str) -> Result<Placed, String> {
+    async fn deploy(
+        self: &Arc<Self>,
+        res: Res,
+        template: &str,
+        env: Option<&[(String, String)]>,
+    ) -> Result<Placed, String> {
         // Just started: what still runs here comes first (it may have been running all along).
         let unsynced = self
             .cfg
@@ -672,16 +720,21 @@ impl Runtime {
         };
         let vmd = crate::vm::Vmd::new(&socket);
         let t = template.to_owned();
-        let started = tokio::task::spawn_blocking(move || vmd.acquire(&t))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let env = env.map(<[_]>::to_vec);
+        let started = tokio::task::spawn_blocking(move || match env {
+            Some(env) => vmd.acquire_with(&t, &env),
+            None => vmd.acquire(&t).map(|(vm, resumed)| (vm, resumed, None)),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match started {
-            Ok((vm, resumed)) => {
+            Ok((vm, resumed, url)) => {
                 info!(template, vm = %vm.name, state = ?vm.state, resumed, "VM running");
                 self.state().local.res.started(token, &vm.name);
                 Ok(Placed {
                     vm: vm.name,
                     resumed,
+                    url,
                 })
             }
             Err(e) => {
@@ -720,6 +773,7 @@ impl Runtime {
             Ok(d) => Ok(Placed {
                 vm: d.id,
                 resumed: d.resumed,
+                url: None,
             }),
             Err(e) => Err(e.to_string()),
         }
@@ -794,6 +848,9 @@ impl Runtime {
                 _ => self.release(&id, vm, &v["target"]).await,
             };
         }
+        if !v["cluster"].is_null() {
+            return self.cluster_request(&v).await;
+        }
         let name = v["template"].as_str().unwrap_or("");
         let Some(template) = self.templates.iter().find(|t| t.name == name).cloned() else {
             let known: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
@@ -861,7 +918,7 @@ impl Runtime {
                     failed_clouds.push(cloud);
                 }
                 Outcome::Local(gw) if gw == self.gateway => {
-                    match self.deploy(template.res(), &template.name).await {
+                    match self.deploy(template.res(), &template.name, None).await {
                         Ok(p) => {
                             return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
                         }
@@ -944,14 +1001,26 @@ impl Runtime {
         cloud: Option<&str>,
         wait_ms: u64,
     ) -> Result<Placed, Option<String>> {
-        let (tx, rx) = oneshot::channel();
-        self.state().waiting.insert(request, (gw.to_owned(), tx));
         let body = Body::DeployRequest {
             request,
             template: template.name.clone(),
             res: template.res(),
             cloud: cloud.map(str::to_owned),
         };
+        self.ask_body(gw, request, body, wait_ms).await
+    }
+
+    /// Sends `body` (a deploy or release request numbered `request`) to gateway `gw` and waits
+    /// for its answer: `Err(None)` when none came in time.
+    async fn ask_body(
+        &self,
+        gw: &str,
+        request: u64,
+        body: Body,
+        wait_ms: u64,
+    ) -> Result<Placed, Option<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.state().waiting.insert(request, (gw.to_owned(), tx));
         self.send(&self.msg_topic(), false, Some(gw), body);
         let answer = tokio::time::timeout(Duration::from_millis(wait_ms), rx).await;
         self.state().waiting.remove(&request);
@@ -975,6 +1044,7 @@ impl Runtime {
         let placed = Placed {
             vm: vm.to_owned(),
             resumed: false,
+            url: None,
         };
         match crate::cloud::monitor::release(cloud, vm).await {
             Ok(()) => {
@@ -1021,6 +1091,7 @@ impl Runtime {
         let placed = Placed {
             vm: vm.to_owned(),
             resumed: false,
+            url: None,
         };
         match done {
             Ok((ReleaseAction::NotHere, _)) => {
@@ -1074,6 +1145,10 @@ impl Runtime {
             "reason": reason,
             "attempts": attempts,
         });
+        let mut payload = payload;
+        if let Some(url) = placed.and_then(|p| p.url.as_ref()) {
+            payload["url"] = json!(url);
+        }
         self.session
             .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
         crate::api::hub::vm_result(&payload);
@@ -1167,7 +1242,10 @@ fn log_event(e: &Event) {
         Event::Left(g) => Some((g, "left")),
         Event::Down(g) => Some((g, "down")),
         Event::Dismissed(g) => Some((g, "dismissed")),
-        Event::JoinRequest(_) | Event::DeployRequest { .. } | Event::DeployAnswer { .. } => None,
+        Event::JoinRequest(_)
+        | Event::DeployRequest { .. }
+        | Event::DeployAnswer { .. }
+        | Event::ReleaseRequest { .. } => None,
     };
     if let Some((g, what)) = change {
         crate::api::hub::member(&g.to_string(), what);
@@ -1179,7 +1257,7 @@ fn log_event(e: &Event) {
         Event::Down(g) => warn!(gateway = %g, "down: no heartbeat; its resources are withdrawn"),
         Event::Dismissed(g) => warn!(gateway = %g, "dismissed: trust stayed below the threshold"),
         Event::JoinRequest(g) => debug!(gateway = %g, "asks the members to announce"),
-        Event::DeployRequest { .. } | Event::DeployAnswer { .. } => {}
+        Event::DeployRequest { .. } | Event::DeployAnswer { .. } | Event::ReleaseRequest { .. } => {}
     }
 }
 

@@ -58,8 +58,15 @@ fetch_pypi py4j "$PY4J_VERSION" "py4j-$PY4J_VERSION-py2.py3-none-any.whl"
 R=$W/rootfs
 rm -rf "$R"
 step "Debian $SUITE rootfs (mmdebstrap): openjdk-17-jre-headless python3 vsftpd procps"
+# The packages are kept in dl/ (a second build downloads nothing); man1 stays as a directory:
+# update-alternatives makes the JRE's man page links there even when man pages are excluded.
+C=$top/dl/mmdebstrap-$SUITE-$DEB_ARCH
+mkdir -p "$C"
 mmdebstrap --quiet --variant=essential --arch="$DEB_ARCH" --components=main \
   --include=openjdk-17-jre-headless,python3,vsftpd,procps \
+  --skip=download/empty --skip=essential/unlink \
+  --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" \"\$1/usr/share/man/man1\"; cp $C/*.deb \"\$1/var/cache/apt/archives/\" 2>/dev/null || true" \
+  --customize-hook="cp \"\$1\"/var/cache/apt/archives/*.deb $C/" \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --customize-hook='chroot "$1" dpkg-query -W -f "\${Package} \${Version}\n" > "$1/.packages"' \

@@ -60,6 +60,14 @@ pub struct RequestArgs {
     /// The template to run.
     #[arg(long)]
     template: String,
+    /// A cluster this VM is a node of (big data): the gateway asked keeps the cluster; its nodes
+    /// get the URLs of the nodes placed before them (a worker its master's).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With --cluster: keep this many VMs of the template running (workers), scaling up or
+    /// down and replacing those on a gateway that goes down.
+    #[arg(long, requires = "cluster")]
+    replicas: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -75,7 +83,13 @@ pub struct ReleaseArgs {
 }
 
 pub fn request(args: &RequestArgs) -> ExitCode {
-    let body = json!({"template": args.template});
+    let mut body = json!({"template": args.template});
+    if let Some(c) = &args.cluster {
+        body["cluster"] = json!(c);
+    }
+    if let Some(n) = args.replicas {
+        body["replicas"] = json!(n);
+    }
     run(&args.target, body)
 }
 

@@ -105,6 +105,36 @@ fn env_file(env: &[(String, String)]) -> String {
     env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
+/// The variable a cluster's node URLs travel in: `BETAAS_URL_<TEMPLATE>`, the template's name in
+/// capitals with every other character `_` (`BETAAS_URL_BIGDATA_MASTER`).
+pub fn url_var(template: &str) -> String {
+    let t: String = template
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("BETAAS_URL_{t}")
+}
+
+/// A worker's environment: the URL of its `[cluster] master` (given as that template's
+/// `BETAAS_URL_*`) also in the descriptor's `master_env`; refused when the master's is missing.
+fn cluster_env(t: &Template, env: &[(String, String)]) -> Result<Vec<(String, String)>, VmdError> {
+    let mut out = env.to_vec();
+    if let Some(c) = &t.cluster {
+        if let (Some(master), Some(var)) = (&c.master, &c.master_env) {
+            let key = url_var(master);
+            let Some((_, url)) = env.iter().find(|(k, _)| *k == key) else {
+                return Err(VmdError::BadEnv(format!(
+                    "template {} is a worker of {master}: it needs {key} (the master's URL)",
+                    t.name
+                )));
+            };
+            out.retain(|(k, _)| k != var);
+            out.push((var.clone(), url.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// Names like shell variables, values on one line, at most 32 of them.
 fn check_env(env: &[(String, String)]) -> Result<(), VmdError> {
     let bad = VmdError::BadEnv;
@@ -115,9 +145,10 @@ fn check_env(env: &[(String, String)]) -> Result<(), VmdError> {
         let name_ok = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !name_ok || k.starts_with("BETAAS_") || v.contains(['\n', '\0']) || v.len() > 1024 {
+        let ours = k.starts_with("BETAAS_") && !k.starts_with("BETAAS_URL_");
+        if !name_ok || ours || v.contains(['\n', '\0']) || v.len() > 1024 {
             return Err(bad(format!(
-                "{k:?}: a name of letters, digits and _ (not BETAAS_*), a value of one line"
+                "{k:?}: a name of letters, digits and _ (not BETAAS_* but BETAAS_URL_*), a value of one line"
             )));
         }
     }
@@ -877,6 +908,11 @@ impl Manager {
         env: &[(String, String)],
     ) -> Result<(VmInfo, bool, Option<String>), VmdError> {
         check_env(env)?;
+        let t = self
+            .catalog
+            .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
+        let env = cluster_env(&t, env)?;
+        let env = env.as_slice();
         self.refresh()?;
         let want = env_file(env);
         let same_env: Vec<&registry::Vm> = self
@@ -896,11 +932,7 @@ impl Manager {
             None => (self.create_with(template, env)?.name, false),
         };
         let vm = self.start(&name)?;
-        let url = self
-            .catalog
-            .find(template, self.cfg.arch, false)
-            .ok()
-            .and_then(|t| t.cluster.as_ref().and_then(|c| c.url_at(&self.cfg.address)));
+        let url = t.cluster.as_ref().and_then(|c| c.url_at(&self.cfg.address));
         Ok((vm, resumed, url))
     }
 
