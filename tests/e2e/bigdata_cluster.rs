@@ -80,7 +80,7 @@ fn a_spark_cluster_forms_and_counts_words_from_the_storage_node() {
     println!("master ready {:.1} s after its request", t0.elapsed().as_secs_f64());
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let (w, resumed, url) = acquire(&socket, "bigdata-compute", &[("SPARK_MASTER", &master_url)]);
+        let (w, resumed, url) = acquire(&socket, "bigdata-compute", &[("BETAAS_URL_BIGDATA_MASTER", &master_url)]);
         assert!(!resumed && url.is_none());
         workers.push(w);
     }

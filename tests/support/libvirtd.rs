@@ -146,10 +146,25 @@ fn left_behind() -> Option<u32> {
 fn start() -> u32 {
     let t0 = Instant::now();
     let _ = std::fs::remove_file(PIDFILE);
-    let st = Command::new("libvirtd")
-        .args(["-d", "-p", PIDFILE])
-        .status()
-        .expect("libvirtd runs (image/host-deps.sh installs it)");
+    // A hybrid cgroup host (v1 controllers plus the v2 hierarchy at /sys/fs/cgroup/unified, as
+    // these machines have) makes libvirt 9's LXC driver fail every container ("Unable to create
+    // directory /sys/fs/cgroup/unified"): libvirtd runs in a mount namespace of its own without
+    // that mount. Containers then use the v1 controllers; nothing changes for the rest of the host.
+    let hybrid = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.contains(" /sys/fs/cgroup/unified ") && l.contains(" - cgroup2 "))
+    });
+    let st = if hybrid {
+        Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "umount /sys/fs/cgroup/unified && exec libvirtd -d -p {PIDFILE}"
+            ))
+            .status()
+    } else {
+        Command::new("libvirtd").args(["-d", "-p", PIDFILE]).status()
+    }
+    .expect("libvirtd runs (image/host-deps.sh installs it)");
     assert!(st.success(), "libvirtd -d failed");
     let pid: u32 = crate::wait_until("libvirtd's pid file", Duration::from_secs(20), || {
         read_pid(PIDFILE)
