@@ -157,6 +157,16 @@ pub fn word_count(spark: &Path, master: &str, input: &str, work: &Path) -> JobRe
     let t0 = Instant::now();
     let out = Command::new(spark.join("bin/spark-submit"))
         .env("SPARK_HOME", spark)
+        // The pyspark package is unpacked (not zipped as in a Spark release): spark-submit's own
+        // PYTHONPATH names python/lib/pyspark.zip, which is not there.
+        .env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                spark.join("python").display(),
+                spark.join("python/lib/py4j-0.10.9.9-src.zip").display()
+            ),
+        )
         .env("PYSPARK_PYTHON", "python3")
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .args(["--master", master])
