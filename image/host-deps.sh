@@ -26,6 +26,9 @@ APT_PKGS=(
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+  libvirt-daemon-driver-lxc                       # containers: the big-data templates' tests
+  mmdebstrap                                      # the big-data templates' Debian root filesystem
+  openjdk-17-jre-headless                         # the big-data tests' Spark driver on the host
 )
 
 missing=()
