@@ -1046,3 +1046,83 @@ pub fn domain_spec(
         env: Vec::new(),
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cluster_env_tests {
+    use super::*;
+
+    fn worker() -> Template {
+        let text = r#"name = "bigdata-compute"
+role = "compute"
+[resources]
+vcpus = 1
+memory_mb = 1024
+disk_gb = 2
+[virtualization]
+kinds = ["lxc"]
+arch = ["x86_64"]
+[image]
+name = "bigdata"
+file = "disk.qcow2"
+format = "qcow2"
+min_vcpus = 1
+min_memory_mb = 512
+min_disk_gb = 1
+[boot]
+method = "disk"
+[console]
+booted = "REGISTERED"
+[lxc]
+rootfs = "rootfs.tar"
+init = "/usr/libexec/betaas/bigdata-worker"
+[cluster]
+role = "worker"
+master = "bigdata-master"
+master_env = "SPARK_MASTER"
+"#;
+        betaas_templates::check_source(Path::new("t/template.toml"), text).unwrap();
+        // parse() wants checksums; the source form is enough here.
+        let text = text
+            .replace("format = \"qcow2\"", &format!("sha256 = \"{}\"\nformat = \"qcow2\"", "a".repeat(64)))
+            .replace("init = ", &format!("rootfs_sha256 = \"{}\"\ninit = ", "b".repeat(64)));
+        Template::parse(Path::new("t/template.toml"), &text).unwrap()
+    }
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn a_worker_gets_its_masters_url_under_master_env() {
+        let env = vec![
+            kv("BETAAS_URL_BIGDATA_MASTER", "spark://10.0.0.5:7077"),
+            kv("BETAAS_URL_BIGDATA_STORAGE", "ftp://10.0.0.6:2121/"),
+        ];
+        check_env(&env).unwrap();
+        let out = cluster_env(&worker(), &env).unwrap();
+        assert!(out.contains(&kv("SPARK_MASTER", "spark://10.0.0.5:7077")));
+        assert!(out.contains(&kv("BETAAS_URL_BIGDATA_STORAGE", "ftp://10.0.0.6:2121/")));
+        assert_eq!(url_var("bigdata-master"), "BETAAS_URL_BIGDATA_MASTER");
+    }
+
+    #[test]
+    fn a_worker_without_its_masters_url_is_refused() {
+        let e = cluster_env(&worker(), &[kv("BETAAS_URL_OTHER", "x")]).unwrap_err();
+        assert!(e.to_string().contains("BETAAS_URL_BIGDATA_MASTER"), "{e}");
+    }
+
+    #[test]
+    fn bad_variables_are_refused() {
+        for (k, v) in [
+            ("BETAAS_ADDRESS", "1.2.3.4"),
+            ("1X", "v"),
+            ("A-B", "v"),
+            ("X", "two\nlines"),
+        ] {
+            assert!(check_env(&[kv(k, v)]).is_err(), "{k}={v:?}");
+        }
+        assert!(check_env(&[kv("SPARK_CONF", "a=b c")]).is_ok());
+        assert_eq!(env_file(&[kv("A", "1"), kv("B", "2")]), "A=1\nB=2\n");
+    }
+}
