@@ -82,6 +82,13 @@ mv "$W/pyspark-$PYSPARK_VERSION/pyspark" "$S/python/"
 rm -rf "$W/pyspark-$PYSPARK_VERSION" "$S"/bin/*.cmd
 cp "$DL/py4j-$PY4J_VERSION-py2.py3-none-any.whl" "$S/python/lib/py4j-$PY4J_VERSION-src.zip"
 echo "$PYSPARK_VERSION" > "$S/RELEASE"
+# Every container of a gateway has the gateway's address: Spark would take another executor's
+# shuffle files as host-local and read them from its own disk, where they are not.
+mkdir -p "$S/conf"
+cat > "$S/conf/spark-defaults.conf" <<'CONF'
+spark.shuffle.readHostLocalDisk false
+spark.hadoop.fs.ftp.data.connection.mode PASSIVE_LOCAL_DATA_CONNECTION_MODE
+CONF
 
 step "role init, FTP config, data directory"
 install -D -m 0755 templates/bigdata/init "$R/usr/libexec/betaas/bigdata"

@@ -174,6 +174,9 @@ pub fn word_count(spark: &Path, master: &str, input: &str, work: &Path) -> JobRe
         .args(["--conf", "spark.executor.memory=512m"])
         .args(["--conf", "spark.driver.memory=512m"])
         .args(["--conf", "spark.ui.enabled=false"])
+        // Both executors are at 127.0.0.1 but in different containers: no host-local shuffle reads
+        // (also in the template's conf/spark-defaults.conf).
+        .args(["--conf", "spark.shuffle.readHostLocalDisk=false"])
         .args([
             "--conf",
             "spark.hadoop.fs.ftp.data.connection.mode=PASSIVE_LOCAL_DATA_CONNECTION_MODE",
