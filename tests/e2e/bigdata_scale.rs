@@ -67,8 +67,8 @@ impl Gw {
         assert!(st.success());
         let toml = format!(
             "gateway_id = \"{name}\"\ndata_dir = \"{d}/data\"\nlog_level = \"info\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
-             [health]\ninterval_secs = 1\n[instance]\nname = \"bd\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\n\
-             deploy_timeout_ms = 120000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 4, mem_mb = 4096, disk_gb = 16 }}\n{TEMPLATES}",
+             [health]\ninterval_secs = 1\n[instance]\nname = \"bd\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 500\ntimeout_ms = 10000\n\
+             deploy_timeout_ms = 300000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 4, mem_mb = 4096, disk_gb = 16 }}\n{TEMPLATES}",
             d = dir.display(),
             port = broker.port,
             s = socket.display(),
