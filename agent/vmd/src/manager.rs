@@ -672,8 +672,14 @@ impl Manager {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
         }
         if let (Some(l), BootSpec::Container { rootfs, .. }) = (&t.lxc, &spec.boot) {
-            // A container's "overlay" is its own unpacked copy of the template's rootfs.
-            overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
+            // A container's "overlay" is its own unpacked copy of the template's rootfs, or a
+            // tree of hard links to the one unpacked copy (`[lxc] shared`).
+            if l.shared {
+                let cache = self.cfg.state_dir.join(".rootfs").join(l.rootfs.sha256.to_string());
+                overlay::link_rootfs(&t.path_of(&l.rootfs), &cache, rootfs)?;
+            } else {
+                overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
+            }
         }
         let xml = domxml::domain_xml(&spec)?;
         self.hv_of(kind).with("define domain", |c: &Connect| {

@@ -136,6 +136,10 @@ pub struct Lxc {
     pub rootfs: FileRef,
     /// The container's init, an absolute path inside the rootfs.
     pub init: String,
+    /// `shared = true`: the rootfs is unpacked once per gateway and each container's root is a
+    /// tree of hard links to it (seconds and no space, instead of a copy of a large rootfs). Only
+    /// for guests that never modify an existing file in place (they create new files).
+    pub shared: bool,
 }
 
 /// The paper's template roles.
@@ -474,6 +478,7 @@ impl Template {
                         )?,
                     },
                     init: l.init,
+                    shared: l.shared,
                 })
             }
             (None, true) => {
@@ -716,6 +721,8 @@ struct RawLxc {
     rootfs: RelPath,
     rootfs_sha256: Option<Sha256>,
     init: String,
+    #[serde(default)]
+    shared: bool,
 }
 
 /// Letters, digits and `-`, 1..=63 characters, starting with a letter or digit.
