@@ -1257,7 +1257,8 @@ fn log_event(e: &Event) {
         Event::Down(g) => warn!(gateway = %g, "down: no heartbeat; its resources are withdrawn"),
         Event::Dismissed(g) => warn!(gateway = %g, "dismissed: trust stayed below the threshold"),
         Event::JoinRequest(g) => debug!(gateway = %g, "asks the members to announce"),
-        Event::DeployRequest { .. } | Event::DeployAnswer { .. } | Event::ReleaseRequest { .. } => {}
+        Event::DeployRequest { .. } | Event::DeployAnswer { .. } | Event::ReleaseRequest { .. } => {
+        }
     }
 }
 

@@ -49,7 +49,7 @@ fn a_spark_cluster_forms_and_counts_words_from_the_storage_node() {
         format!(
             "socket = \"{}\"\nuri = \"qemu:///system\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\n\
              state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\naddress = \"127.0.0.1\"\n\
-             shutdown_timeout_s = 10\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
+             shutdown_timeout_s = 10\nlibvirt_retry_s = 90\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
             socket.display(),
             r.join("vms").display(),
             templates.display()
@@ -76,11 +76,20 @@ fn a_spark_cluster_forms_and_counts_words_from_the_storage_node() {
     assert_eq!(master_url, "spark://127.0.0.1:7077");
     let (storage, _, surl) = acquire(&socket, "bigdata-storage", &[]);
     assert_eq!(surl.as_deref(), Some("ftp://127.0.0.1:2121/"));
-    let m = bigdata::wait_marker(&console(&master), "BETAAS-BIGDATA-MASTER-READY", Duration::from_secs(180));
-    println!("master ready {:.1} s after its request", t0.elapsed().as_secs_f64());
+    bigdata::wait_marker(
+        &console(&master),
+        "BETAAS-BIGDATA-MASTER-READY",
+        Duration::from_secs(180),
+    );
+    let m = t0.elapsed().as_secs_f64();
+    println!("master and storage created, master ready: {m:.1} s");
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let (w, resumed, url) = acquire(&socket, "bigdata-compute", &[("BETAAS_URL_BIGDATA_MASTER", &master_url)]);
+        let (w, resumed, url) = acquire(
+            &socket,
+            "bigdata-compute",
+            &[("BETAAS_URL_BIGDATA_MASTER", &master_url)],
+        );
         assert!(!resumed && url.is_none());
         workers.push(w);
     }
@@ -91,13 +100,25 @@ fn a_spark_cluster_forms_and_counts_words_from_the_storage_node() {
             Duration::from_secs(180),
         );
     }
-    bigdata::wait_marker(&console(&storage), "BETAAS-BIGDATA-STORAGE-READY", Duration::from_secs(60));
+    bigdata::wait_marker(
+        &console(&storage),
+        "BETAAS-BIGDATA-STORAGE-READY",
+        Duration::from_secs(60),
+    );
     let formed = t0.elapsed().as_secs_f64();
-    println!("cluster formed (master + storage + 2 workers registered): {formed:.1} s (master alone {m:.1} s)");
+    println!("cluster formed (master + storage + 2 workers registered): {formed:.1} s");
 
-    let data = r.join("vms").join(&storage.name).join("rootfs/srv/betaas/data/wc");
+    let data = r
+        .join("vms")
+        .join(&storage.name)
+        .join("rootfs/srv/betaas/data/wc");
     let want = bigdata::write_words(&data, 4, 20_000);
-    let job = bigdata::word_count(&spark, &master_url, "ftp://anonymous:x@127.0.0.1:2121/wc/", r);
+    let job = bigdata::word_count(
+        &spark,
+        &master_url,
+        "ftp://anonymous:x@127.0.0.1:2121/wc/",
+        r,
+    );
     println!(
         "word count: {:.1} s, {} distinct words, {} words, {} partitions, {} executors",
         job.secs,

@@ -31,7 +31,14 @@ struct Gw {
 }
 
 impl Gw {
-    fn start(r: &Path, name: &str, tag: &str, templates: &Path, broker: &Mosquitto, keys: &Path) -> Gw {
+    fn start(
+        r: &Path,
+        name: &str,
+        tag: &str,
+        templates: &Path,
+        broker: &Mosquitto,
+        keys: &Path,
+    ) -> Gw {
         let dir = r.join(name);
         std::fs::create_dir_all(&dir).expect("gw dir");
         let socket = dir.join("vmd.sock");
@@ -41,7 +48,7 @@ impl Gw {
             format!(
                 "socket = \"{}\"\nowner = \"{tag}{name}\"\nname_prefix = \"{tag}{name}\"\n\
                  state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\naddress = \"127.0.0.1\"\n\
-                 shutdown_timeout_s = 10\nidle_destroy_s = 3600\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
+                 shutdown_timeout_s = 10\nidle_destroy_s = 3600\nlibvirt_retry_s = 90\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
                 socket.display(),
                 dir.join("vms").display(),
                 templates.display()
@@ -80,9 +87,11 @@ impl Gw {
             vmd: Some(vmd),
             agent: None,
         };
-        wait_until(&format!("{name}'s vmd socket"), Duration::from_secs(120), || {
-            UnixStream::connect(&gw.socket).ok()
-        });
+        wait_until(
+            &format!("{name}'s vmd socket"),
+            Duration::from_secs(120),
+            || UnixStream::connect(&gw.socket).ok(),
+        );
         gw.spawn_agent();
         gw
     }
@@ -143,11 +152,17 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         .expect("keygen");
     assert!(st.success());
     let broker = Mosquitto::start();
-    let mut gws = vec![
+    let mut gws = [
         Gw::start(r, "gw1", &tag, &templates, &broker, &keys),
         Gw::start(r, "gw2", &tag, &templates, &broker, &keys),
     ];
-    let ops = VmClient::admit(&keys.join("instance.key"), "bd", "ops", &r.join("ops"), &broker);
+    let ops = VmClient::admit(
+        &keys.join("instance.key"),
+        "bd",
+        "ops",
+        &r.join("ops"),
+        &broker,
+    );
     // gw1, gw2: index by name.
     let gw_of = |host: &str| match host {
         "gw1" => 0,
@@ -158,14 +173,18 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
     let mut health = broker.subscribe("betaas/+/health");
     for g in ["gw1", "gw2"] {
         let other = if g == "gw1" { "gw2" } else { "gw1" };
-        health.wait_for(&format!("{g} sees {other} up, synced"), Duration::from_secs(180), |t, p| {
-            let v: Value = serde_json::from_str(p).ok()?;
-            (t == format!("betaas/{g}/health")
-                && v["instance"]["members"][other]["state"] == "up"
-                && v["instance"]["members"][other]["virt"] == "lxc"
-                && v["instance"]["synced"] == true)
-                .then_some(())
-        });
+        health.wait_for(
+            &format!("{g} sees {other} up, synced"),
+            Duration::from_secs(180),
+            |t, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                (t == format!("betaas/{g}/health")
+                    && v["instance"]["members"][other]["state"] == "up"
+                    && v["instance"]["members"][other]["virt"] == "lxc"
+                    && v["instance"]["synced"] == true)
+                    .then_some(())
+            },
+        );
     }
 
     let request = |id: &str, args: &[&str], timeout: u64| -> Value {
@@ -176,12 +195,31 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         v
     };
     let t0 = Instant::now();
-    let m = request("master", &["--cluster", "wc", "--template", "bigdata-master"], 300);
+    let m = request(
+        "master",
+        &["--cluster", "wc", "--template", "bigdata-master"],
+        300,
+    );
     let master_url = m["url"].as_str().expect("the master's url").to_owned();
     assert_eq!(master_url, "spark://127.0.0.1:7077");
-    let s = request("storage", &["--cluster", "wc", "--template", "bigdata-storage"], 300);
+    let s = request(
+        "storage",
+        &["--cluster", "wc", "--template", "bigdata-storage"],
+        300,
+    );
     assert_eq!(s["url"], "ftp://127.0.0.1:2121/");
-    let w = request("replicas-2", &["--cluster", "wc", "--template", "bigdata-compute", "--replicas", "2"], 600);
+    let w = request(
+        "replicas-2",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "2",
+        ],
+        600,
+    );
     assert_eq!(w["running"], 2, "{w}");
     let ws = workers(&w);
     let mut hosts: Vec<&str> = ws.iter().map(|w| w.1.as_str()).collect();
@@ -193,23 +231,47 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
     all.push(m["host"].as_str().unwrap_or(""));
     all.push(s["host"].as_str().unwrap_or(""));
     let on1 = all.iter().filter(|h| **h == "gw1").count();
-    assert!(on1.abs_diff(all.len() - on1) <= 1, "VMs spread over both gateways: {all:?}");
+    assert!(
+        on1.abs_diff(all.len() - on1) <= 1,
+        "VMs spread over both gateways: {all:?}"
+    );
     let registered = format!("BETAAS-BIGDATA-WORKER-REGISTERED master={master_url}");
     for (vm, host, _) in &ws {
-        bigdata::wait_marker(&gws[gw_of(host)].console(vm), &registered, Duration::from_secs(300));
+        bigdata::wait_marker(
+            &gws[gw_of(host)].console(vm),
+            &registered,
+            Duration::from_secs(300),
+        );
     }
     let mhost = m["host"].as_str().expect("master host");
     let mvm = m["vm"].as_str().expect("master vm");
-    bigdata::wait_marker(&gws[gw_of(mhost)].console(mvm), "BETAAS-BIGDATA-MASTER-READY", Duration::from_secs(60));
+    bigdata::wait_marker(
+        &gws[gw_of(mhost)].console(mvm),
+        "BETAAS-BIGDATA-MASTER-READY",
+        Duration::from_secs(60),
+    );
     let shost = s["host"].as_str().expect("storage host");
     let svm = s["vm"].as_str().expect("storage vm");
-    bigdata::wait_marker(&gws[gw_of(shost)].console(svm), "BETAAS-BIGDATA-STORAGE-READY", Duration::from_secs(60));
+    bigdata::wait_marker(
+        &gws[gw_of(shost)].console(svm),
+        "BETAAS-BIGDATA-STORAGE-READY",
+        Duration::from_secs(60),
+    );
     let formed = t0.elapsed().as_secs_f64();
     println!("cluster formed: master on {mhost}, storage on {shost}, workers on {hosts:?}: {formed:.1} s");
 
-    let data = gws[gw_of(shost)].dir.join("vms").join(svm).join("rootfs/srv/betaas/data/wc");
+    let data = gws[gw_of(shost)]
+        .dir
+        .join("vms")
+        .join(svm)
+        .join("rootfs/srv/betaas/data/wc");
     let want = bigdata::write_words(&data, 4, 20_000);
-    let job = bigdata::word_count(&spark, &master_url, "ftp://anonymous:x@127.0.0.1:2121/wc/", r);
+    let job = bigdata::word_count(
+        &spark,
+        &master_url,
+        "ftp://anonymous:x@127.0.0.1:2121/wc/",
+        r,
+    );
     println!(
         "word count: {:.1} s, {} distinct words, {} words, {} partitions, {} executors",
         job.secs,
@@ -223,37 +285,95 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
 
     // 2 → 3: one more, registered.
     let t = Instant::now();
-    let w3 = request("replicas-3", &["--cluster", "wc", "--template", "bigdata-compute", "--replicas", "3"], 600);
+    let w3 = request(
+        "replicas-3",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "3",
+        ],
+        600,
+    );
     assert_eq!(w3["running"], 3, "{w3}");
-    let new: Vec<_> = workers(&w3).into_iter().filter(|x| !ws.iter().any(|o| o.0 == x.0 && o.1 == x.1)).collect();
+    let new: Vec<_> = workers(&w3)
+        .into_iter()
+        .filter(|x| !ws.iter().any(|o| o.0 == x.0 && o.1 == x.1))
+        .collect();
     assert_eq!(new.len(), 1, "{w3}");
-    bigdata::wait_marker(&gws[gw_of(&new[0].1)].console(&new[0].0), &registered, Duration::from_secs(300));
-    println!("scale 2 → 3: the third worker registered {:.1} s after the request", t.elapsed().as_secs_f64());
+    bigdata::wait_marker(
+        &gws[gw_of(&new[0].1)].console(&new[0].0),
+        &registered,
+        Duration::from_secs(300),
+    );
+    println!(
+        "scale 2 → 3: the third worker registered {:.1} s after the request",
+        t.elapsed().as_secs_f64()
+    );
 
     // 3 → 1: two released (stopped, kept).
     let t = Instant::now();
-    let w1 = request("replicas-1", &["--cluster", "wc", "--template", "bigdata-compute", "--replicas", "1"], 600);
+    let w1 = request(
+        "replicas-1",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "1",
+        ],
+        600,
+    );
     assert_eq!(w1["running"], 1, "{w1}");
-    let stopped: Vec<_> = workers(&w1).into_iter().filter(|x| x.2 == "stopped").collect();
+    let stopped: Vec<_> = workers(&w1)
+        .into_iter()
+        .filter(|x| x.2 == "stopped")
+        .collect();
     assert_eq!(stopped.len(), 2, "{w1}");
     for (vm, host, _) in &stopped {
         let list = betaas_e2e::vmd_list(&gws[gw_of(host)].socket);
-        let v = list.iter().find(|v| &v.name == vm).expect("the released worker is kept");
+        let v = list
+            .iter()
+            .find(|v| &v.name == vm)
+            .expect("the released worker is kept");
         assert_ne!(v.state, betaas_proto::VmState::Running, "{vm} still runs");
     }
     println!("scale 3 → 1: {:.1} s", t.elapsed().as_secs_f64());
 
     // 1 → 2: a stopped worker is resumed, none made.
     let t = Instant::now();
-    let w2 = request("replicas-2b", &["--cluster", "wc", "--template", "bigdata-compute", "--replicas", "2"], 600);
+    let w2 = request(
+        "replicas-2b",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "2",
+        ],
+        600,
+    );
     assert_eq!(w2["running"], 2, "{w2}");
-    assert!(w2["reason"].as_str().unwrap_or("").contains("resumed"), "{w2}");
+    assert!(
+        w2["reason"].as_str().unwrap_or("").contains("resumed"),
+        "{w2}"
+    );
     let all: Vec<String> = workers(&w3).into_iter().map(|x| x.0).collect();
-    assert!(workers(&w2).iter().all(|x| all.contains(&x.0)), "no new worker was made: {w2}");
+    assert!(
+        workers(&w2).iter().all(|x| all.contains(&x.0)),
+        "no new worker was made: {w2}"
+    );
     println!("scale 1 → 2 (resumed): {:.1} s", t.elapsed().as_secs_f64());
 
     // gw2 dies with its containers: its running worker is replaced on gw1.
-    let running: Vec<_> = workers(&w2).into_iter().filter(|x| x.2 == "running").collect();
+    let running: Vec<_> = workers(&w2)
+        .into_iter()
+        .filter(|x| x.2 == "running")
+        .collect();
     let on_gw2: Vec<_> = running.iter().filter(|x| x.1 == "gw2").collect();
     if on_gw2.is_empty() {
         println!("no running worker on gw2 after the resume ({running:?}): the replacement is not exercised");
@@ -269,15 +389,23 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
                 .stdout(Stdio::null())
                 .status();
         }
-        let ev = events.wait_for("gw1 repairs cluster wc", Duration::from_secs(300), |_, p| {
-            let v: Value = serde_json::from_str(p).ok()?;
-            (v["event"] == "repaired" && v["running"] == 2).then_some(v)
-        });
+        let ev = events.wait_for(
+            "gw1 repairs cluster wc",
+            Duration::from_secs(300),
+            |_, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                (v["event"] == "repaired" && v["running"] == 2).then_some(v)
+            },
+        );
         let ws = workers(&ev);
         let run: Vec<_> = ws.iter().filter(|x| x.2 == "running").collect();
         assert!(run.iter().all(|x| x.1 == "gw1"), "{ev}");
         for (vm, host, _) in &run {
-            bigdata::wait_marker(&gws[gw_of(host)].console(vm), &registered, Duration::from_secs(300));
+            bigdata::wait_marker(
+                &gws[gw_of(host)].console(vm),
+                &registered,
+                Duration::from_secs(300),
+            );
         }
         println!(
             "gw2 killed → its worker replaced on gw1 and registered: {:.1} s ({})",

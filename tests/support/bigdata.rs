@@ -16,9 +16,10 @@ pub const LXC_URI: &str = "lxc:///system";
 /// probe's template), built here if missing (several minutes the first time).
 pub fn templates() -> PathBuf {
     let dir = repo().join("out/templates");
-    let built = ["master", "compute", "storage"]
-        .iter()
-        .all(|r| dir.join(format!("bigdata-{r}-x86_64/template.toml")).is_file());
+    let built = ["master", "compute", "storage"].iter().all(|r| {
+        dir.join(format!("bigdata-{r}-x86_64/template.toml"))
+            .is_file()
+    });
     if !built {
         let st = Command::new("bash")
             .arg(repo().join("templates/bigdata/build.sh"))

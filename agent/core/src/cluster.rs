@@ -239,13 +239,19 @@ mod tests {
 
     #[test]
     fn at_the_count_nothing_happens() {
-        let c = cluster(2, vec![w("a", "gw1", R), w("b", "gw2", R), w("c", "gw1", S)]);
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("c", "gw1", S)],
+        );
         assert!(plan(&c, all_up).is_empty());
     }
 
     #[test]
     fn stopped_workers_are_resumed_before_new_ones_are_made() {
-        let c = cluster(4, vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)]);
+        let c = cluster(
+            4,
+            vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)],
+        );
         assert_eq!(
             plan(&c, all_up),
             vec![
@@ -261,7 +267,10 @@ mod tests {
             ]
         );
         // Only as many resumes as are missing.
-        let c = cluster(2, vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)]);
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)],
+        );
         assert_eq!(
             plan(&c, all_up),
             vec![Action::Resume {
@@ -287,7 +296,10 @@ mod tests {
 
     #[test]
     fn a_worker_on_a_gateway_that_went_down_is_replaced() {
-        let c = cluster(2, vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw2", S)]);
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw2", S)],
+        );
         let up = |g: &str| g != "gw2";
         assert_eq!(
             plan(&c, up),
@@ -307,7 +319,10 @@ mod tests {
 
     #[test]
     fn a_stopped_worker_on_a_live_gateway_replaces_a_lost_one() {
-        let c = cluster(2, vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw1", S)]);
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw1", S)],
+        );
         let up = |g: &str| g != "gw2";
         assert_eq!(
             plan(&c, up),
@@ -371,7 +386,10 @@ mod tests {
         // The one left is alone on its gateway, and the two released are the surplus of gw1.
         c.replicas = 3;
         let p = plan(&c, all_up);
-        assert!(p.iter().all(|a| matches!(a, Action::Resume { .. })), "{p:?}");
+        assert!(
+            p.iter().all(|a| matches!(a, Action::Resume { .. })),
+            "{p:?}"
+        );
         apply(&mut c, &p, &mut hosts);
         assert_eq!(c.running(), 3);
         assert!(plan(&c, all_up).is_empty());
@@ -414,7 +432,11 @@ mod tests {
                 .filter(|a| matches!(a, Action::Resume { .. }))
                 .count();
             assert!(places == 0 || resumes == stopped_alive, "{p:?}");
-            let ups: Vec<String> = gws.iter().filter(|g| up(g)).map(|g| g.to_string()).collect();
+            let ups: Vec<String> = gws
+                .iter()
+                .filter(|g| up(g))
+                .map(|g| g.to_string())
+                .collect();
             let mut hosts = ups.iter().cycle().cloned();
             if ups.is_empty() {
                 // Nothing is up: only forgets and places (the allocator would cancel).

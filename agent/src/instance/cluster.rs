@@ -165,8 +165,10 @@ impl Runtime {
                     "workers": rec.workers.as_ref().map(workers_json),
                     "reason": done.join("; "),
                 });
-                self.session
-                    .publish_event(&format!("{}/cluster/{name}", self.my_base), payload.to_string());
+                self.session.publish_event(
+                    &format!("{}/cluster/{name}", self.my_base),
+                    payload.to_string(),
+                );
             }
         }
     }
@@ -179,7 +181,12 @@ impl Runtime {
         let Some(c) = rec.workers.as_mut() else {
             return done;
         };
-        let Some(template) = self.templates.iter().find(|t| t.name == c.template).cloned() else {
+        let Some(template) = self
+            .templates
+            .iter()
+            .find(|t| t.name == c.template)
+            .cloned()
+        else {
             return done;
         };
         for _ in 0..3 {
@@ -306,7 +313,10 @@ impl Runtime {
                 }
             }
         }
-        Err(format!("every chosen gateway refused: {}", refusals.join("; ")))
+        Err(format!(
+            "every chosen gateway refused: {}",
+            refusals.join("; ")
+        ))
     }
 
     /// Runs (or resumes) a VM of `template` with `env` on gateway `gw` (this one, or another
@@ -347,7 +357,9 @@ impl Runtime {
     /// Stops VM `vm` on gateway `host` (kept for reuse).
     async fn release_on(self: &Arc<Self>, host: &str, vm: &str) -> Result<(), String> {
         if host == self.gateway {
-            let r = self.release_local(&format!("scale-{}", random_u64()), vm).await;
+            let r = self
+                .release_local(&format!("scale-{}", random_u64()), vm)
+                .await;
             return match r["decision"].as_str() {
                 Some("released") => Ok(()),
                 _ => Err(r["reason"].as_str().unwrap_or("").to_owned()),

@@ -110,7 +110,13 @@ fn env_file(env: &[(String, String)]) -> String {
 pub fn url_var(template: &str) -> String {
     let t: String = template
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("BETAAS_URL_{t}")
 }
@@ -675,7 +681,11 @@ impl Manager {
             // A container's "overlay" is its own unpacked copy of the template's rootfs, or a
             // tree of hard links to the one unpacked copy (`[lxc] shared`).
             if l.shared {
-                let cache = self.cfg.state_dir.join(".rootfs").join(l.rootfs.sha256.to_string());
+                let cache = self
+                    .cfg
+                    .state_dir
+                    .join(".rootfs")
+                    .join(l.rootfs.sha256.to_string());
                 overlay::link_rootfs(&t.path_of(&l.rootfs), &cache, rootfs)?;
             } else {
                 overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
@@ -902,7 +912,8 @@ impl Manager {
     /// The allocator's request: bring back a stopped VM of `template` if there is one, else make
     /// one. Also says whether it was brought back.
     pub fn acquire(&mut self, template: &str) -> Result<(VmInfo, bool), VmdError> {
-        self.acquire_with(template, &[]).map(|(vm, resumed, _)| (vm, resumed))
+        self.acquire_with(template, &[])
+            .map(|(vm, resumed, _)| (vm, resumed))
     }
 
     /// `acquire` with an environment for the guest: only a stopped VM made with the same
@@ -1090,8 +1101,14 @@ master_env = "SPARK_MASTER"
         betaas_templates::check_source(Path::new("t/template.toml"), text).unwrap();
         // parse() wants checksums; the source form is enough here.
         let text = text
-            .replace("format = \"qcow2\"", &format!("sha256 = \"{}\"\nformat = \"qcow2\"", "a".repeat(64)))
-            .replace("init = ", &format!("rootfs_sha256 = \"{}\"\ninit = ", "b".repeat(64)));
+            .replace(
+                "format = \"qcow2\"",
+                &format!("sha256 = \"{}\"\nformat = \"qcow2\"", "a".repeat(64)),
+            )
+            .replace(
+                "init = ",
+                &format!("rootfs_sha256 = \"{}\"\ninit = ", "b".repeat(64)),
+            );
         Template::parse(Path::new("t/template.toml"), &text).unwrap()
     }
 

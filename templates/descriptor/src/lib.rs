@@ -565,14 +565,21 @@ impl Template {
             ));
         }
         if let Some(c) = &raw.cluster {
-            let (need, forbid): (&[(&str, bool)], &[(&str, bool)]) = match c.role {
+            type Keys<'a> = &'a [(&'a str, bool)];
+            let (need, forbid): (Keys, Keys) = match c.role {
                 ClusterRole::Worker => (
-                    &[("master", c.master.is_some()), ("master_env", c.master_env.is_some())],
+                    &[
+                        ("master", c.master.is_some()),
+                        ("master_env", c.master_env.is_some()),
+                    ],
                     &[("url", c.url.is_some())],
                 ),
                 _ => (
                     &[("url", c.url.is_some())],
-                    &[("master", c.master.is_some()), ("master_env", c.master_env.is_some())],
+                    &[
+                        ("master", c.master.is_some()),
+                        ("master_env", c.master_env.is_some()),
+                    ],
                 ),
             };
             for (key, set) in need {
@@ -603,7 +610,8 @@ impl Template {
                 return Err(err(
                     "cluster",
                     "master_env",
-                    "the environment reaches containers only: needs lxc in virtualization.kinds".into(),
+                    "the environment reaches containers only: needs lxc in virtualization.kinds"
+                        .into(),
                 ));
             }
         }

@@ -436,9 +436,10 @@ master_env = "SPARK_MASTER"
 
     #[test]
     fn a_master_serves_a_url_at_the_gateways_address() {
-        let text = WORKER
-            .replace("role = \"worker\"\nmaster = \"bigdata-master\"\nmaster_env = \"SPARK_MASTER\"",
-                     "role = \"master\"\nurl = \"spark://{address}:7077\"");
+        let text = WORKER.replace(
+            "role = \"worker\"\nmaster = \"bigdata-master\"\nmaster_env = \"SPARK_MASTER\"",
+            "role = \"master\"\nurl = \"spark://{address}:7077\"",
+        );
         let t = Template::build(Path::new("t/template.toml"), &text, Sums::Optional).unwrap();
         assert_eq!(
             t.cluster.unwrap().url_at("10.0.0.5").as_deref(),
@@ -450,12 +451,21 @@ master_env = "SPARK_MASTER"
     fn errors_name_the_field() {
         for (from, to, field) in [
             ("master_env = \"SPARK_MASTER\"", "", "cluster.master_env"),
-            ("master_env = \"SPARK_MASTER\"", "master_env = \"SPARK-MASTER\"", "cluster.master_env"),
-            ("master_env = \"SPARK_MASTER\"", "master_env = \"X\"\nurl = \"u\"", "cluster.url"),
+            (
+                "master_env = \"SPARK_MASTER\"",
+                "master_env = \"SPARK-MASTER\"",
+                "cluster.master_env",
+            ),
+            (
+                "master_env = \"SPARK_MASTER\"",
+                "master_env = \"X\"\nurl = \"u\"",
+                "cluster.url",
+            ),
             ("role = \"worker\"", "role = \"boss\"", "cluster.role"),
         ] {
             let text = WORKER.replace(from, to);
-            let e = Template::build(Path::new("t/template.toml"), &text, Sums::Optional).unwrap_err();
+            let e =
+                Template::build(Path::new("t/template.toml"), &text, Sums::Optional).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
     }

@@ -115,7 +115,10 @@ fn the_bigdata_roles_are_valid_and_find_their_master() {
     };
     for role in ["master", "compute", "storage"] {
         let text = load(role);
-        assert!(text.contains(&format!("name = \"bigdata-{role}\"")), "{role}");
+        assert!(
+            text.contains(&format!("name = \"bigdata-{role}\"")),
+            "{role}"
+        );
         assert!(text.contains("[cluster]"), "{role}");
     }
     assert!(load("compute").contains("master = \"bigdata-master\""));

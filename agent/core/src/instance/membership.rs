@@ -485,7 +485,9 @@ impl Instance {
             Body::ReleaseRequest { request, vm } if for_me => {
                 events.push(Event::ReleaseRequest { from, request, vm });
             }
-            Body::ClusterDeploy { .. } | Body::ClusterAnswer { .. } | Body::ReleaseRequest { .. } => {}
+            Body::ClusterDeploy { .. }
+            | Body::ClusterAnswer { .. }
+            | Body::ReleaseRequest { .. } => {}
             Body::DeployAnswer {
                 request,
                 accepted,
@@ -996,7 +998,10 @@ mod tests {
         let (ik, mut me) = setup();
         let mut a = Gw::new(&ik, "a", 1);
         me.receive(&a.announce(None), 0).unwrap();
-        let env = vec![("SPARK_MASTER".to_owned(), "spark://10.0.0.5:7077".to_owned())];
+        let env = vec![(
+            "SPARK_MASTER".to_owned(),
+            "spark://10.0.0.5:7077".to_owned(),
+        )];
         let bodies = [
             Body::ClusterDeploy {
                 request: 6,
@@ -1017,7 +1022,10 @@ mod tests {
             },
         ];
         for body in &bodies {
-            assert_eq!(me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(), vec![]);
+            assert_eq!(
+                me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(),
+                vec![]
+            );
         }
         let got: Vec<Event> = bodies
             .into_iter()
