@@ -14,6 +14,7 @@
 #   make templates            out/templates/tiny-{x86_64,armhf} (the test VM template), booted under QEMU,
 #                             out/templates/lgw-<arch> (logical gateway; LGW_ARCH="x86_64 armhf" for both)
 #                             and out/templates/app-{x86_64,armhf} (OpenJDK + Tomcat; `make templates-app`)
+#   make bigdata              out/templates/bigdata-{master,compute,storage}-x86_64 (Spark + Debian, offline)
 
 BOARD ?= qemu-cubieboard
 ARM_TARGET := armv7-unknown-linux-gnueabihf
@@ -25,7 +26,7 @@ LGW_ARCH ?= x86_64
 APP_ARCH ?= x86_64 armhf
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e test-reproducible fuzz bench clean templates lgw templates-app flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e test-reproducible fuzz bench clean templates lgw templates-app bigdata flash flash-tool
 
 all: agent-arm
 
@@ -105,6 +106,7 @@ test-e2e: $(STAMP)
 	$(MAKE) out/templates/tiny-x86_64/template.toml
 	$(MAKE) lgw LGW_ARCH=x86_64
 	$(MAKE) templates-app APP_ARCH=x86_64
+	$(MAKE) bigdata
 	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
 	cargo build --locked --workspace --bins
 	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture --skip nested_tcg --skip in_a_vm
@@ -147,6 +149,12 @@ lgw: $(STAMP)
 	  echo "==> logical-gateway template ($$a)"; \
 	  bash templates/lgw/build.sh $$a || exit 1; \
 	done
+
+# The big-data templates (Spark standalone from the pyspark sdist, Debian bookworm by mmdebstrap):
+# skipped when their inputs did not change (inputs.sha256; FORCE=1 rebuilds).
+bigdata: $(STAMP)
+	@echo "==> big-data templates (x86_64)"
+	bash templates/bigdata/build.sh x86_64
 
 # The parsers that take outside input (journal records, MQTT payloads, commands), briefly.
 fuzz: $(STAMP)

@@ -31,9 +31,11 @@ APT_PKGS=(
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-  # The app template as a container (libvirt's LXC driver; tests/support/libvirtd.rs starts libvirtd
-  # without the cgroup v2 mount it trips over) and the test's WAR (javac, jar).
-  libvirt-daemon-driver-lxc openjdk-17-jdk-headless
+  # Containers (libvirt's LXC driver; tests/support/libvirtd.rs starts libvirtd without the cgroup v2
+  # mount it trips over): the app and big-data templates' tests.
+  libvirt-daemon-driver-lxc
+  openjdk-17-jdk-headless                         # the app test's WAR (javac, jar); its JRE runs the big-data tests' Spark driver
+  mmdebstrap                                      # the big-data templates' Debian root filesystem
 )
 
 missing=()

@@ -22,6 +22,8 @@
 //! asked on the bus) through [`crate::cloud::monitor::deploy`]; a cloud that fails is left out and
 //! the decision taken again, so it falls back to local or cancels.
 
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -192,6 +194,8 @@ pub struct Runtime {
     clouds: Option<crate::cloud::monitor::Clouds>,
     /// The resource monitor's latest figures (battery, forecast) for the resource reports.
     resources: crate::resources::Handle,
+    /// The clusters this gateway manages (requests naming a `"cluster"`), one change at a time.
+    clusters: tokio::sync::Mutex<BTreeMap<String, cluster::ClusterRec>>,
 }
 
 /// One request's place among the [`MAX_REQUESTS`], given back when its task ends (or panics).
@@ -301,6 +305,7 @@ impl Runtime {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             clouds,
             resources,
+            clusters: tokio::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -492,6 +497,11 @@ impl Runtime {
             if n % 10 == 5 {
                 self.clone().sample_vms();
             }
+            if n % 5 == 2 {
+                // The Big Data Manager: workers on a gateway that went down are replaced.
+                let me = self.clone();
+                tokio::spawn(async move { me.reconcile_all().await });
+            }
             // Heartbeats, trust and announces move the floors all the time: written at most
             // every FLOORS_EVERY (an SD card wears), so after a power cut only the last few
             // seconds of such harmless messages could be replayed.
@@ -604,6 +614,8 @@ impl Runtime {
                     template,
                     res,
                     cloud,
+                    env,
+                    cluster,
                 } => {
                     // Starting a VM takes seconds (minutes on a remote cloud): answer from a task
                     // of its own.
@@ -612,9 +624,23 @@ impl Runtime {
                         me.floors_durable().await;
                         let done = match &cloud {
                             Some(c) => me.deploy_remote(c, &template, res).await,
-                            None => me.deploy(res, &template, None).await,
+                            None => {
+                                me.deploy(res, &template, None, cluster.then_some(&env[..]))
+                                    .await
+                            }
                         };
                         let answer = match done {
+                            Ok(p) if cluster => Body::ClusterAnswer {
+                                request,
+                                accepted: true,
+                                reason: if p.resumed {
+                                    "resumed".into()
+                                } else {
+                                    String::new()
+                                },
+                                vm: p.vm,
+                                url: p.url,
+                            },
                             Ok(p) => Body::DeployAnswer {
                                 request,
                                 accepted: true,
@@ -635,12 +661,29 @@ impl Runtime {
                         me.send(&me.msg_topic(), false, Some(&from), answer);
                     });
                 }
+                Event::ReleaseRequest { from, request, vm } => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.floors_durable().await;
+                        let r = me.release_local(&format!("{from}-{request}"), &vm).await;
+                        let accepted = r["decision"] == "released";
+                        let reason = r["reason"].as_str().unwrap_or("").to_owned();
+                        let answer = Body::DeployAnswer {
+                            request,
+                            accepted,
+                            reason,
+                            vm,
+                        };
+                        me.send(&me.msg_topic(), false, Some(&from), answer);
+                    });
+                }
                 Event::DeployAnswer {
                     from,
                     request,
                     accepted,
                     reason,
                     vm,
+                    url,
                 } => {
                     let waiter = {
                         let mut st = self.state();
@@ -659,6 +702,7 @@ impl Runtime {
                             Ok(Placed {
                                 resumed: reason == "resumed",
                                 vm,
+                                url,
                                 ..Placed::default()
                             })
                         } else {
@@ -680,6 +724,7 @@ impl Runtime {
         res: Res,
         template: &str,
         war: Option<&crate::war::Fetched>,
+        env: Option<&[(String, String)]>,
     ) -> Result<Placed, String> {
         // Just started: what still runs here comes first (it may have been running all along).
         let unsynced = self
@@ -701,9 +746,11 @@ impl Runtime {
             path: w.path.to_string_lossy().into_owned(),
             sha256: w.sha256.clone(),
         });
-        let started = tokio::task::spawn_blocking(move || match war_file {
-            Some(w) => vmd.acquire_service(&t, Some(w)),
-            None => vmd.acquire(&t).map(|(vm, resumed)| (vm, resumed, None)),
+        let env = env.map(<[_]>::to_vec);
+        let started = tokio::task::spawn_blocking(move || match (war_file, env) {
+            (Some(w), _) => vmd.acquire_service(&t, Some(w)),
+            (None, Some(env)) => vmd.acquire_with(&t, &env),
+            (None, None) => vmd.acquire(&t).map(|(vm, resumed)| (vm, resumed, None)),
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -711,8 +758,9 @@ impl Runtime {
             Ok((vm, resumed, url)) => {
                 info!(template, vm = %vm.name, state = ?vm.state, resumed, ?url, "VM running");
                 self.state().local.res.started(token, &vm.name);
-                // The result names a URL that answers: the guest's server is waited for.
-                let ready = match &url {
+                // The result names a URL that answers: a deployed application is waited for (a
+                // cluster node's URL is not HTTP: its readiness is its console marker).
+                let ready = match url.as_ref().filter(|_| war.is_some()) {
                     Some(u) => {
                         let wait = Duration::from_secs(self.cfg.app_ready_secs);
                         crate::war::answers(u, wait).await
@@ -842,6 +890,9 @@ impl Runtime {
                 _ => self.release(&id, vm, &v["target"]).await,
             };
         }
+        if !v["cluster"].is_null() {
+            return self.cluster_request(&v).await;
+        }
         let name = v["template"].as_str().unwrap_or("");
         let Some(template) = self.templates.iter().find(|t| t.name == name).cloned() else {
             let known: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
@@ -951,7 +1002,7 @@ impl Runtime {
                     failed_clouds.push(cloud);
                 }
                 Outcome::Local(gw) if gw == self.gateway => {
-                    match self.deploy(template.res(), &template.name, war).await {
+                    match self.deploy(template.res(), &template.name, war, None).await {
                         Ok(p) => {
                             return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
                         }
@@ -1034,14 +1085,26 @@ impl Runtime {
         cloud: Option<&str>,
         wait_ms: u64,
     ) -> Result<Placed, Option<String>> {
-        let (tx, rx) = oneshot::channel();
-        self.state().waiting.insert(request, (gw.to_owned(), tx));
         let body = Body::DeployRequest {
             request,
             template: template.name.clone(),
             res: template.res(),
             cloud: cloud.map(str::to_owned),
         };
+        self.ask_body(gw, request, body, wait_ms).await
+    }
+
+    /// Sends `body` (a deploy or release request numbered `request`) to gateway `gw` and waits
+    /// for its answer: `Err(None)` when none came in time.
+    async fn ask_body(
+        &self,
+        gw: &str,
+        request: u64,
+        body: Body,
+        wait_ms: u64,
+    ) -> Result<Placed, Option<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.state().waiting.insert(request, (gw.to_owned(), tx));
         self.send(&self.msg_topic(), false, Some(gw), body);
         let answer = tokio::time::timeout(Duration::from_millis(wait_ms), rx).await;
         self.state().waiting.remove(&request);
@@ -1167,8 +1230,11 @@ impl Runtime {
         let mut payload = payload;
         if let Some(p) = placed.filter(|p| p.url.is_some()) {
             payload["url"] = json!(p.url);
-            payload["ready"] = json!(p.ready);
-            payload["war_sha256"] = json!(p.war_sha256);
+            // A deployed application: whether it answered, and the archive it runs.
+            if p.war_sha256.is_some() {
+                payload["ready"] = json!(p.ready);
+                payload["war_sha256"] = json!(p.war_sha256);
+            }
         }
         self.session
             .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
@@ -1291,7 +1357,10 @@ fn log_event(e: &Event) {
         Event::Left(g) => Some((g, "left")),
         Event::Down(g) => Some((g, "down")),
         Event::Dismissed(g) => Some((g, "dismissed")),
-        Event::JoinRequest(_) | Event::DeployRequest { .. } | Event::DeployAnswer { .. } => None,
+        Event::JoinRequest(_)
+        | Event::DeployRequest { .. }
+        | Event::DeployAnswer { .. }
+        | Event::ReleaseRequest { .. } => None,
     };
     if let Some((g, what)) = change {
         crate::api::hub::member(&g.to_string(), what);
@@ -1303,7 +1372,8 @@ fn log_event(e: &Event) {
         Event::Down(g) => warn!(gateway = %g, "down: no heartbeat; its resources are withdrawn"),
         Event::Dismissed(g) => warn!(gateway = %g, "dismissed: trust stayed below the threshold"),
         Event::JoinRequest(g) => debug!(gateway = %g, "asks the members to announce"),
-        Event::DeployRequest { .. } | Event::DeployAnswer { .. } => {}
+        Event::DeployRequest { .. } | Event::DeployAnswer { .. } | Event::ReleaseRequest { .. } => {
+        }
     }
 }
 

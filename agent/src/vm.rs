@@ -87,6 +87,26 @@ impl Vmd {
         }
     }
 
+    /// `acquire` with an environment for the guest (a cluster's node URLs, `BETAAS_URL_*`);
+    /// also returns the URL the guest serves at (a cluster's master or storage node). Blocking.
+    pub fn acquire_with(
+        &self,
+        template: &str,
+        env: &[(String, String)],
+    ) -> Result<(VmInfo, bool, Option<String>), String> {
+        match self.call(&Request::AcquireWith {
+            template: template.to_owned(),
+            env: env.to_vec(),
+        })? {
+            Response::AcquiredAt { vm, resumed, url } => Ok((vm, resumed, url)),
+            Response::Error(e) => Err(format!(
+                "betaas-vmd refused {template}: {:?}: {}",
+                e.kind, e.message
+            )),
+            other => Err(format!("betaas-vmd answered {other:?} to acquire")),
+        }
+    }
+
     /// Stops a VM on request (managed save for a VM, shutdown for a container); it is kept for
     /// the next request of its template. Blocking.
     pub fn stop(&self, vm: &str) -> Result<VmInfo, String> {

@@ -5,11 +5,13 @@
 //! - [`allocator`]: the local/remote choice of the TaaS resources manager (paper §III, Figure 2).
 //! - [`scenario`], [`sim`], [`gen`]: the simulator that compares it with other schedulers.
 //! - [`instance`]: instance bus messages, membership and trust (the instance manager).
+//! - [`cluster`]: the Big Data Manager's scaling decision (replicas asked vs workers known).
 //! - [`lifecycle`]: this gateway's reservations for its local VMs: release, rebuild after a restart.
 //! - [`journal`]: the store-and-forward journal's record format (frames, segment header, state).
 //! - [`things`]: the parsers of outside input for things: actuator commands, MQTT things' payloads.
 
 pub mod allocator;
+pub mod cluster;
 pub mod forecast;
 pub mod gen;
 pub mod instance;

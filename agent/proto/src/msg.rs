@@ -37,6 +37,13 @@ pub enum Request {
         template: String,
         war: Option<WarFile>,
     },
+    /// `Acquire` with an environment for the guest (a container's init gets it; a clustered
+    /// worker its master's URL). A stopped VM is reused only if it was made with the same
+    /// environment. Answered `AcquiredAt`.
+    AcquireWith {
+        template: String,
+        env: Vec<(String, String)>,
+    },
 }
 
 /// An application archive on the gateway's disk, for the VM manager to hand to the guest.
@@ -83,6 +90,13 @@ pub enum Response {
         ports: Vec<PortMap>,
         url: Option<String>,
         ready_marker: Option<String>,
+    },
+    /// The answer to `AcquireWith`: as `Acquired`, plus the URL the guest serves at when its
+    /// template is a clustered master or storage node (`[cluster] url` at this gateway's address).
+    AcquiredAt {
+        vm: VmInfo,
+        resumed: bool,
+        url: Option<String>,
     },
 }
 

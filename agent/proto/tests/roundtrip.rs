@@ -32,6 +32,10 @@ fn all_requests() -> Vec<Request> {
         Request::Undefine { vm: "e".into() },
         Request::List,
         Request::Stats { vm: "f".into() },
+        Request::AcquireWith {
+            template: "bigdata-compute".into(),
+            env: vec![("SPARK_MASTER".into(), "spark://10.0.0.5:7077".into())],
+        },
     ]
 }
 
@@ -77,6 +81,11 @@ fn all_responses() -> Vec<Response> {
             ErrorKind::Foreign,
             "domain 'x' is not ours",
         )),
+        Response::AcquiredAt {
+            vm: vm_info("betaas-bigdata-master-1"),
+            resumed: false,
+            url: Some("spark://10.0.0.5:7077".into()),
+        },
     ]
 }
 

@@ -67,6 +67,14 @@ pub struct RequestArgs {
     /// The WAR's sha256 (64 hex digits): the gateway refuses an archive that does not match.
     #[arg(long, requires = "war")]
     war_sha256: Option<String>,
+    /// A cluster this VM is a node of (big data): the gateway asked keeps the cluster; its nodes
+    /// get the URLs of the nodes placed before them (a worker its master's).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With --cluster: keep this many VMs of the template running (workers), scaling up or
+    /// down and replacing those on a gateway that goes down.
+    #[arg(long, requires = "cluster")]
+    replicas: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +117,12 @@ pub fn request(args: &RequestArgs) -> ExitCode {
             Ok(h) => body["war_sha256"] = json!(h),
             Err(e) => return fail(e),
         }
+    }
+    if let Some(c) = &args.cluster {
+        body["cluster"] = json!(c);
+    }
+    if let Some(n) = args.replicas {
+        body["replicas"] = json!(n);
     }
     run(&args.target, body)
 }

@@ -2,7 +2,8 @@
 //! parsed and validated by `betaas-templates`), looked up by name and guest architecture.
 //!
 //! Directories are scanned on every lookup (a handful of small files), so a template built while
-//! the daemon runs is usable at once. File checksums are verified once per (path, size, mtime).
+//! the daemon runs is usable at once. File checksums are verified once per file (device and inode: hard links of one file,
+//! as the big-data templates share their rootfs, count once), size and mtime.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -48,7 +49,7 @@ pub enum CatalogError {
 #[derive(Default)]
 pub struct Catalog {
     dirs: Vec<PathBuf>,
-    verified: HashMap<PathBuf, (u64, Option<SystemTime>, String)>,
+    verified: HashMap<(u64, u64), (u64, Option<SystemTime>, String)>,
 }
 
 impl Catalog {
@@ -150,7 +151,11 @@ impl Catalog {
         };
         let md = std::fs::metadata(p).map_err(io)?;
         let key = (md.len(), md.modified().ok());
-        if let Some((len, mtime, sum)) = self.verified.get(p) {
+        let file = {
+            use std::os::unix::fs::MetadataExt;
+            (md.dev(), md.ino())
+        };
+        if let Some((len, mtime, sum)) = self.verified.get(&file) {
             if (*len, *mtime) == key {
                 return Ok(sum.clone());
             }
@@ -166,8 +171,7 @@ impl Catalog {
             h.update(&buf[..n]);
         }
         let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        self.verified
-            .insert(p.to_owned(), (key.0, key.1, sum.clone()));
+        self.verified.insert(file, (key.0, key.1, sum.clone()));
         Ok(sum)
     }
 }

@@ -65,6 +65,10 @@ pub struct Config {
     pub restart_reset_s: u64,
     /// How often the supervisor looks for VMs that died.
     pub supervise_interval_ms: u64,
+    /// This gateway's address as the other gateways reach it. Containers share the gateway's
+    /// network, so a clustered role serves there: it reaches each container as `BETAAS_ADDRESS`
+    /// and fills `{address}` in a template's `[cluster] url`.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,7 @@ struct Raw {
     restart_backoff_max_ms: Option<u64>,
     restart_reset_s: Option<u64>,
     supervise_interval_ms: Option<u64>,
+    address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +203,7 @@ impl Default for Config {
             restart_backoff_max_ms: 60_000,
             restart_reset_s: 300,
             supervise_interval_ms: 1000,
+            address: "127.0.0.1".into(),
         }
     }
 }
@@ -366,6 +372,18 @@ impl Config {
             ));
         }
         let read_timeout_ms = raw.read_timeout_ms.unwrap_or(d.read_timeout_ms);
+        let address = raw.address.unwrap_or(d.address);
+        if address.is_empty()
+            || !address
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        {
+            return Err(field(
+                line_of(text, "address"),
+                "address",
+                format!("{address:?}: a host name or IP address"),
+            ));
+        }
         if !(100..=3_600_000).contains(&read_timeout_ms) {
             return Err(field(
                 line_of(text, "read_timeout_ms"),
@@ -403,6 +421,7 @@ impl Config {
             restart_backoff_max_ms,
             restart_reset_s: raw.restart_reset_s.unwrap_or(d.restart_reset_s),
             supervise_interval_ms,
+            address,
         })
     }
 }

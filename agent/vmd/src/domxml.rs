@@ -66,6 +66,8 @@ pub struct DomainSpec {
     pub forwards: Vec<PortMap>,
     /// A container's `/srv/betaas`: this host directory (the VM's service share).
     pub share: Option<PathBuf>,
+    /// A container's init environment (libvirt `<initenv>`); ignored for VMs.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Error)]
@@ -134,6 +136,13 @@ pub fn domain_xml(spec: &DomainSpec) -> Result<String, XmlError> {
         BootSpec::Container { init, .. } => {
             text_el(&mut w, "type", "exe")?;
             text_el(&mut w, "init", init)?;
+            for (k, v) in &spec.env {
+                w.write_event(Event::Start(
+                    BytesStart::new("initenv").with_attributes([("name", k.as_str())]),
+                ))?;
+                w.write_event(Event::Text(BytesText::new(v)))?;
+                w.write_event(Event::End(BytesEnd::new("initenv")))?;
+            }
         }
         boot => {
             let (arch, machine) = match spec.mark.arch {
@@ -468,6 +477,7 @@ mod tests {
             user_net: false,
             forwards: vec![],
             share: None,
+            env: Vec::new(),
         }
     }
 

@@ -65,6 +65,8 @@ pub enum VmdError {
     Service(#[from] ServiceError),
     #[error("template {0:?} declares no service ports ([network] ports): it takes no WAR")]
     NotAService(String),
+    #[error("environment for the guest: {0}")]
+    BadEnv(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -91,6 +93,7 @@ impl VmdError {
             VmdError::Service(ServiceError::Sha256 { .. }) => ErrorKind::InvalidState,
             VmdError::Service(_) => ErrorKind::Io,
             VmdError::NotAService(_) => ErrorKind::BadTemplate,
+            VmdError::BadEnv(_) => ErrorKind::InvalidState,
         };
         ErrorReply::new(kind, self.to_string())
     }
@@ -101,6 +104,69 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmdError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A VM's environment as given at create (`KEY=value` lines), next to its overlay.
+const ENV: &str = "env";
+
+fn env_file(env: &[(String, String)]) -> String {
+    env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// The variable a cluster's node URLs travel in: `BETAAS_URL_<TEMPLATE>`, the template's name in
+/// capitals with every other character `_` (`BETAAS_URL_BIGDATA_MASTER`).
+pub fn url_var(template: &str) -> String {
+    let t: String = template
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("BETAAS_URL_{t}")
+}
+
+/// A worker's environment: the URL of its `[cluster] master` (given as that template's
+/// `BETAAS_URL_*`) also in the descriptor's `master_env`; refused when the master's is missing.
+fn cluster_env(t: &Template, env: &[(String, String)]) -> Result<Vec<(String, String)>, VmdError> {
+    let mut out = env.to_vec();
+    if let Some(c) = &t.cluster {
+        if let (Some(master), Some(var)) = (&c.master, &c.master_env) {
+            let key = url_var(master);
+            let Some((_, url)) = env.iter().find(|(k, _)| *k == key) else {
+                return Err(VmdError::BadEnv(format!(
+                    "template {} is a worker of {master}: it needs {key} (the master's URL)",
+                    t.name
+                )));
+            };
+            out.retain(|(k, _)| k != var);
+            out.push((var.clone(), url.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Names like shell variables, values on one line, at most 32 of them.
+fn check_env(env: &[(String, String)]) -> Result<(), VmdError> {
+    let bad = VmdError::BadEnv;
+    if env.len() > 32 {
+        return Err(bad(format!("{} variables (at most 32)", env.len())));
+    }
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ours = k.starts_with("BETAAS_") && !k.starts_with("BETAAS_URL_");
+        if !name_ok || ours || v.contains(['\n', '\0']) || v.len() > 1024 {
+            return Err(bad(format!(
+                "{k:?}: a name of letters, digits and _ (not BETAAS_* but BETAAS_URL_*), a value of one line"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn unix_now() -> u64 {
@@ -229,6 +295,9 @@ impl Manager {
             Request::Acquire { template } => self
                 .acquire(&template)
                 .map(|(vm, resumed)| Response::Acquired { vm, resumed }),
+            Request::AcquireWith { template, env } => self
+                .acquire_with(&template, &env)
+                .map(|(vm, resumed, url)| Response::AcquiredAt { vm, resumed, url }),
             Request::Start { vm } => self.start(&vm).map(Response::Vm),
             Request::Stop { vm } => self.stop(&vm).map(Response::Vm),
             Request::Resume { vm } => self.resume(&vm).map(Response::Vm),
@@ -506,6 +575,15 @@ impl Manager {
     }
 
     pub fn create(&mut self, template: &str) -> Result<VmInfo, VmdError> {
+        self.create_with(template, &[])
+    }
+
+    /// `create` with an environment for a container's init (recorded in the VM's file `env`).
+    pub fn create_with(
+        &mut self,
+        template: &str,
+        env: &[(String, String)],
+    ) -> Result<VmInfo, VmdError> {
         let t = self
             .catalog
             .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
@@ -551,7 +629,14 @@ impl Manager {
                 .map_err(VmdError::from),
             None => Ok(()),
         }
-        .and_then(|()| self.define(&t, kind, &name, &dir));
+        .and_then(|()| {
+            if env.is_empty() {
+                return Ok(());
+            }
+            let path = dir.join(ENV);
+            std::fs::write(&path, env_file(env)).map_err(io_err(&path))
+        })
+        .and_then(|()| self.define(&t, kind, &name, &dir, env));
         if r.is_err() {
             // Nothing half-made stays behind: the overlay goes with the failed define.
             let _ = std::fs::remove_dir_all(&dir);
@@ -595,6 +680,7 @@ impl Manager {
         kind: VirtKind,
         name: &str,
         dir: &Path,
+        env: &[(String, String)],
     ) -> Result<Vm, VmdError> {
         let mut spec = domain_spec(t, kind, name, dir, &self.cfg, self.now())?;
         if t.network.as_ref().is_some_and(|n| !n.ports.is_empty()) {
@@ -607,12 +693,32 @@ impl Manager {
                 spec.seed = Some(dir.join(service::SEED));
             }
         }
+        if kind == VirtKind::Lxc {
+            // Containers share the gateway's network: what they serve is at its address.
+            spec.env = vec![
+                ("BETAAS_VM".into(), name.to_owned()),
+                ("BETAAS_ADDRESS".into(), self.cfg.address.clone()),
+                ("BETAAS_VCPUS".into(), t.resources.vcpus.to_string()),
+                ("BETAAS_MEMORY_MB".into(), t.resources.memory_mb.to_string()),
+            ];
+            spec.env.extend(env.iter().cloned());
+        }
         if let Some(disk) = &spec.disk {
             overlay::create(&t.path_of(&t.image.file), t.image.format, disk)?;
         }
         if let (Some(l), BootSpec::Container { rootfs, .. }) = (&t.lxc, &spec.boot) {
-            // A container's "overlay" is its own unpacked copy of the template's rootfs.
-            overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
+            // A container's "overlay" is its own unpacked copy of the template's rootfs, or a
+            // tree of hard links to the one unpacked copy (`[lxc] shared`).
+            if l.shared {
+                let cache = self
+                    .cfg
+                    .state_dir
+                    .join(".rootfs")
+                    .join(l.rootfs.sha256.to_string());
+                overlay::link_rootfs(&t.path_of(&l.rootfs), &cache, rootfs)?;
+            } else {
+                overlay::unpack_rootfs(&t.path_of(&l.rootfs), rootfs)?;
+            }
         }
         let xml = domxml::domain_xml(&spec)?;
         self.hv_of(kind).with("define domain", |c: &Connect| {
@@ -838,17 +944,45 @@ impl Manager {
     /// The allocator's request: bring back a stopped VM of `template` if there is one, else make
     /// one. Also says whether it was brought back.
     pub fn acquire(&mut self, template: &str) -> Result<(VmInfo, bool), VmdError> {
+        self.acquire_with(template, &[])
+            .map(|(vm, resumed, _)| (vm, resumed))
+    }
+
+    /// `acquire` with an environment for the guest: only a stopped VM made with the same
+    /// environment is reused (a worker of another master is not). Also returns the URL the
+    /// guest serves at, for a template with a `[cluster] url`.
+    pub fn acquire_with(
+        &mut self,
+        template: &str,
+        env: &[(String, String)],
+    ) -> Result<(VmInfo, bool, Option<String>), VmdError> {
+        check_env(env)?;
+        let t = self
+            .catalog
+            .find(template, self.cfg.arch, self.cfg.verify_checksums)?;
+        let env = cluster_env(&t, env)?;
+        let env = env.as_slice();
         self.refresh()?;
-        let pick = registry::pick_resumable(self.vms.values(), template, self.cfg.arch)
-            .map(|v| v.name.clone());
+        let want = env_file(env);
+        let same_env: Vec<&registry::Vm> = self
+            .vms
+            .values()
+            .filter(|v| {
+                std::fs::read_to_string(self.dir(&v.name).join(ENV)).unwrap_or_default() == want
+            })
+            .collect();
+        let pick =
+            registry::pick_resumable(same_env, template, self.cfg.arch).map(|v| v.name.clone());
         let (name, resumed) = match pick {
             Some(n) => {
                 tracing::info!(vm = %n, %template, "acquire: reusing a stopped VM");
                 (n, true)
             }
-            None => (self.create(template)?.name, false),
+            None => (self.create_with(template, env)?.name, false),
         };
-        Ok((self.start(&name)?, resumed))
+        let vm = self.start(&name)?;
+        let url = t.cluster.as_ref().and_then(|c| c.url_at(&self.cfg.address));
+        Ok((vm, resumed, url))
     }
 
     /// `Acquire` for a template with service ports, handing `war` to the guest: a stopped VM of
@@ -1016,5 +1150,92 @@ pub fn domain_spec(
         user_net: t.network.is_some() && kind != VirtKind::Lxc,
         forwards: Vec::new(),
         share: None,
+        env: Vec::new(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cluster_env_tests {
+    use super::*;
+
+    fn worker() -> Template {
+        let text = r#"name = "bigdata-compute"
+role = "compute"
+[resources]
+vcpus = 1
+memory_mb = 1024
+disk_gb = 2
+[virtualization]
+kinds = ["lxc"]
+arch = ["x86_64"]
+[image]
+name = "bigdata"
+file = "disk.qcow2"
+format = "qcow2"
+min_vcpus = 1
+min_memory_mb = 512
+min_disk_gb = 1
+[boot]
+method = "disk"
+[console]
+booted = "REGISTERED"
+[lxc]
+rootfs = "rootfs.tar"
+init = "/usr/libexec/betaas/bigdata-worker"
+[cluster]
+role = "worker"
+master = "bigdata-master"
+master_env = "SPARK_MASTER"
+"#;
+        betaas_templates::check_source(Path::new("t/template.toml"), text).unwrap();
+        // parse() wants checksums; the source form is enough here.
+        let text = text
+            .replace(
+                "format = \"qcow2\"",
+                &format!("sha256 = \"{}\"\nformat = \"qcow2\"", "a".repeat(64)),
+            )
+            .replace(
+                "init = ",
+                &format!("rootfs_sha256 = \"{}\"\ninit = ", "b".repeat(64)),
+            );
+        Template::parse(Path::new("t/template.toml"), &text).unwrap()
+    }
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn a_worker_gets_its_masters_url_under_master_env() {
+        let env = vec![
+            kv("BETAAS_URL_BIGDATA_MASTER", "spark://10.0.0.5:7077"),
+            kv("BETAAS_URL_BIGDATA_STORAGE", "ftp://10.0.0.6:2121/"),
+        ];
+        check_env(&env).unwrap();
+        let out = cluster_env(&worker(), &env).unwrap();
+        assert!(out.contains(&kv("SPARK_MASTER", "spark://10.0.0.5:7077")));
+        assert!(out.contains(&kv("BETAAS_URL_BIGDATA_STORAGE", "ftp://10.0.0.6:2121/")));
+        assert_eq!(url_var("bigdata-master"), "BETAAS_URL_BIGDATA_MASTER");
+    }
+
+    #[test]
+    fn a_worker_without_its_masters_url_is_refused() {
+        let e = cluster_env(&worker(), &[kv("BETAAS_URL_OTHER", "x")]).unwrap_err();
+        assert!(e.to_string().contains("BETAAS_URL_BIGDATA_MASTER"), "{e}");
+    }
+
+    #[test]
+    fn bad_variables_are_refused() {
+        for (k, v) in [
+            ("BETAAS_ADDRESS", "1.2.3.4"),
+            ("1X", "v"),
+            ("A-B", "v"),
+            ("X", "two\nlines"),
+        ] {
+            assert!(check_env(&[kv(k, v)]).is_err(), "{k}={v:?}");
+        }
+        assert!(check_env(&[kv("SPARK_CONF", "a=b c")]).is_ok());
+        assert_eq!(env_file(&[kv("A", "1"), kv("B", "2")]), "A=1\nB=2\n");
+    }
 }

@@ -82,6 +82,38 @@ pub fn unpack_rootfs(tarball: &Path, into: &Path) -> Result<(), OverlayError> {
     Ok(())
 }
 
+/// A container root of hard links to `cache`, the tarball unpacked once (by its sha256: a new
+/// build gets a new copy; an unpack cut short is never used, it is renamed into place whole).
+pub fn link_rootfs(tarball: &Path, cache: &Path, into: &Path) -> Result<(), OverlayError> {
+    let spawn = |source| OverlayError::Spawn {
+        overlay: into.to_owned(),
+        source,
+    };
+    if !cache.is_dir() {
+        let tmp = cache.with_extension("unpacking");
+        let _ = std::fs::remove_dir_all(&tmp);
+        unpack_rootfs(tarball, &tmp)?;
+        std::fs::rename(&tmp, cache).map_err(spawn)?;
+    }
+    if let Some(parent) = into.parent() {
+        std::fs::create_dir_all(parent).map_err(spawn)?;
+    }
+    let out = Command::new("cp")
+        .arg("-al")
+        .arg(cache)
+        .arg(into)
+        .output()
+        .map_err(spawn)?;
+    if !out.status.success() {
+        return Err(OverlayError::Failed {
+            overlay: into.to_owned(),
+            base: cache.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Bytes the overlay occupies on the host (what the VM has written), for stats when libvirt
 /// cannot say (the test driver, a shut-off domain).
 pub fn allocated_bytes(overlay: &Path) -> u64 {

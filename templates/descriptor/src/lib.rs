@@ -41,6 +41,38 @@ pub struct Template {
     pub lxc: Option<Lxc>,
     /// The guest's network interface, when it needs one (`[network]`); none otherwise.
     pub network: Option<Network>,
+    /// `[cluster]`: the template is one role of a clustered service (big data).
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: how a clustered role finds its master. A master or storage node names the URL it
+/// serves at (`{address}` is the gateway's address as the cluster reaches it); a worker names the
+/// master's template and the environment variable its start gets the master's URL in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub role: ClusterRole,
+    /// master, storage: e.g. `spark://{address}:7077`.
+    pub url: Option<String>,
+    /// worker: the master's template.
+    pub master: Option<String>,
+    /// worker: the variable that carries the master's URL into the guest (e.g. `SPARK_MASTER`).
+    pub master_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    Master,
+    Worker,
+    Storage,
+}
+
+impl Cluster {
+    /// The URL with `{address}` replaced.
+    pub fn url_at(&self, address: &str) -> Option<String> {
+        self.url.as_ref().map(|u| u.replace("{address}", address))
+    }
 }
 
 /// `[network]`: how the guest is connected.
@@ -111,6 +143,10 @@ pub struct Lxc {
     pub rootfs: FileRef,
     /// The container's init, an absolute path inside the rootfs.
     pub init: String,
+    /// `shared = true`: the rootfs is unpacked once per gateway and each container's root is a
+    /// tree of hard links to it (seconds and no space, instead of a copy of a large rootfs). Only
+    /// for guests that never modify an existing file in place (they create new files).
+    pub shared: bool,
 }
 
 /// The paper's template roles.
@@ -449,6 +485,7 @@ impl Template {
                         )?,
                     },
                     init: l.init,
+                    shared: l.shared,
                 })
             }
             (None, true) => {
@@ -561,6 +598,57 @@ impl Template {
                     .into(),
             ));
         }
+        if let Some(c) = &raw.cluster {
+            type Keys<'a> = &'a [(&'a str, bool)];
+            let (need, forbid): (Keys, Keys) = match c.role {
+                ClusterRole::Worker => (
+                    &[
+                        ("master", c.master.is_some()),
+                        ("master_env", c.master_env.is_some()),
+                    ],
+                    &[("url", c.url.is_some())],
+                ),
+                _ => (
+                    &[("url", c.url.is_some())],
+                    &[
+                        ("master", c.master.is_some()),
+                        ("master_env", c.master_env.is_some()),
+                    ],
+                ),
+            };
+            for (key, set) in need {
+                if !set {
+                    return Err(err("cluster", key, "required for this role".into()));
+                }
+            }
+            for (key, set) in forbid {
+                if *set {
+                    return Err(err("cluster", key, "not for this role".into()));
+                }
+            }
+            let env_ok = |v: &str| {
+                !v.is_empty()
+                    && !v.starts_with(|ch: char| ch.is_ascii_digit())
+                    && v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            };
+            if let Some(v) = &c.master_env {
+                if !env_ok(v) {
+                    return Err(err(
+                        "cluster",
+                        "master_env",
+                        format!("{v:?}: an environment variable name (letters, digits, _)"),
+                    ));
+                }
+            }
+            if !wants_lxc && c.master_env.is_some() {
+                return Err(err(
+                    "cluster",
+                    "master_env",
+                    "the environment reaches containers only: needs lxc in virtualization.kinds"
+                        .into(),
+                ));
+            }
+        }
         if raw.console.booted.trim().is_empty() {
             return Err(err(
                 "console",
@@ -583,6 +671,7 @@ impl Template {
             ready_marker: raw.console.ready,
             lxc,
             network: raw.network,
+            cluster: raw.cluster,
         })
     }
 }
@@ -623,6 +712,7 @@ struct Raw {
     console: RawConsole,
     lxc: Option<RawLxc>,
     network: Option<Network>,
+    cluster: Option<Cluster>,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +765,8 @@ struct RawLxc {
     rootfs: RelPath,
     rootfs_sha256: Option<Sha256>,
     init: String,
+    #[serde(default)]
+    shared: bool,
 }
 
 /// Letters, digits and `-`, 1..=63 characters, starting with a letter or digit.

@@ -424,3 +424,82 @@ fn service_ports_and_ready_marker() {
     let e = err(&good().replacen("[console]\n", "[console]\nready = \" \"\n", 1));
     assert_eq!(e.field, "console.ready", "{e}");
 }
+
+mod cluster {
+    use super::*;
+
+    const WORKER: &str = r#"
+name = "bigdata-compute"
+role = "compute"
+[resources]
+vcpus = 1
+memory_mb = 1024
+disk_gb = 2
+[virtualization]
+kinds = ["lxc"]
+arch = ["x86_64"]
+[image]
+name = "bigdata"
+file = "disk.qcow2"
+format = "qcow2"
+min_vcpus = 1
+min_memory_mb = 512
+min_disk_gb = 1
+[boot]
+method = "disk"
+[console]
+booted = "REGISTERED"
+[lxc]
+rootfs = "rootfs.tar"
+init = "/usr/libexec/betaas/bigdata-worker"
+[cluster]
+role = "worker"
+master = "bigdata-master"
+master_env = "SPARK_MASTER"
+"#;
+
+    #[test]
+    fn a_worker_names_its_master_and_the_variable() {
+        let t = Template::build(Path::new("t/template.toml"), WORKER, Sums::Optional).unwrap();
+        let c = t.cluster.unwrap();
+        assert_eq!(c.role, ClusterRole::Worker);
+        assert_eq!(c.master.as_deref(), Some("bigdata-master"));
+        assert_eq!(c.master_env.as_deref(), Some("SPARK_MASTER"));
+    }
+
+    #[test]
+    fn a_master_serves_a_url_at_the_gateways_address() {
+        let text = WORKER.replace(
+            "role = \"worker\"\nmaster = \"bigdata-master\"\nmaster_env = \"SPARK_MASTER\"",
+            "role = \"master\"\nurl = \"spark://{address}:7077\"",
+        );
+        let t = Template::build(Path::new("t/template.toml"), &text, Sums::Optional).unwrap();
+        assert_eq!(
+            t.cluster.unwrap().url_at("10.0.0.5").as_deref(),
+            Some("spark://10.0.0.5:7077")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (from, to, field) in [
+            ("master_env = \"SPARK_MASTER\"", "", "cluster.master_env"),
+            (
+                "master_env = \"SPARK_MASTER\"",
+                "master_env = \"SPARK-MASTER\"",
+                "cluster.master_env",
+            ),
+            (
+                "master_env = \"SPARK_MASTER\"",
+                "master_env = \"X\"\nurl = \"u\"",
+                "cluster.url",
+            ),
+            ("role = \"worker\"", "role = \"boss\"", "cluster.role"),
+        ] {
+            let text = WORKER.replace(from, to);
+            let e =
+                Template::build(Path::new("t/template.toml"), &text, Sums::Optional).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+}

@@ -112,3 +112,26 @@ fn fastrand_u64() -> u64 {
     );
     h.finish()
 }
+
+/// The offline big-data templates: one recipe (`templates/bigdata/build.sh`), three descriptors,
+/// each a role of one cluster; the worker names the master's template and the variable.
+#[test]
+fn the_bigdata_roles_are_valid_and_find_their_master() {
+    let dir = templates_dir().join("bigdata");
+    let load = |role: &str| {
+        let path = dir.join(format!("{role}.toml"));
+        let text = std::fs::read_to_string(&path).expect("descriptor is readable");
+        check_source(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        text
+    };
+    for role in ["master", "compute", "storage"] {
+        let text = load(role);
+        assert!(
+            text.contains(&format!("name = \"bigdata-{role}\"")),
+            "{role}"
+        );
+        assert!(text.contains("[cluster]"), "{role}");
+    }
+    assert!(load("compute").contains("master = \"bigdata-master\""));
+    assert!(load("compute").contains("master_env = \"SPARK_MASTER\""));
+}

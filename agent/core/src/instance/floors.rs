@@ -80,7 +80,10 @@ impl Urgency {
             Body::Leave
             | Body::DeployRequest { .. }
             | Body::DeployAnswer { .. }
-            | Body::ClientRequest { .. } => Urgency::Now,
+            | Body::ClientRequest { .. }
+            | Body::ClusterDeploy { .. }
+            | Body::ClusterAnswer { .. }
+            | Body::ReleaseRequest { .. } => Urgency::Now,
         }
     }
 }

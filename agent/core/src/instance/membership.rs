@@ -76,12 +76,24 @@ pub enum Event {
         template: String,
         res: crate::allocator::Res,
         cloud: Option<String>,
+        /// For the guest's start (a cluster's node URLs); empty for most.
+        env: Vec<(String, String)>,
+        /// Came as a `ClusterDeploy`: answered with a `ClusterAnswer` (the guest's URL).
+        cluster: bool,
     },
     DeployAnswer {
         from: String,
         request: u64,
         accepted: bool,
         reason: String,
+        vm: String,
+        /// Where the guest serves (a cluster's master or storage node).
+        url: Option<String>,
+    },
+    /// Stop one of our VMs (a cluster's scale-down); answered with a `DeployAnswer`.
+    ReleaseRequest {
+        from: String,
+        request: u64,
         vm: String,
     },
 }
@@ -434,8 +446,48 @@ impl Instance {
                     template,
                     res,
                     cloud,
+                    env: Vec::new(),
+                    cluster: false,
                 });
             }
+            Body::ClusterDeploy {
+                request,
+                template,
+                res,
+                env,
+            } if for_me => {
+                events.push(Event::DeployRequest {
+                    from,
+                    request,
+                    template,
+                    res,
+                    cloud: None,
+                    env,
+                    cluster: true,
+                });
+            }
+            Body::ClusterAnswer {
+                request,
+                accepted,
+                reason,
+                vm,
+                url,
+            } if for_me => {
+                events.push(Event::DeployAnswer {
+                    from,
+                    request,
+                    accepted,
+                    reason,
+                    vm,
+                    url,
+                });
+            }
+            Body::ReleaseRequest { request, vm } if for_me => {
+                events.push(Event::ReleaseRequest { from, request, vm });
+            }
+            Body::ClusterDeploy { .. }
+            | Body::ClusterAnswer { .. }
+            | Body::ReleaseRequest { .. } => {}
             Body::DeployAnswer {
                 request,
                 accepted,
@@ -448,6 +500,7 @@ impl Instance {
                     accepted,
                     reason,
                     vm,
+                    url: None,
                 });
             }
             Body::DeployRequest { .. } | Body::DeployAnswer { .. } => {}
@@ -941,6 +994,73 @@ mod tests {
     }
 
     #[test]
+    fn cluster_deploys_answers_and_releases_reach_only_their_addressee() {
+        let (ik, mut me) = setup();
+        let mut a = Gw::new(&ik, "a", 1);
+        me.receive(&a.announce(None), 0).unwrap();
+        let env = vec![(
+            "SPARK_MASTER".to_owned(),
+            "spark://10.0.0.5:7077".to_owned(),
+        )];
+        let bodies = [
+            Body::ClusterDeploy {
+                request: 6,
+                template: "bigdata-compute".into(),
+                res: Res::new(1, 1024, 2),
+                env: env.clone(),
+            },
+            Body::ClusterAnswer {
+                request: 7,
+                accepted: true,
+                reason: String::new(),
+                vm: "m1".into(),
+                url: Some("spark://10.0.0.5:7077".into()),
+            },
+            Body::ReleaseRequest {
+                request: 8,
+                vm: "w1".into(),
+            },
+        ];
+        for body in &bodies {
+            assert_eq!(
+                me.receive(&a.send(Some("other"), body.clone()), 0).unwrap(),
+                vec![]
+            );
+        }
+        let got: Vec<Event> = bodies
+            .into_iter()
+            .flat_map(|b| me.receive(&a.send(Some("me"), b), 0).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Event::DeployRequest {
+                    from: "a".into(),
+                    request: 6,
+                    template: "bigdata-compute".into(),
+                    res: Res::new(1, 1024, 2),
+                    cloud: None,
+                    env,
+                    cluster: true,
+                },
+                Event::DeployAnswer {
+                    from: "a".into(),
+                    request: 7,
+                    accepted: true,
+                    reason: String::new(),
+                    vm: "m1".into(),
+                    url: Some("spark://10.0.0.5:7077".into()),
+                },
+                Event::ReleaseRequest {
+                    from: "a".into(),
+                    request: 8,
+                    vm: "w1".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn deploy_messages_reach_only_their_addressee() {
         let (ik, mut me) = setup();
         let mut a = Gw::new(&ik, "a", 1);
@@ -963,6 +1083,8 @@ mod tests {
                 template: "app".into(),
                 res: Res::new(1, 256, 1),
                 cloud: None,
+                env: Vec::new(),
+                cluster: false,
             }]
         );
     }

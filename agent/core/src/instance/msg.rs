@@ -160,6 +160,28 @@ pub enum Body {
         credential: Credential,
         report: Option<ResourceReport>,
     },
+    /// A `DeployRequest` for a clustered template (local only): `env` reaches the guest's start
+    /// (a worker's master URL). Answered `ClusterAnswer`. After `Join`: the others keep their tags.
+    ClusterDeploy {
+        request: u64,
+        template: String,
+        res: Res,
+        env: Vec<(String, String)>,
+    },
+    /// A `DeployAnswer` that also names the URL the guest serves at (a master, a storage node).
+    ClusterAnswer {
+        request: u64,
+        accepted: bool,
+        reason: String,
+        vm: String,
+        url: Option<String>,
+    },
+    /// Stop this VM of the receiver's (a cluster's scale-down); answered `DeployAnswer`
+    /// (accepted: stopped, kept for reuse).
+    ReleaseRequest {
+        request: u64,
+        vm: String,
+    },
 }
 
 impl Body {
@@ -173,6 +195,9 @@ impl Body {
             Body::Trust { .. } => "trust",
             Body::ClientRequest { .. } => "client-request",
             Body::Join { .. } => "join",
+            Body::ClusterDeploy { .. } => "cluster-deploy",
+            Body::ClusterAnswer { .. } => "cluster-answer",
+            Body::ReleaseRequest { .. } => "release-request",
         }
     }
 }

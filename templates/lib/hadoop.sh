@@ -1,41 +1,46 @@
-# Sourced by templates/bigdata-{storage,compute}/build.sh: Hadoop from Cloudera's CDH5 on Arch Linux ARM.
+# Sourced by templates/bigdata-{storage,compute}/build.sh: Apache Hadoop on Arch Linux ARM (the paper's
+# recipe with internet; the offline big-data templates are templates/bigdata/, Spark standalone).
 #
-# CDH5 never had ARM packages (its .deb/.rpm were x86_64 only), so the ARM templates use CDH5's own
-# Hadoop tarball (Java; the native libraries are left out and Hadoop falls back to its Java code):
-#   $CDH5_URL, default https://archive.cloudera.com/cdh5/cdh/5/hadoop-2.6.0-cdh5.16.2.tar.gz
-# Cloudera put that archive behind a login in 2021: set CLOUDERA_USER and CLOUDERA_PASSWORD (sent to
-# the archive with curl -u), or point CDH5_TARBALL at a copy you have; CDH5_SHA256, when set, is
-# checked. The tarball's sha256 is recorded in manifest.txt either way.
-# Hadoop 2.6 runs on Java 8: jre8-openjdk-headless from the Arch Linux ARM mirrors.
+# The paper used Cloudera's CDH5 (Hadoop 2.6), whose archive has needed a vendor login since 2021 and
+# never had ARM packages. This takes an Apache Hadoop release instead, the binary tarball (Java; its
+# x86_64 native libraries are left out and Hadoop falls back to its Java code):
+#   $HADOOP_VERSION (3.3.6), from $HADOOP_URL (default https://archive.apache.org/dist/hadoop/common/
+#   hadoop-$HADOOP_VERSION/hadoop-$HADOOP_VERSION.tar.gz), its .sha512 from the same place checked;
+#   or HADOOP_TARBALL=<a copy> (HADOOP_SHA512, when set, is checked). The sha256 goes to manifest.txt.
+# Hadoop 3.3 runs on Java 8 or 11: jre11-openjdk-headless from the Arch Linux ARM mirrors.
 
-CDH5_URL=${CDH5_URL:-https://archive.cloudera.com/cdh5/cdh/5/hadoop-2.6.0-cdh5.16.2.tar.gz}
-TPL_EXTRA_SOURCES="Cloudera's CDH5 archive"
+HADOOP_VERSION=${HADOOP_VERSION:-3.3.6}
+HADOOP_URL=${HADOOP_URL:-https://archive.apache.org/dist/hadoop/common/hadoop-$HADOOP_VERSION/hadoop-$HADOOP_VERSION.tar.gz}
+TPL_EXTRA_SOURCES="the Apache archive"
 
-# The URLs tpl_start must reach: Cloudera's unless a local tarball is given.
-tpl_cdh5_urls() { [ -n "${CDH5_TARBALL:-}" ] || echo "$CDH5_URL"; }
+# The URLs tpl_start must reach: the Apache archive unless a local tarball is given.
+tpl_hadoop_urls() { [ -n "${HADOOP_TARBALL:-}" ] || echo "$HADOOP_URL"; }
 
-# tpl_cdh5 ROOT ROLE: installs Hadoop in ROOT/opt/hadoop and one service for ROLE (datanode: HDFS
+# tpl_hadoop ROOT ROLE: installs Hadoop in ROOT/opt/hadoop and one service for ROLE (datanode: HDFS
 # DataNode; nodemanager: YARN NodeManager). Its configuration is written at every boot from
 # /etc/betaas/hadoop.env (NAMENODE=host[:port], RESOURCEMANAGER=host), provisioned per instance.
-tpl_cdh5() {
+tpl_hadoop() {
   local root=$1 role=$2 tar
-  if [ -n "${CDH5_TARBALL:-}" ]; then
-    tar=$CDH5_TARBALL
+  if [ -n "${HADOOP_TARBALL:-}" ]; then
+    tar=$HADOOP_TARBALL
   else
-    tar=$ALARM_DL/$(basename "$CDH5_URL")
+    tar=$ALARM_DL/$(basename "$HADOOP_URL")
     if [ ! -f "$tar" ]; then
-      tpl_step "downloading $CDH5_URL"
-      curl -fL --retry 3 ${CLOUDERA_USER:+-u "$CLOUDERA_USER:${CLOUDERA_PASSWORD:-}"} -o "$tar.part" "$CDH5_URL" \
-        || tpl_die "cannot download $CDH5_URL (since 2021 it needs CLOUDERA_USER/CLOUDERA_PASSWORD, or give CDH5_TARBALL)"
+      tpl_step "downloading $HADOOP_URL"
+      curl -fL --retry 3 -o "$tar.part" "$HADOOP_URL" || tpl_die "cannot download $HADOOP_URL"
+      curl -fL --retry 3 -o "$tar.sha512" "$HADOOP_URL.sha512" || tpl_die "cannot download $HADOOP_URL.sha512"
       mv "$tar.part" "$tar"
     fi
+    # The archive's .sha512 is "SHA512 (file) = hex" or "hex  file".
+    HADOOP_SHA512=${HADOOP_SHA512:-$(grep -oE '[0-9a-fA-F]{128}' "$tar.sha512" | head -1)}
   fi
+  [ -z "${HADOOP_SHA512:-}" ] || [ "$(sha512sum "$tar" | cut -d' ' -f1)" = "$(echo "$HADOOP_SHA512" | tr A-F a-f)" ] \
+    || tpl_die "$tar: sha512 does not match"
   local sum
   sum=$(sha256sum "$tar" | cut -d' ' -f1)
-  [ -z "${CDH5_SHA256:-}" ] || [ "$sum" = "$CDH5_SHA256" ] || tpl_die "$tar: sha256 $sum, expected $CDH5_SHA256"
-  echo "cdh5-hadoop $sum $(basename "$tar")" >> "$TPL_OUT/sources.txt"
+  echo "apache-hadoop $sum $(basename "$tar")" >> "$TPL_OUT/sources.txt"
 
-  tpl_step "Hadoop (CDH5) for the $role role"
+  tpl_step "Apache Hadoop $HADOOP_VERSION for the $role role"
   mkdir -p "$root/opt"
   tar -xzf "$tar" -C "$root/opt"
   local top
@@ -75,13 +80,13 @@ SH
   esac
   cat > "$root/etc/systemd/system/$unit.service" <<UNIT
 [Unit]
-Description=$desc (Hadoop from CDH5)
+Description=$desc (Apache Hadoop)
 After=network-online.target
 Wants=network-online.target
 
 [Service]
 User=hadoop
-Environment=JAVA_HOME=/usr/lib/jvm/java-8-openjdk/jre HADOOP_CONF_DIR=/etc/hadoop HADOOP_LOG_DIR=/var/log/hadoop
+Environment=JAVA_HOME=/usr/lib/jvm/java-11-openjdk HADOOP_CONF_DIR=/etc/hadoop HADOOP_LOG_DIR=/var/log/hadoop
 ExecStartPre=+/usr/bin/betaas-hadoop-config
 ExecStart=$cmd
 Restart=on-failure
@@ -92,8 +97,8 @@ UNIT
   TPL_HADOOP_UNIT=$unit.service
 }
 
-# tpl_cdh5_enable ROOT: the hadoop user owns the data and log directories; the service is enabled.
-tpl_cdh5_enable() {
+# tpl_hadoop_enable ROOT: the hadoop user owns the data and log directories; the service is enabled.
+tpl_hadoop_enable() {
   local root=$1
   tpl_chroot "$root" sh -c "useradd -r -d /var/lib/hadoop -s /usr/bin/nologin hadoop &&
     mkdir -p /var/log/hadoop && chown -R hadoop:hadoop /var/lib/hadoop /var/log/hadoop &&

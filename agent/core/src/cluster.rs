@@ -1,0 +1,454 @@
+//! The Big Data Manager's decision (paper §V): a cluster asks for N workers of one template, and
+//! this keeps N running — desired vs actual in, the actions to take out. Pure: the agent's runtime
+//! does the I/O (deploy requests through the allocator, releases, resumes) and reports each
+//! outcome back with [`Cluster::placed`], [`Cluster::released`], [`Cluster::resumed`],
+//! [`Cluster::forget`].
+//!
+//! Rules of [`plan`], in order:
+//! 1. A worker whose host gateway is not up (down, left, dismissed) is lost: [`Action::Forget`]
+//!    (running or stopped; a stopped one there cannot be resumed either). The count drops, so
+//!    the rules below replace it.
+//! 2. Fewer running than asked: stopped workers on gateways that are up are resumed first
+//!    ([`Action::Resume`]: the paper's reason to stop rather than destroy), local gateways
+//!    before remote clouds, then by name; what is still missing is placed anew ([`Action::Place`],
+//!    the allocator chooses where: local first, spread, remote when the instance is full).
+//! 3. More running than asked: the surplus is released ([`Action::Release`]: stopped, kept for a
+//!    later scale-up): workers on remote clouds first (they cost), then from the gateway holding
+//!    the most workers of this cluster (the rest stay spread), then the newest (highest name).
+
+use std::collections::BTreeMap;
+
+/// One worker of a cluster as its manager knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// The VM's name (local) or its id on the remote cloud.
+    pub vm: String,
+    /// The gateway that runs it, or that holds the remote cloud's credentials.
+    pub host: String,
+    /// The remote cloud it runs on; `None`: a gateway of the instance.
+    pub cloud: Option<String>,
+    pub state: WorkerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Running,
+    /// Released by a scale-down: kept where it is for the next scale-up.
+    Stopped,
+}
+
+/// One step towards the asked count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Its host is not up: the worker no longer counts (it is replaced by the other rules).
+    Forget { vm: String, host: String },
+    /// Bring back this stopped worker on its own host.
+    Resume { vm: String, host: String },
+    /// One new worker, wherever the allocator decides.
+    Place,
+    /// Stop this running worker (kept for reuse).
+    Release {
+        vm: String,
+        host: String,
+        cloud: Option<String>,
+    },
+}
+
+/// What is known of one cluster's workers and what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cluster {
+    pub name: String,
+    pub template: String,
+    pub replicas: u32,
+    pub workers: Vec<Worker>,
+}
+
+impl Cluster {
+    pub fn new(name: &str, template: &str, replicas: u32) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            template: template.to_owned(),
+            replicas,
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Running)
+            .count()
+    }
+
+    /// A worker placed (new, or a stopped one the host brought back instead: same name).
+    pub fn placed(&mut self, vm: &str, host: &str, cloud: Option<&str>) {
+        self.workers.retain(|w| !(w.vm == vm && w.host == host));
+        self.workers.push(Worker {
+            vm: vm.to_owned(),
+            host: host.to_owned(),
+            cloud: cloud.map(str::to_owned),
+            state: WorkerState::Running,
+        });
+    }
+
+    /// A resume that worked.
+    pub fn resumed(&mut self, vm: &str, host: &str) {
+        self.set(vm, host, WorkerState::Running);
+    }
+
+    pub fn released(&mut self, vm: &str, host: &str) {
+        self.set(vm, host, WorkerState::Stopped);
+    }
+
+    /// Lost (its host is down), or a resume that failed: no longer counted.
+    pub fn forget(&mut self, vm: &str, host: &str) {
+        self.workers.retain(|w| !(w.vm == vm && w.host == host));
+    }
+
+    fn set(&mut self, vm: &str, host: &str, state: WorkerState) {
+        for w in &mut self.workers {
+            if w.vm == vm && w.host == host {
+                w.state = state;
+            }
+        }
+    }
+}
+
+/// The actions that bring `cluster` to its `replicas`, given which gateways are up. Applying
+/// them all (and reporting the outcomes) and planning again gives no action.
+pub fn plan(cluster: &Cluster, is_up: impl Fn(&str) -> bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let (alive, lost): (Vec<&Worker>, Vec<&Worker>) =
+        cluster.workers.iter().partition(|w| is_up(&w.host));
+    for w in lost {
+        actions.push(Action::Forget {
+            vm: w.vm.clone(),
+            host: w.host.clone(),
+        });
+    }
+    let running: Vec<&Worker> = alive
+        .iter()
+        .copied()
+        .filter(|w| w.state == WorkerState::Running)
+        .collect();
+    let want = cluster.replicas as usize;
+    if running.len() < want {
+        let mut stopped: Vec<&Worker> = alive
+            .iter()
+            .copied()
+            .filter(|w| w.state == WorkerState::Stopped)
+            .collect();
+        stopped.sort_by(|a, b| (a.cloud.is_some(), &a.vm).cmp(&(b.cloud.is_some(), &b.vm)));
+        let missing = want - running.len();
+        for w in stopped.iter().take(missing) {
+            actions.push(Action::Resume {
+                vm: w.vm.clone(),
+                host: w.host.clone(),
+            });
+        }
+        for _ in stopped.len().min(missing)..missing {
+            actions.push(Action::Place);
+        }
+    } else if running.len() > want {
+        // Workers per gateway, updated as the surplus is chosen.
+        let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
+        for w in &running {
+            *per_host.entry(w.host.as_str()).or_default() += 1;
+        }
+        let mut left = running.clone();
+        for _ in 0..running.len() - want {
+            let pick = left
+                .iter()
+                .enumerate()
+                .max_by(|(_, a), (_, b)| {
+                    let key = |w: &Worker| {
+                        (
+                            w.cloud.is_some(),
+                            per_host.get(w.host.as_str()).copied().unwrap_or(0),
+                            w.vm.clone(),
+                        )
+                    };
+                    key(a).cmp(&key(b))
+                })
+                .map(|(i, _)| i);
+            let Some(i) = pick else { break };
+            let w = left.remove(i);
+            if let Some(n) = per_host.get_mut(w.host.as_str()) {
+                *n -= 1;
+            }
+            actions.push(Action::Release {
+                vm: w.vm.clone(),
+                host: w.host.clone(),
+                cloud: w.cloud.clone(),
+            });
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(vm: &str, host: &str, state: WorkerState) -> Worker {
+        Worker {
+            vm: vm.into(),
+            host: host.into(),
+            cloud: None,
+            state,
+        }
+    }
+    use WorkerState::{Running as R, Stopped as S};
+
+    fn all_up(_: &str) -> bool {
+        true
+    }
+
+    fn cluster(replicas: u32, workers: Vec<Worker>) -> Cluster {
+        Cluster {
+            name: "wc".into(),
+            template: "bigdata-compute".into(),
+            replicas,
+            workers,
+        }
+    }
+
+    /// Carries out a plan the way the runtime does when every step works: places go to `hosts`
+    /// in turn (the allocator's choice, here given), named w<n>.
+    fn apply(c: &mut Cluster, actions: &[Action], hosts: &mut impl Iterator<Item = String>) {
+        let mut n = c.workers.len() + 100;
+        for a in actions {
+            match a {
+                Action::Forget { vm, host } => c.forget(vm, host),
+                Action::Resume { vm, host } => c.resumed(vm, host),
+                Action::Place => {
+                    n += 1;
+                    let h = hosts.next().expect("a host");
+                    c.placed(&format!("w{n}"), &h, None);
+                }
+                Action::Release { vm, host, .. } => c.released(vm, host),
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_cluster_places_every_replica() {
+        let c = cluster(3, vec![]);
+        assert_eq!(plan(&c, all_up), vec![Action::Place; 3]);
+    }
+
+    #[test]
+    fn at_the_count_nothing_happens() {
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("c", "gw1", S)],
+        );
+        assert!(plan(&c, all_up).is_empty());
+    }
+
+    #[test]
+    fn stopped_workers_are_resumed_before_new_ones_are_made() {
+        let c = cluster(
+            4,
+            vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)],
+        );
+        assert_eq!(
+            plan(&c, all_up),
+            vec![
+                Action::Resume {
+                    vm: "b".into(),
+                    host: "gw1".into()
+                },
+                Action::Resume {
+                    vm: "c".into(),
+                    host: "gw2".into()
+                },
+                Action::Place,
+            ]
+        );
+        // Only as many resumes as are missing.
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("c", "gw2", S), w("b", "gw1", S)],
+        );
+        assert_eq!(
+            plan(&c, all_up),
+            vec![Action::Resume {
+                vm: "b".into(),
+                host: "gw1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn local_stopped_workers_are_resumed_before_remote_ones() {
+        let mut remote = w("a", "gw1", S);
+        remote.cloud = Some("os".into());
+        let c = cluster(1, vec![remote, w("z", "gw2", S)]);
+        assert_eq!(
+            plan(&c, all_up),
+            vec![Action::Resume {
+                vm: "z".into(),
+                host: "gw2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_worker_on_a_gateway_that_went_down_is_replaced() {
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw2", S)],
+        );
+        let up = |g: &str| g != "gw2";
+        assert_eq!(
+            plan(&c, up),
+            vec![
+                Action::Forget {
+                    vm: "b".into(),
+                    host: "gw2".into()
+                },
+                Action::Forget {
+                    vm: "s".into(),
+                    host: "gw2".into()
+                },
+                Action::Place,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stopped_worker_on_a_live_gateway_replaces_a_lost_one() {
+        let c = cluster(
+            2,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("s", "gw1", S)],
+        );
+        let up = |g: &str| g != "gw2";
+        assert_eq!(
+            plan(&c, up),
+            vec![
+                Action::Forget {
+                    vm: "b".into(),
+                    host: "gw2".into()
+                },
+                Action::Resume {
+                    vm: "s".into(),
+                    host: "gw1".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scale_down_releases_remote_first_then_keeps_the_spread() {
+        let mut remote = w("r", "gw3", R);
+        remote.cloud = Some("os".into());
+        let c = cluster(
+            2,
+            vec![
+                w("a", "gw1", R),
+                w("b", "gw1", R),
+                w("c", "gw1", R),
+                w("d", "gw2", R),
+                remote,
+            ],
+        );
+        let got = plan(&c, all_up);
+        let released: Vec<&str> = got
+            .iter()
+            .map(|a| match a {
+                Action::Release { vm, .. } => vm.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The remote one, then gw1's newest two: one left on each gateway.
+        assert_eq!(released, vec!["r", "c", "b"]);
+    }
+
+    #[test]
+    fn scale_2_3_1_then_up_again_resumes() {
+        let mut hosts = ["gw1", "gw2", "gw1", "gw2"].iter().map(|s| s.to_string());
+        let mut c = cluster(2, vec![]);
+        let p = plan(&c, all_up);
+        apply(&mut c, &p, &mut hosts);
+        assert_eq!(c.running(), 2);
+        c.replicas = 3;
+        let p = plan(&c, all_up);
+        assert_eq!(p, vec![Action::Place]);
+        apply(&mut c, &p, &mut hosts);
+        assert_eq!(c.running(), 3);
+        c.replicas = 1;
+        let p = plan(&c, all_up);
+        assert_eq!(p.len(), 2);
+        apply(&mut c, &p, &mut hosts);
+        assert_eq!(c.running(), 1);
+        assert_eq!(c.workers.len(), 3, "released workers are kept, stopped");
+        // The one left is alone on its gateway, and the two released are the surplus of gw1.
+        c.replicas = 3;
+        let p = plan(&c, all_up);
+        assert!(
+            p.iter().all(|a| matches!(a, Action::Resume { .. })),
+            "{p:?}"
+        );
+        apply(&mut c, &p, &mut hosts);
+        assert_eq!(c.running(), 3);
+        assert!(plan(&c, all_up).is_empty());
+    }
+
+    /// Any cluster, any replicas, any set of gateways down: after one round of the plan (every
+    /// step succeeding) exactly `replicas` run, all on gateways that are up, and no new worker is
+    /// made while a stopped one on a live gateway was left stopped.
+    #[test]
+    fn one_round_reaches_the_count_from_any_state() {
+        let mut rng = fastrand::Rng::with_seed(16);
+        for _ in 0..2000 {
+            let gws = ["gw1", "gw2", "gw3", "gw4"];
+            let down: Vec<&str> = gws.iter().copied().filter(|_| rng.u8(..4) == 0).collect();
+            let up = |g: &str| !down.contains(&g);
+            let n = rng.usize(..8);
+            let workers = (0..n)
+                .map(|i| {
+                    let mut x = w(
+                        &format!("v{i}"),
+                        gws[rng.usize(..gws.len())],
+                        if rng.bool() { R } else { S },
+                    );
+                    if rng.u8(..5) == 0 {
+                        x.cloud = Some("os".into());
+                    }
+                    x
+                })
+                .collect();
+            let mut c = cluster(rng.u32(..6), workers);
+            let stopped_alive = c
+                .workers
+                .iter()
+                .filter(|w| w.state == S && up(&w.host))
+                .count();
+            let p = plan(&c, up);
+            let places = p.iter().filter(|a| **a == Action::Place).count();
+            let resumes = p
+                .iter()
+                .filter(|a| matches!(a, Action::Resume { .. }))
+                .count();
+            assert!(places == 0 || resumes == stopped_alive, "{p:?}");
+            let ups: Vec<String> = gws
+                .iter()
+                .filter(|g| up(g))
+                .map(|g| g.to_string())
+                .collect();
+            let mut hosts = ups.iter().cycle().cloned();
+            if ups.is_empty() {
+                // Nothing is up: only forgets and places (the allocator would cancel).
+                assert!(p
+                    .iter()
+                    .all(|a| matches!(a, Action::Forget { .. } | Action::Place)));
+                continue;
+            }
+            apply(&mut c, &p, &mut hosts);
+            assert_eq!(c.running(), c.replicas as usize, "{c:?}");
+            assert!(c.workers.iter().all(|w| up(&w.host)));
+            assert!(plan(&c, up).is_empty());
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The Big Data Manager at run time (paper §V): the I/O around [`betaas_core::cluster::plan`].
+//!
+//! A request naming a `"cluster"` is kept by the gateway that received it (the cluster's manager):
+//! - without `"replicas"` (a master, a storage node): one VM placed by the allocator; its URL (the
+//!   template's `[cluster] url` at its gateway's address, from that gateway's VM manager) is kept
+//!   under the template's name, and every later node of the cluster gets the cluster's URLs in its
+//!   environment (`BETAAS_URL_<TEMPLATE>`; a worker's VM manager also puts its master's in the
+//!   descriptor's `master_env`);
+//! - with `"replicas": N` (workers): N kept running, placed by the allocator (local gateways only),
+//!   scaled up (stopped workers resumed first) and down (stopped, kept), and those on a gateway
+//!   that goes down replaced, on every change of N and every few heartbeats.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use betaas_core::allocator::{self, Outcome, Policy, Request, Template};
+use betaas_core::cluster::{self, Action, Cluster};
+use betaas_core::instance::membership;
+use betaas_core::instance::msg::Body;
+use betaas_core::instance::trust::Observation;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::{random_u64, Placed, Runtime};
+
+/// What the manager knows of one cluster.
+#[derive(Debug, Default)]
+pub(super) struct ClusterRec {
+    /// The workers and how many are wanted (`None` until a `replicas` request).
+    pub workers: Option<Cluster>,
+    /// URL of each single node (master, storage), by template.
+    pub urls: BTreeMap<String, String>,
+    /// The single nodes: (template, vm, host).
+    pub nodes: Vec<(String, String, String)>,
+}
+
+/// At most this many workers per cluster.
+pub const MAX_REPLICAS: u64 = 64;
+
+impl ClusterRec {
+    fn env(&self) -> Vec<(String, String)> {
+        self.urls
+            .iter()
+            .map(|(t, u)| (url_var(t), u.clone()))
+            .collect()
+    }
+}
+
+/// `BETAAS_URL_<TEMPLATE>` (betaas-vmd's `url_var`: capitals, other characters `_`).
+pub fn url_var(template: &str) -> String {
+    let t: String = template
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("BETAAS_URL_{t}")
+}
+
+impl Runtime {
+    /// `{"id","cluster","template"[,"replicas"]}`: see the module doc. Returns the result, also
+    /// published on `vm/result`.
+    pub(super) async fn cluster_request(self: &Arc<Self>, v: &Value) -> Value {
+        let id = v["id"].as_str().unwrap_or("").to_owned();
+        let name = v["cluster"].as_str().unwrap_or("").to_owned();
+        let tname = v["template"].as_str().unwrap_or("");
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            let why = format!("cluster {name:?}: 1 to 64 letters, digits, - or _");
+            return self.result(&id, "cancel", "", "", None, &why, 0);
+        }
+        let Some(template) = self.templates.iter().find(|t| t.name == tname).cloned() else {
+            let known: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
+            let why = format!("unknown template {tname:?}; registered: {known:?}");
+            return self.result(&id, "cancel", "", "", None, &why, 0);
+        };
+        let replicas = match &v["replicas"] {
+            Value::Null => None,
+            r => match r.as_u64().filter(|n| *n <= MAX_REPLICAS) {
+                Some(n) => Some(n as u32),
+                None => {
+                    let why = format!("replicas {r}: a whole number 0..={MAX_REPLICAS}");
+                    return self.result(&id, "cancel", "", "", None, &why, 0);
+                }
+            },
+        };
+        let mut clusters = self.clusters.lock().await;
+        let rec = clusters.entry(name.clone()).or_default();
+        let Some(n) = replicas else {
+            // One node of the cluster, placed like any VM, with the cluster's URLs.
+            let env = rec.env();
+            return match self.place_node(&template, &env).await {
+                Ok((gw, p, reason, attempts)) => {
+                    if let Some(u) = &p.url {
+                        rec.urls.insert(template.name.clone(), u.clone());
+                    }
+                    rec.nodes
+                        .push((template.name.clone(), p.vm.clone(), gw.clone()));
+                    info!(cluster = %name, template = %template.name, vm = %p.vm, host = %gw, url = ?p.url, "cluster node placed");
+                    self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempts)
+                }
+                Err(why) => self.result(&id, "cancel", "", "", None, &why, 8),
+            };
+        };
+        match &mut rec.workers {
+            Some(c) if c.template != template.name => {
+                let why = format!(
+                    "cluster {name} scales {} workers, not {}",
+                    c.template, template.name
+                );
+                return self.result(&id, "cancel", "", "", None, &why, 0);
+            }
+            Some(c) => c.replicas = n,
+            None => rec.workers = Some(Cluster::new(&name, &template.name, n)),
+        }
+        let done = self.reconcile(rec).await;
+        let c = rec.workers.as_ref().expect("set above");
+        let running = c.running() as u32;
+        let decision = if running == n { "local" } else { "cancel" };
+        let reason = if done.is_empty() {
+            format!("{running} of {n} workers running")
+        } else {
+            format!("{running} of {n} workers running; {}", done.join("; "))
+        };
+        info!(request = %id, cluster = %name, running, replicas = n, "cluster scaled: {reason}");
+        let payload = json!({
+            "id": id,
+            "decision": decision,
+            "cluster": name,
+            "template": template.name,
+            "replicas": n,
+            "running": running,
+            "workers": workers_json(c),
+            "reason": reason,
+        });
+        self.session
+            .publish_event(&format!("{}/vm/result", self.my_base), payload.to_string());
+        payload
+    }
+
+    /// One round of the plan for every cluster with workers: a gateway that went down has its
+    /// workers replaced. Skipped while a request holds the clusters.
+    pub(super) async fn reconcile_all(self: &Arc<Self>) {
+        let Ok(mut clusters) = self.clusters.try_lock() else {
+            return;
+        };
+        for (name, rec) in clusters.iter_mut() {
+            let before = rec.workers.as_ref().map(|c| c.running());
+            let done = self.reconcile(rec).await;
+            if !done.is_empty() {
+                let after = rec.workers.as_ref().map(|c| c.running());
+                info!(cluster = %name, ?before, ?after, "cluster repaired: {}", done.join("; "));
+                let payload = json!({
+                    "cluster": name,
+                    "event": "repaired",
+                    "running": after,
+                    "workers": rec.workers.as_ref().map(workers_json),
+                    "reason": done.join("; "),
+                });
+                self.session.publish_event(
+                    &format!("{}/cluster/{name}", self.my_base),
+                    payload.to_string(),
+                );
+            }
+        }
+    }
+
+    /// Plans and carries out until the plan is empty or a step fails (at most 3 rounds). Returns
+    /// what was done, one line each.
+    async fn reconcile(self: &Arc<Self>, rec: &mut ClusterRec) -> Vec<String> {
+        let mut done = Vec::new();
+        let env = rec.env();
+        let Some(c) = rec.workers.as_mut() else {
+            return done;
+        };
+        let Some(template) = self
+            .templates
+            .iter()
+            .find(|t| t.name == c.template)
+            .cloned()
+        else {
+            return done;
+        };
+        for _ in 0..3 {
+            let actions = {
+                let st = self.state();
+                let me = self.gateway.clone();
+                let members = st.inst.members();
+                cluster::plan(c, |g| {
+                    g == me
+                        || members
+                            .get(g)
+                            .is_some_and(|m| m.state == membership::State::Up)
+                })
+            };
+            if actions.is_empty() {
+                break;
+            }
+            let mut failed = false;
+            for a in actions {
+                match a {
+                    Action::Forget { vm, host } => {
+                        warn!(cluster = %c.name, vm, host, "worker lost: its gateway is down");
+                        done.push(format!("{vm} on {host} lost (gateway down)"));
+                        c.forget(&vm, &host);
+                    }
+                    Action::Resume { vm, host } => {
+                        match self.deploy_on(&host, &template, &env).await {
+                            Ok(p) => {
+                                if p.vm != vm {
+                                    c.forget(&vm, &host);
+                                }
+                                c.placed(&p.vm, &host, None);
+                                done.push(format!(
+                                    "{} on {host} {}",
+                                    p.vm,
+                                    if p.resumed { "resumed" } else { "started" }
+                                ));
+                            }
+                            Err(why) => {
+                                warn!(cluster = %c.name, vm, host, "resume refused: {why}");
+                                c.forget(&vm, &host);
+                                done.push(format!("{vm} on {host} not resumed: {why}"));
+                            }
+                        }
+                    }
+                    Action::Place => match self.place_node(&template, &env).await {
+                        Ok((gw, p, _, _)) => {
+                            c.placed(&p.vm, &gw, None);
+                            done.push(format!(
+                                "{} on {gw} {}",
+                                p.vm,
+                                if p.resumed { "resumed" } else { "placed" }
+                            ));
+                        }
+                        Err(why) => {
+                            done.push(format!("a worker not placed: {why}"));
+                            failed = true;
+                            break;
+                        }
+                    },
+                    Action::Release { vm, host, .. } => match self.release_on(&host, &vm).await {
+                        Ok(()) => {
+                            c.released(&vm, &host);
+                            done.push(format!("{vm} on {host} released"));
+                        }
+                        Err(why) => {
+                            done.push(format!("{vm} on {host} not released: {why}"));
+                            failed = true;
+                            break;
+                        }
+                    },
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        done
+    }
+
+    /// One VM of a cluster, where the allocator says (gateways of the instance only: a remote
+    /// cloud's VM would get no cluster environment). Returns the gateway, the VM, the
+    /// allocator's explanation and the attempts.
+    async fn place_node(
+        self: &Arc<Self>,
+        template: &Template,
+        env: &[(String, String)],
+    ) -> Result<(String, Placed, String, u32), String> {
+        let mut excluded: Vec<String> = Vec::new();
+        let mut refusals: Vec<String> = Vec::new();
+        for attempt in 1..=8u32 {
+            let decision = {
+                let st = self.state();
+                let me = self.report(&st);
+                let mut view = st.inst.view(&me, &self.templates, &[]);
+                view.remotes.clear();
+                view.gateways.retain(|g| !excluded.contains(&g.id));
+                let req = Request {
+                    id: random_u64(),
+                    template: template.clone(),
+                };
+                allocator::decide(&req, &view, &Policy::default())
+            };
+            let reason = decision.explanation();
+            let gw = match decision.outcome {
+                Outcome::Local(gw) => gw,
+                Outcome::Cancel(why) => {
+                    let mut why = format!("{why}; {reason}");
+                    if !refusals.is_empty() {
+                        why += &format!("; refused: {}", refusals.join("; "));
+                    }
+                    return Err(why);
+                }
+                Outcome::Remote(cloud) => {
+                    return Err(format!("the allocator chose the remote cloud {cloud}; a cluster's nodes stay in the instance ({reason})"))
+                }
+            };
+            match self.deploy_on(&gw, template, env).await {
+                Ok(p) => return Ok((gw, p, reason, attempt)),
+                Err(why) => {
+                    warn!(template = %template.name, gateway = %gw, "cluster node refused: {why}");
+                    refusals.push(format!("{gw}: {why}"));
+                    excluded.push(gw);
+                }
+            }
+        }
+        Err(format!(
+            "every chosen gateway refused: {}",
+            refusals.join("; ")
+        ))
+    }
+
+    /// Runs (or resumes) a VM of `template` with `env` on gateway `gw` (this one, or another
+    /// asked with a `ClusterDeploy`).
+    async fn deploy_on(
+        self: &Arc<Self>,
+        gw: &str,
+        template: &Template,
+        env: &[(String, String)],
+    ) -> Result<Placed, String> {
+        if gw == self.gateway {
+            return self
+                .deploy(template.res(), &template.name, None, Some(env))
+                .await;
+        }
+        let request = random_u64();
+        let body = Body::ClusterDeploy {
+            request,
+            template: template.name.clone(),
+            res: template.res(),
+            env: env.to_vec(),
+        };
+        let wait = self.cfg.deploy_timeout_ms;
+        match self.ask_body(gw, request, body, wait).await {
+            Ok(p) => {
+                self.state().inst.observe(gw, Observation::DeploySucceeded);
+                Ok(p)
+            }
+            Err(Some(why)) => {
+                self.state().inst.observe(gw, Observation::DeployRefused);
+                Err(why)
+            }
+            Err(None) => {
+                self.state().inst.observe(gw, Observation::DeployFailed);
+                Err(format!("no answer within {wait} ms"))
+            }
+        }
+    }
+
+    /// Stops VM `vm` on gateway `host` (kept for reuse).
+    async fn release_on(self: &Arc<Self>, host: &str, vm: &str) -> Result<(), String> {
+        if host == self.gateway {
+            let r = self
+                .release_local(&format!("scale-{}", random_u64()), vm)
+                .await;
+            return match r["decision"].as_str() {
+                Some("released") => Ok(()),
+                _ => Err(r["reason"].as_str().unwrap_or("").to_owned()),
+            };
+        }
+        let request = random_u64();
+        let body = Body::ReleaseRequest {
+            request,
+            vm: vm.to_owned(),
+        };
+        let wait = self.cfg.deploy_timeout_ms;
+        self.ask_body(host, request, body, wait)
+            .await
+            .map(drop)
+            .map_err(|e| e.unwrap_or_else(|| format!("no answer within {wait} ms")))
+    }
+}
+
+fn workers_json(c: &Cluster) -> Value {
+    c.workers
+        .iter()
+        .map(|w| {
+            json!({
+                "vm": w.vm,
+                "host": w.host,
+                "state": match w.state {
+                    cluster::WorkerState::Running => "running",
+                    cluster::WorkerState::Stopped => "stopped",
+                },
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,416 @@
+//! The Big Data Manager end to end (paper §V): two host agents (gw1, gw2) form an instance, each
+//! with its own `betaas-vmd` on a real libvirtd (LXC containers sharing the host's network). An
+//! operator's signed requests to gw1, which manages cluster "wc":
+//! a master and a storage node (`--cluster wc`), then `--replicas 2` workers, all placed by the
+//! allocator; the workers get the master's URL and register; a word count over random words in
+//! the storage node gives exactly the test's counts; replicas 2 → 3 adds a worker, 3 → 1 releases
+//! two (stopped, kept), 1 → 2 resumes one rather than making a new one; gw2 dies (its agent and
+//! vmd killed, its containers destroyed) → its worker is replaced on gw1. Prints the times.
+//!
+//!   cargo build --workspace --bins && cargo test -p betaas-e2e --test bigdata_scale -- --ignored --nocapture
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use betaas_e2e::bigdata::{self, LxcCleanup};
+use betaas_e2e::libvirtd::Libvirtd;
+use betaas_e2e::{bin, wait_until, KillOnDrop, Mosquitto, VmClient};
+use serde_json::Value;
+
+const TEMPLATES: &str = "[[instance.templates]]\nname = \"bigdata-master\"\nvcpus = 1\nmem_mb = 768\ndisk_gb = 2\nrole = \"compute\"\n\
+[[instance.templates]]\nname = \"bigdata-storage\"\nvcpus = 1\nmem_mb = 256\ndisk_gb = 2\nrole = \"storage\"\n\
+[[instance.templates]]\nname = \"bigdata-compute\"\nvcpus = 1\nmem_mb = 1024\ndisk_gb = 2\nrole = \"compute\"\n";
+
+struct Gw {
+    dir: PathBuf,
+    socket: PathBuf,
+    vmd: Option<KillOnDrop>,
+    agent: Option<KillOnDrop>,
+}
+
+impl Gw {
+    fn start(
+        r: &Path,
+        name: &str,
+        tag: &str,
+        templates: &Path,
+        broker: &Mosquitto,
+        keys: &Path,
+    ) -> Gw {
+        let dir = r.join(name);
+        std::fs::create_dir_all(&dir).expect("gw dir");
+        let socket = dir.join("vmd.sock");
+        // Each gateway's vmd owns its own domains (owner, name prefix) on the shared libvirtd.
+        std::fs::write(
+            dir.join("vmd.toml"),
+            format!(
+                "socket = \"{}\"\nowner = \"{tag}{name}\"\nname_prefix = \"{tag}{name}\"\n\
+                 state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\naddress = \"127.0.0.1\"\n\
+                 shutdown_timeout_s = 10\nidle_destroy_s = 3600\nlibvirt_retry_s = 90\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
+                socket.display(),
+                dir.join("vms").display(),
+                templates.display()
+            ),
+        )
+        .expect("vmd.toml");
+        let log = std::fs::File::create(dir.join("vmd.log")).expect("vmd.log");
+        let vmd = KillOnDrop(
+            Command::new(bin("betaas-vmd"))
+                .arg("--config")
+                .arg(dir.join("vmd.toml"))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("vmd"),
+        );
+        let st = Command::new(bin("betaas-agent"))
+            .args(["instance", "admit", "--instance-key"])
+            .arg(keys.join("instance.key"))
+            .args(["--gateway", name, "--out"])
+            .arg(dir.join("keys"))
+            .status()
+            .expect("admit");
+        assert!(st.success());
+        let toml = format!(
+            "gateway_id = \"{name}\"\ndata_dir = \"{d}/data\"\nlog_level = \"info\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+             [health]\ninterval_secs = 1\n[instance]\nname = \"bd\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 500\ntimeout_ms = 10000\n\
+             deploy_timeout_ms = 300000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 4, mem_mb = 4096, disk_gb = 16 }}\n{TEMPLATES}",
+            d = dir.display(),
+            port = broker.port,
+            s = socket.display(),
+        );
+        std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
+        let mut gw = Gw {
+            dir,
+            socket,
+            vmd: Some(vmd),
+            agent: None,
+        };
+        wait_until(
+            &format!("{name}'s vmd socket"),
+            Duration::from_secs(120),
+            || UnixStream::connect(&gw.socket).ok(),
+        );
+        gw.spawn_agent();
+        gw
+    }
+
+    fn spawn_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent.log");
+        self.agent = Some(KillOnDrop(
+            Command::new(bin("betaas-agent"))
+                .arg("--config")
+                .arg(self.dir.join("agent.toml"))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("agent"),
+        ));
+    }
+
+    fn console(&self, vm: &str) -> PathBuf {
+        self.dir.join("vms").join(vm).join("serial.log")
+    }
+}
+
+fn workers(v: &Value) -> Vec<(String, String, String)> {
+    v["workers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| {
+                    (
+                        w["vm"].as_str().unwrap_or("").to_owned(),
+                        w["host"].as_str().unwrap_or("").to_owned(),
+                        w["state"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "two agents, two vmds, a real libvirtd with LXC, the bigdata templates and a Spark job: make test-e2e"]
+fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway() {
+    let templates = bigdata::templates();
+    let spark = bigdata::spark_home(&templates);
+    let _libvirtd = Libvirtd::acquire();
+    let tag = format!("bs{}", fastrand::u32(..100_000));
+    let _sweep = LxcCleanup(tag.clone());
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let keys = r.join("instance");
+    let st = Command::new(bin("betaas-agent"))
+        .args(["instance", "keygen", "--out"])
+        .arg(&keys)
+        .status()
+        .expect("keygen");
+    assert!(st.success());
+    let broker = Mosquitto::start();
+    let mut gws = [
+        Gw::start(r, "gw1", &tag, &templates, &broker, &keys),
+        Gw::start(r, "gw2", &tag, &templates, &broker, &keys),
+    ];
+    let ops = VmClient::admit(
+        &keys.join("instance.key"),
+        "bd",
+        "ops",
+        &r.join("ops"),
+        &broker,
+    );
+    // gw1, gw2: index by name.
+    let gw_of = |host: &str| match host {
+        "gw1" => 0,
+        "gw2" => 1,
+        other => panic!("unknown gateway {other}"),
+    };
+    // Both gateways see each other with their probed capability (LXC) and synced reservations.
+    let mut health = broker.subscribe("betaas/+/health");
+    for g in ["gw1", "gw2"] {
+        let other = if g == "gw1" { "gw2" } else { "gw1" };
+        health.wait_for(
+            &format!("{g} sees {other} up, synced"),
+            Duration::from_secs(180),
+            |t, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                (t == format!("betaas/{g}/health")
+                    && v["instance"]["members"][other]["state"] == "up"
+                    && v["instance"]["members"][other]["virt"] == "lxc"
+                    && v["instance"]["synced"] == true)
+                    .then_some(())
+            },
+        );
+    }
+
+    let request = |id: &str, args: &[&str], timeout: u64| -> Value {
+        let t0 = Instant::now();
+        let (v, code) = ops.run("request", "gw1", id, args, timeout);
+        println!("{id}: {:.1} s: {v}", t0.elapsed().as_secs_f64());
+        assert_eq!(code, 0, "{id}: {v}");
+        v
+    };
+    let t0 = Instant::now();
+    let m = request(
+        "master",
+        &["--cluster", "wc", "--template", "bigdata-master"],
+        300,
+    );
+    let master_url = m["url"].as_str().expect("the master's url").to_owned();
+    assert_eq!(master_url, "spark://127.0.0.1:7077");
+    let s = request(
+        "storage",
+        &["--cluster", "wc", "--template", "bigdata-storage"],
+        300,
+    );
+    assert_eq!(s["url"], "ftp://127.0.0.1:2121/");
+    let w = request(
+        "replicas-2",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "2",
+        ],
+        600,
+    );
+    assert_eq!(w["running"], 2, "{w}");
+    let ws = workers(&w);
+    let mut hosts: Vec<&str> = ws.iter().map(|w| w.1.as_str()).collect();
+    hosts.sort();
+    // The allocator spreads VMs (fewest first), not one cluster's workers: with the master and the
+    // storage node on one gateway, both workers go to the other. Either way no gateway runs more
+    // than one VM more than the other.
+    let mut all: Vec<&str> = hosts.clone();
+    all.push(m["host"].as_str().unwrap_or(""));
+    all.push(s["host"].as_str().unwrap_or(""));
+    let on1 = all.iter().filter(|h| **h == "gw1").count();
+    assert!(
+        on1.abs_diff(all.len() - on1) <= 1,
+        "VMs spread over both gateways: {all:?}"
+    );
+    let registered = format!("BETAAS-BIGDATA-WORKER-REGISTERED master={master_url}");
+    for (vm, host, _) in &ws {
+        bigdata::wait_marker(
+            &gws[gw_of(host)].console(vm),
+            &registered,
+            Duration::from_secs(300),
+        );
+    }
+    let mhost = m["host"].as_str().expect("master host");
+    let mvm = m["vm"].as_str().expect("master vm");
+    bigdata::wait_marker(
+        &gws[gw_of(mhost)].console(mvm),
+        "BETAAS-BIGDATA-MASTER-READY",
+        Duration::from_secs(60),
+    );
+    let shost = s["host"].as_str().expect("storage host");
+    let svm = s["vm"].as_str().expect("storage vm");
+    bigdata::wait_marker(
+        &gws[gw_of(shost)].console(svm),
+        "BETAAS-BIGDATA-STORAGE-READY",
+        Duration::from_secs(60),
+    );
+    let formed = t0.elapsed().as_secs_f64();
+    println!("cluster formed: master on {mhost}, storage on {shost}, workers on {hosts:?}: {formed:.1} s");
+
+    let data = gws[gw_of(shost)]
+        .dir
+        .join("vms")
+        .join(svm)
+        .join("rootfs/srv/betaas/data/wc");
+    let want = bigdata::write_words(&data, 4, 20_000);
+    let job = bigdata::word_count(
+        &spark,
+        &master_url,
+        "ftp://anonymous:x@127.0.0.1:2121/wc/",
+        r,
+    );
+    println!(
+        "word count: {:.1} s, {} distinct words, {} words, {} partitions, {} executors",
+        job.secs,
+        job.counts.len(),
+        want.values().sum::<u64>(),
+        job.partitions,
+        job.executors
+    );
+    assert_eq!(job.counts, want, "the job's counts differ from the test's");
+    assert_eq!(job.executors, 2, "both workers ran executors");
+
+    // 2 → 3: one more, registered.
+    let t = Instant::now();
+    let w3 = request(
+        "replicas-3",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "3",
+        ],
+        600,
+    );
+    assert_eq!(w3["running"], 3, "{w3}");
+    let new: Vec<_> = workers(&w3)
+        .into_iter()
+        .filter(|x| !ws.iter().any(|o| o.0 == x.0 && o.1 == x.1))
+        .collect();
+    assert_eq!(new.len(), 1, "{w3}");
+    bigdata::wait_marker(
+        &gws[gw_of(&new[0].1)].console(&new[0].0),
+        &registered,
+        Duration::from_secs(300),
+    );
+    println!(
+        "scale 2 → 3: the third worker registered {:.1} s after the request",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3 → 1: two released (stopped, kept).
+    let t = Instant::now();
+    let w1 = request(
+        "replicas-1",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "1",
+        ],
+        600,
+    );
+    assert_eq!(w1["running"], 1, "{w1}");
+    let stopped: Vec<_> = workers(&w1)
+        .into_iter()
+        .filter(|x| x.2 == "stopped")
+        .collect();
+    assert_eq!(stopped.len(), 2, "{w1}");
+    for (vm, host, _) in &stopped {
+        let list = betaas_e2e::vmd_list(&gws[gw_of(host)].socket);
+        let v = list
+            .iter()
+            .find(|v| &v.name == vm)
+            .expect("the released worker is kept");
+        assert_ne!(v.state, betaas_proto::VmState::Running, "{vm} still runs");
+    }
+    println!("scale 3 → 1: {:.1} s", t.elapsed().as_secs_f64());
+
+    // 1 → 2: a stopped worker is resumed, none made.
+    let t = Instant::now();
+    let w2 = request(
+        "replicas-2b",
+        &[
+            "--cluster",
+            "wc",
+            "--template",
+            "bigdata-compute",
+            "--replicas",
+            "2",
+        ],
+        600,
+    );
+    assert_eq!(w2["running"], 2, "{w2}");
+    assert!(
+        w2["reason"].as_str().unwrap_or("").contains("resumed"),
+        "{w2}"
+    );
+    let all: Vec<String> = workers(&w3).into_iter().map(|x| x.0).collect();
+    assert!(
+        workers(&w2).iter().all(|x| all.contains(&x.0)),
+        "no new worker was made: {w2}"
+    );
+    println!("scale 1 → 2 (resumed): {:.1} s", t.elapsed().as_secs_f64());
+
+    // gw2 dies with its containers: its running worker is replaced on gw1.
+    let running: Vec<_> = workers(&w2)
+        .into_iter()
+        .filter(|x| x.2 == "running")
+        .collect();
+    let on_gw2: Vec<_> = running.iter().filter(|x| x.1 == "gw2").collect();
+    if on_gw2.is_empty() {
+        println!("no running worker on gw2 after the resume ({running:?}): the replacement is not exercised");
+    } else {
+        let mut events = broker.subscribe("betaas/gw1/cluster/wc");
+        let t = Instant::now();
+        let g2 = &mut gws[1];
+        drop(g2.agent.take());
+        drop(g2.vmd.take());
+        for vm in &on_gw2 {
+            let _ = Command::new("virsh")
+                .args(["-c", bigdata::LXC_URI, "destroy", &vm.0])
+                .stdout(Stdio::null())
+                .status();
+        }
+        let ev = events.wait_for(
+            "gw1 repairs cluster wc",
+            Duration::from_secs(300),
+            |_, p| {
+                let v: Value = serde_json::from_str(p).ok()?;
+                (v["event"] == "repaired" && v["running"] == 2).then_some(v)
+            },
+        );
+        let ws = workers(&ev);
+        let run: Vec<_> = ws.iter().filter(|x| x.2 == "running").collect();
+        assert!(run.iter().all(|x| x.1 == "gw1"), "{ev}");
+        for (vm, host, _) in &run {
+            bigdata::wait_marker(
+                &gws[gw_of(host)].console(vm),
+                &registered,
+                Duration::from_secs(300),
+            );
+        }
+        println!(
+            "gw2 killed → its worker replaced on gw1 and registered: {:.1} s ({})",
+            t.elapsed().as_secs_f64(),
+            ev["reason"]
+        );
+    }
+}
