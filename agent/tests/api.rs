@@ -297,6 +297,38 @@ fn every_endpoint_against_a_real_agent() {
     assert_eq!(rel.body["decision"], "released", "{}", rel.text);
     let a = api.delete("/api/v1/vms/x?target=a/b");
     assert_eq!((a.status, field(&a)), (400, "target"));
+    // A request naming an application: the form is checked here, the WAR fetched by the instance
+    // before anything is placed (here from a port nobody listens on: cancelled, nothing created).
+    let a = api.post(
+        "/api/v1/vms",
+        &json!({"template": "big", "war": "ftp://x/a.war"}),
+    );
+    assert_eq!((a.status, field(&a)), (400, "war"));
+    let a = api.post("/api/v1/vms", &json!({"template": "big", "replicas": 2}));
+    assert_eq!((a.status, field(&a)), (400, "replicas"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let creates_before = fx.requests().len();
+    let r = api.post(
+        "/api/v1/vms",
+        &json!({"template": "big", "war": format!("http://127.0.0.1:{closed}/app.war")}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["decision"], "cancel", "{}", r.text);
+    assert!(
+        r.body["reason"].as_str().unwrap().contains("unreachable"),
+        "{}",
+        r.text
+    );
+    assert!(
+        !fx.requests()[creates_before..]
+            .iter()
+            .any(|q| q.line() == format!("POST {COMPUTE}/servers")),
+        "nothing created for a WAR that could not be fetched"
+    );
 
     // logs
     let logs = api.get("/api/v1/logs?lines=300");

@@ -515,12 +515,11 @@ fn request_id() -> Result<String, ApiError> {
 
 async fn vm_request(s: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let rt = instance(s)?;
-    let template = validate::vm_body(body, &s.ctx.templates)?;
+    let mut req = validate::vm_body(body, &s.ctx.templates)?;
     let id = request_id()?;
-    info!(request = %id, template = %template, "api: VM request");
-    let r = rt
-        .local_request(json!({"id": id, "template": template}))
-        .await;
+    info!(request = %id, template = %req["template"], war = ?req.get("war"), cluster = ?req.get("cluster"), "api: VM request");
+    req.insert("id".into(), json!(id));
+    let r = rt.local_request(Value::Object(req)).await;
     Ok(json_response(200, &r))
 }
 

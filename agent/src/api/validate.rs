@@ -171,10 +171,17 @@ pub fn set_body(body: &[u8], fresh: String) -> Result<(String, Vec<u8>), ApiErro
     Ok((id, payload))
 }
 
-/// `POST vms` `{"template"}`: one of `templates`.
-pub fn vm_body(body: &[u8], templates: &[String]) -> Result<String, ApiError> {
+/// `POST vms` `{"template", "war"?, "war_sha256"?, "cluster"?, "replicas"?}`: the request object the
+/// signed MQTT request and `betaas-agent vm request` carry (an application's WAR; a cluster node, or
+/// N workers kept). The template is one of `templates`; the rest is checked for its form here and
+/// acted on by the instance (which fetches the WAR and keeps the cluster).
+pub fn vm_body(body: &[u8], templates: &[String]) -> Result<Map<String, Value>, ApiError> {
     let m = object(body)?;
-    only(&m, &["template"], "")?;
+    only(
+        &m,
+        &["template", "war", "war_sha256", "cluster", "replicas"],
+        "",
+    )?;
     let t = match m.get("template") {
         None => return Err(ApiError::bad("template", "missing")),
         Some(Value::String(s)) => s.clone(),
@@ -187,7 +194,34 @@ pub fn vm_body(body: &[u8], templates: &[String]) -> Result<String, ApiError> {
             format!("unknown template; this gateway's: {}", templates.join(", ")),
         ));
     }
-    Ok(t)
+    let text = |k: &str| match m.get(k) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(k, "must be a string")),
+    };
+    if let Some(w) = text("war")? {
+        // The same form as a bundle URL: http(s), no spaces or shell-significant characters.
+        crate::update::check_url(&w)
+            .map_err(|_| ApiError::bad("war", "expected an http:// or https:// URL"))?;
+    }
+    if let Some(h) = text("war_sha256")? {
+        if !m.contains_key("war") {
+            return Err(ApiError::bad("war_sha256", "only with \"war\""));
+        }
+        crate::war::parse_sha256(&h).map_err(|e| ApiError::bad("war_sha256", e))?;
+    }
+    if let Some(c) = text("cluster")? {
+        name("cluster", &c)?;
+    }
+    if let Some(r) = m.get("replicas") {
+        if !m.contains_key("cluster") {
+            return Err(ApiError::bad("replicas", "only with \"cluster\""));
+        }
+        if r.as_u64().is_none_or(|n| n > 64) {
+            return Err(ApiError::bad("replicas", "must be a whole number 0..=64"));
+        }
+    }
+    Ok(m)
 }
 
 /// `POST update` `{"url"}`: the bundle's http(s) URL, as the signed MQTT request takes it.
@@ -411,7 +445,34 @@ mod tests {
     #[test]
     fn vm_bodies() {
         let t = vec!["app".to_owned(), "big".to_owned()];
-        assert_eq!(vm_body(br#"{"template":"big"}"#, &t).unwrap(), "big");
+        assert_eq!(
+            vm_body(br#"{"template":"big"}"#, &t).unwrap()["template"],
+            "big"
+        );
+        let w = vm_body(
+            br#"{"template":"big","war":"http://h/a.war","war_sha256":"AB"}"#,
+            &t,
+        );
+        assert_eq!(field(w), "war_sha256");
+        for (b, f) in [
+            (&br#"{"template":"big","war":"ftp://h/a.war"}"#[..], "war"),
+            (br#"{"template":"big","war":5}"#, "war"),
+            (br#"{"template":"big","war_sha256":"ab"}"#, "war_sha256"),
+            (br#"{"template":"big","replicas":2}"#, "replicas"),
+            (br#"{"template":"big","cluster":"a b"}"#, "cluster"),
+            (
+                br#"{"template":"big","cluster":"c","replicas":-1}"#,
+                "replicas",
+            ),
+            (
+                br#"{"template":"big","cluster":"c","replicas":65}"#,
+                "replicas",
+            ),
+        ] {
+            assert_eq!(field(vm_body(b, &t)), f, "{}", String::from_utf8_lossy(b));
+        }
+        let ok = vm_body(br#"{"template":"big","cluster":"c","replicas":3}"#, &t).unwrap();
+        assert_eq!(ok["replicas"], 3);
         assert_eq!(field(vm_body(br#"{"template":"nope"}"#, &t)), "template");
         assert_eq!(field(vm_body(br#"{"template":5}"#, &t)), "template");
         assert_eq!(field(vm_body(br#"{}"#, &t)), "template");
