@@ -3,14 +3,12 @@
 # whose first line is a sh/bash #!, .ci/run and the boards' board.conf (sourced by image/build.sh).
 # Settings: .shellcheckrc. Every finding fails, style notes included; a `# shellcheck disable=`
 # carries its reason on the line above or beside it.
-# templates/ is left out for now (issue 17: being reworked on other branches).
 # Usage: tests/shellcheck.sh [--list]     --list: print the file set only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=()
 while IFS= read -r -d '' f; do
   case "$f" in
-    templates/*) continue ;;
     *.sh | .ci/run | boards/*/board.conf) files+=("$f") ;;
     *) if head -n 1 -- "$f" 2>/dev/null | grep -qE '^#!.*[/ ](ba)?sh( |$)'; then files+=("$f"); fi ;;
   esac

@@ -37,9 +37,11 @@ if [ -z "${FORCE:-}" ] && [ -f "$OUT/template.toml" ] && [ "$(cat "$OUT/inputs.s
 fi
 rm -f "$OUT/inputs.sha256"
 
+# shellcheck disable=SC2119  # ir_setup takes no arguments from this script: its $1 is optional
 ir_setup   # the kernel and busybox-static: Debian stable's, as for the tiny template
 # OpenJDK 17 is bookworm's (trixie, today's stable, has 21): the userland comes from bookworm.
 step "resolving Debian bookworm $DEB_ARCH packages (Java, Tomcat)"
+# shellcheck disable=SC2086  # PKGS: package names, split on purpose
 SUITE=bookworm ARCH=$DEB_ARCH bash image/debs.sh $PKGS >> "$OUT/packages.txt"
 JPK=dl/pkgs-$DEB_ARCH-bookworm
 ir_tree templates/app/vm-init "$MODS" sh mount modprobe cat dd poweroff sleep ip tar mkdir rm cp head switch_root
@@ -70,8 +72,9 @@ for f in web.xml catalina.properties context.xml; do
 done
 install -m 0644 templates/app/server.xml templates/app/logging.properties "$B/conf/"
 java=$(ls "$R"/usr/lib/jvm/java-17-openjdk-*/bin/java)
-[ -x "$java" ] && [ -f "$R/usr/share/tomcat10/bin/bootstrap.jar" ] && [ -f "$R/usr/share/tomcat10/lib/catalina.jar" ] \
-  || { echo "app: java or Tomcat's jars missing in the rootfs" >&2; exit 1; }
+if ! { [ -x "$java" ] && [ -f "$R/usr/share/tomcat10/bin/bootstrap.jar" ] && [ -f "$R/usr/share/tomcat10/lib/catalina.jar" ]; }; then
+  echo "app: java or Tomcat's jars missing in the rootfs" >&2; exit 1
+fi
 
 step "container rootfs and VM disk"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$R" -cf - . | gzip -6n > "$OUT/rootfs.tar.gz"

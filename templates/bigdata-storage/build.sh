@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . templates/lib/alarm.sh
 . templates/lib/hadoop.sh
+# shellcheck disable=SC2046  # the URLs, one argument each (no spaces in them)
 tpl_start bigdata-storage $(tpl_hadoop_urls)
 R=$TPL_OUT/rootfs
 tpl_rootfs "$R"

@@ -35,12 +35,12 @@ mkdir -p "$W" "$DL"
 
 inputs=$( (cat templates/bigdata/build.sh templates/bigdata/init templates/bigdata/*.toml templates/lib/descriptor.sh; echo "$SUITE $PYSPARK_VERSION $PY4J_VERSION $MIRROR") | sha256sum | cut -c1-64)
 done_all=1
-for r in $ROLES; do [ "$(cat out/templates/bigdata-$r-$ARCH/inputs.sha256 2>/dev/null)" = "$inputs" ] || done_all=0; done
+for r in $ROLES; do [ "$(cat "out/templates/bigdata-$r-$ARCH/inputs.sha256" 2>/dev/null)" = "$inputs" ] || done_all=0; done
 if [ $done_all = 1 ] && [ -z "${FORCE:-}" ]; then step "up to date (inputs.sha256)"; exit 0; fi
 
 # PyPI's simple index (PEP 503) names the file and its sha256: the sdist (pyspark publishes no wheel).
-fetch_pypi() { # NAME VERSION FILE
-  local name=$1 ver=$2 file=$3 url sum
+fetch_pypi() { # NAME VERSION FILE (the version is part of FILE; named for the reader)
+  local name=$1 file=$3 url sum
   if [ ! -f "$DL/$file.sha256" ] || [ ! -f "$DL/$file" ]; then
     step "PyPI: $file"
     url=$(curl -fsS "https://pypi.org/simple/$name/" | grep -o "href=\"[^\"]*/$file#sha256=[0-9a-f]*\"" | head -1 | sed 's/^href="//; s/"$//')
@@ -62,6 +62,7 @@ step "Debian $SUITE rootfs (mmdebstrap): openjdk-17-jre-headless python3 vsftpd 
 # update-alternatives makes the JRE's man page links there even when man pages are excluded.
 C=$top/dl/mmdebstrap-$SUITE-$DEB_ARCH
 mkdir -p "$C"
+# shellcheck disable=SC2016  # the customize hook's $1 is mmdebstrap's: run by it, not expanded here
 mmdebstrap --quiet --variant=essential --arch="$DEB_ARCH" --components=main \
   --include=openjdk-17-jre-headless,python3,vsftpd,procps \
   --skip=download/empty --skip=essential/unlink \
@@ -114,6 +115,7 @@ seccomp_sandbox=NO
 secure_chroot_dir=/var/run/vsftpd/empty
 xferlog_enable=NO
 CONF
+# shellcheck disable=SC2012  # one JVM directory, named by Debian (no spaces)
 jh=$(cd "$R" && ls -d usr/lib/jvm/java-17-openjdk-* | head -1)
 echo "JAVA_HOME=/$jh" > "$R/etc/betaas-bigdata.env"
 grep -q . "$R/.packages"

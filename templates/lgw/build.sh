@@ -47,6 +47,7 @@ if [ -z "${FORCE:-}" ] && [ -f "$OUT/template.toml" ] && [ "$(cat "$OUT/inputs.s
 fi
 rm -f "$OUT/inputs.sha256"
 
+# shellcheck disable=SC2119  # ir_setup takes no arguments from this script: its $1 is optional
 ir_setup
 ir_tree templates/lgw/init "$MODS" \
   sh mount modprobe cat dd poweroff sleep uname ip tar sed mkdir printf

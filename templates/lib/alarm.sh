@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the paper's template recipes (templates/{app,gateway,bigdata-storage,bigdata-compute}/build.sh):
 # an Arch Linux ARM (ARMv7, "armv7h") guest image with packages installed by the guest's own pacman.
 #
@@ -51,7 +52,8 @@ cannot run in the chroot (install qemu-user-static with binfmt-support, or regis
 
 # tpl_rootfs DEST: the Arch Linux ARM rootfs, downloaded once (md5 checked), unpacked into DEST.
 tpl_rootfs() {
-  local dest=$1 tar=$ALARM_DL/$(basename "$ALARM_URL")
+  local dest=$1 tar
+  tar=$ALARM_DL/$(basename "$ALARM_URL")
   mkdir -p "$ALARM_DL"
   if [ ! -f "$tar" ] || ! (cd "$ALARM_DL" && md5sum -c --quiet "$(basename "$tar").md5" 2>/dev/null); then
     tpl_step "downloading $ALARM_URL"

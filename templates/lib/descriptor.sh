@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by templates/*/build.sh. tpl_descriptor SRC DIR [ARCH]: writes DIR/template.toml from the
 # source descriptor SRC with the sha256 of every file it names (DIR/<file>) added after that file's
 # line: image.sha256, boot.kernel_sha256, boot.initrd_sha256, lxc.rootfs_sha256. With ARCH, the copy

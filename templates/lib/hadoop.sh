@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by templates/bigdata-{storage,compute}/build.sh: Apache Hadoop on Arch Linux ARM (the paper's
 # recipe with internet; the offline big-data templates are templates/bigdata/, Spark standalone).
 #
@@ -11,6 +12,7 @@
 
 HADOOP_VERSION=${HADOOP_VERSION:-3.3.6}
 HADOOP_URL=${HADOOP_URL:-https://archive.apache.org/dist/hadoop/common/hadoop-$HADOOP_VERSION/hadoop-$HADOOP_VERSION.tar.gz}
+# shellcheck disable=SC2034  # read by lib/alarm.sh, sourced after this file
 TPL_EXTRA_SOURCES="the Apache archive"
 
 # The URLs tpl_start must reach: the Apache archive unless a local tarball is given.

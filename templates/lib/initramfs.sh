@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the offline templates' build.sh (tiny, lgw): a Debian kernel plus a busybox initramfs,
 # built from Debian packages only (image/debs.sh, cached in dl/). The caller sets NAME and ARCH,
 # then calls, in order:
@@ -14,6 +15,7 @@
 # Kernel modules per arch are the caller's: everything else the guest needs is built into Debian's
 # kernels (virtio-pci, 8250/PL011 serial consoles, devtmpfs, gzip initrd, gpio-keys + PL061).
 
+# shellcheck disable=SC2153  # NAME and ARCH are set by the template recipe that sources this file
 step() { echo "==> [$NAME-$ARCH] $*"; }
 
 ir_setup() {
@@ -53,10 +55,12 @@ ir_tree() { # INIT "MODULES" APPLET...
   ln -s bin "$IR/sbin"
   install -m 0755 "$init" "$IR/init"
   install -D -m 0644 templates/lib/power-button.sh "$IR/lib/betaas/power-button.sh"
+  # shellcheck disable=SC2086  # MODULES: module names, split on purpose
   f=$(ir_module_files $MODULES) || exit 1   # not inside `for … in $(…)`: that would drop its exit status
   for f in $f; do install -D -m 0644 "$KMOD/$f" "$IR/lib/modules/$KVER/$f"; done
   cp "$KMOD/modules.order" "$KMOD/modules.builtin" "$KMOD/modules.builtin.modinfo" "$IR/lib/modules/$KVER/"
   depmod -b "$IR" "$KVER"
+  # shellcheck disable=SC2086  # MODULES: module names, split on purpose
   printf '%s\n' $MODULES > "$IR/etc/modules"
 }
 
@@ -98,6 +102,7 @@ ir_finish() { # SRC_DESCRIPTOR [extra manifest lines on stdin are not read]
     echo "kernel $KVER"
     echo "modules $MODULES"
     [ -z "${MANIFEST_EXTRA:-}" ] || echo "$MANIFEST_EXTRA"
+    # shellcheck disable=SC2046  # rootfs.tar.gz only when the template has one (no spaces in it)
     (cd "$OUT" && sha256sum vmlinuz initrd.img disk.qcow2 $(ls rootfs.tar.gz 2>/dev/null))
   } > "$OUT/manifest.txt"
   rm -rf "$OUT/packages.txt" "$ST"

@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Sourced by the offline templates' /init (installed as /lib/betaas/power-button.sh by
 # templates/lib/initramfs.sh). watch_power_buttons: ACPI shutdown without acpid. The kernel's power
 # button driver (x86: ACPI "Power Button", ARM virt: gpio-keys on the PL061) reports KEY_POWER on an
