@@ -29,13 +29,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use betaas_core::allocator::{self, Outcome, Policy, Request, Res, Template};
+use betaas_core::allocator::{self, Policy, Request, Res, Template};
 use betaas_core::instance::answer::{Answers, Scheduled};
 use betaas_core::instance::floors::{Floors, Urgency};
 use betaas_core::instance::membership::{self, Event, Instance};
 use betaas_core::instance::msg::{self, Body, Counter, Credential, ResourceReport};
 use betaas_core::instance::trust::Observation;
 use betaas_core::lifecycle::{self, ReleaseAction, Reservations};
+use betaas_core::placement::{Placement, Step, Target};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -937,109 +938,99 @@ impl Runtime {
     ) -> serde_json::Value {
         let id = id.to_owned();
         let template = template.clone();
-        let mut excluded: Vec<String> = Vec::new();
-        let mut failed_clouds: Vec<String> = Vec::new();
-        // Why each left-out gateway or cloud refused: the cancel says it, not only the log.
-        let mut refusals: Vec<String> = Vec::new();
-        for attempt in 1..=8u32 {
-            let (decision, request, owner) = {
+        // The loop's decisions are betaas_core::placement's; here only the I/O of each step.
+        let mut p = Placement::new();
+        while p.more() {
+            let (decision, request) = {
                 let st = self.state();
                 // Not guessable: a stranger cannot answer a request it has not seen.
                 let request = random_u64();
                 let me = self.report(&st);
                 let mut view = st.inst.view(&me, &self.templates, &me.remotes);
-                view.gateways.retain(|g| !excluded.contains(&g.id));
-                view.remotes.retain(|r| !failed_clouds.contains(&r.name));
-                if war.is_some() {
-                    view.gateways.retain(|g| g.id == self.gateway);
-                    view.remotes.clear();
-                }
+                // A fetched WAR stays on this gateway (the deploy request carries none).
+                p.narrow(&mut view, war.is_some().then_some(self.gateway.as_str()));
                 let req = Request {
                     id: request,
                     template: template.clone(),
                 };
-                let d = allocator::decide(&req, &view, &Policy::default());
-                // The holder the allocator chose: another may hold the same cloud.
-                let owner = d.holder.clone();
-                (d, request, owner.unwrap_or_default())
+                (allocator::decide(&req, &view, &Policy::default()), request)
             };
             let reason = decision.explanation();
-            match decision.outcome {
-                Outcome::Cancel(why) => {
-                    let mut why = format!("{why}; {reason}");
-                    if !refusals.is_empty() {
-                        why += &format!("; refused: {}", refusals.join("; "));
-                    }
-                    return self.result(&id, "cancel", "", "", None, &why, attempt);
+            let attempt = p.attempt() + 1;
+            match p.next(&decision, &self.gateway) {
+                Step::Cancel(why) => {
+                    return self.result(&id, "cancel", "", "", None, &why, attempt)
                 }
-                Outcome::Remote(cloud) => {
-                    let placed = if owner == self.gateway {
+                Step::Remote { cloud, holder } => {
+                    let placed = if holder == self.gateway {
                         self.deploy_remote(&cloud, &template.name, template.res())
                             .await
                     } else {
                         let wait = self.cfg.remote_timeout_ms;
-                        self.ask(&owner, request, &template, Some(&cloud), wait)
+                        self.ask(&holder, request, &template, Some(&cloud), wait)
                             .await
                             .map_err(|e| e.unwrap_or_else(|| format!("no answer within {wait} ms")))
                     };
                     match placed {
-                        Ok(p) => {
+                        Ok(pl) => {
                             return self.result(
                                 &id,
                                 "remote",
                                 &cloud,
-                                &owner,
-                                Some(&p),
+                                &holder,
+                                Some(&pl),
                                 &reason,
                                 attempt,
                             )
                         }
                         Err(why) => {
-                            warn!(request = %id, cloud = %cloud, holder = %owner, "remote deployment failed: {why}");
-                            refusals.push(format!("{cloud}: {why}"));
+                            warn!(request = %id, cloud = %cloud, holder = %holder, "remote deployment failed: {why}");
+                            p.refused(Target::Cloud(cloud), &why);
                         }
                     }
-                    failed_clouds.push(cloud);
                 }
-                Outcome::Local(gw) if gw == self.gateway => {
+                Step::DeployHere => {
+                    let gw = self.gateway.clone();
                     match self.deploy(template.res(), &template.name, war, None).await {
-                        Ok(p) => {
-                            return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt)
+                        Ok(pl) => {
+                            return self.result(&id, "local", &gw, &gw, Some(&pl), &reason, attempt)
                         }
                         Err(why) => {
                             warn!(request = %id, "own live state refuses: {why}");
-                            refusals.push(format!("{gw}: {why}"));
+                            p.refused(Target::Gateway(gw), &why);
                         }
                     }
-                    excluded.push(gw);
                 }
-                Outcome::Local(gw) => {
+                Step::Ask { gateway: gw } => {
                     let wait = self.cfg.deploy_timeout_ms;
                     match self.ask(&gw, request, &template, None, wait).await {
-                        Ok(p) => {
+                        Ok(pl) => {
                             self.state().inst.observe(&gw, Observation::DeploySucceeded);
-                            return self.result(&id, "local", &gw, &gw, Some(&p), &reason, attempt);
+                            return self.result(
+                                &id,
+                                "local",
+                                &gw,
+                                &gw,
+                                Some(&pl),
+                                &reason,
+                                attempt,
+                            );
                         }
                         Err(Some(why)) => {
                             warn!(request = %id, gateway = %gw, "refused: {why}");
                             self.state().inst.observe(&gw, Observation::DeployRefused);
-                            refusals.push(format!("{gw}: {why}"));
+                            p.refused(Target::Gateway(gw), &why);
                         }
                         Err(None) => {
                             warn!(request = %id, gateway = %gw, "no answer within {wait} ms");
                             self.state().inst.observe(&gw, Observation::DeployFailed);
-                            refusals.push(format!("{gw}: no answer within {wait} ms"));
+                            p.refused(Target::Gateway(gw), &format!("no answer within {wait} ms"));
                         }
                     }
-                    excluded.push(gw);
                 }
             }
         }
-        let why = format!(
-            "every chosen gateway or cloud refused or did not answer; refused: {}",
-            refusals.join("; ")
-        );
-        self.result(&id, "cancel", "", "", None, &why, 8)
+        self.result(&id, "cancel", "", "", None, &p.exhausted(), p.attempt())
     }
 
     /// A VM request or release is carried out only when signed by a client key the instance
