@@ -277,8 +277,19 @@ mod tests {
                     let i = ids.iter().position(|g| *g == gw).unwrap();
                     assert!(!refusing[i], "placed on a refusing gateway");
                 }
-                // Cancelled or out of attempts: only after refusals or with nobody left.
-                _ => assert!(p.attempt() >= 1),
+                // Equal gateways with room: the allocator cancels only once every one refused.
+                Some(None) => {
+                    assert!(
+                        refusing.iter().all(|r| *r),
+                        "cancelled with an accepting gateway left"
+                    );
+                    assert_eq!(p.attempt() as usize, n + 1);
+                }
+                // Out of attempts: each one was a refusal.
+                None => {
+                    assert_eq!(p.attempt(), MAX_ATTEMPTS);
+                    assert!(refusing.iter().filter(|r| **r).count() >= MAX_ATTEMPTS as usize);
+                }
             }
         }
     }
