@@ -86,12 +86,13 @@ fn qemu_full_lifecycle_probe_create_start_save_resume_idle_destroy_undefine() {
         &config(
             &tag,
             "idle_destroy_s = 10",
-            "kinds = [\"kvm\", \"qemu\", \"lxc\"]\ntimeout_s = 15",
+            // Not lxc: with a working LXC driver `tiny` would be made a container (preferred),
+            // and this test is QEMU's lifecycle (containers: app_war, bigdata_*, gateway_cloud).
+            "kinds = [\"kvm\", \"qemu\"]\ntimeout_s = 15",
         ),
     );
 
-    // The probe booted guests: QEMU TCG must have worked, and a container (host-deps installs
-    // libvirt's LXC driver; the tests' libvirtd runs without the cgroup v2 mount it fails on).
+    // The probe booted a guest: QEMU TCG must have worked (KVM is not usable here).
     let cap = match d.call(Request::Probe { refresh: false }) {
         Response::Capability(c) => c,
         other => panic!("{other:?}"),
@@ -99,7 +100,7 @@ fn qemu_full_lifecycle_probe_create_start_save_resume_idle_destroy_undefine() {
     eprintln!("capability: {cap:#?}");
     let by = |k| cap.probes.iter().find(|p| p.kind == k).expect("probed");
     assert!(by(VirtKind::Qemu).ok, "{:?}", by(VirtKind::Qemu));
-    assert!(by(VirtKind::Lxc).ok, "{:?}", by(VirtKind::Lxc));
+    assert!(cap.probes.iter().all(|p| p.kind != VirtKind::Lxc));
     assert!(cap.best.is_some());
 
     let v = vm(d.call(Request::Create {
