@@ -108,25 +108,5 @@ fn a_spark_cluster_forms_and_counts_words_from_the_storage_node() {
     let formed = t0.elapsed().as_secs_f64();
     println!("cluster formed (master + storage + 2 workers registered): {formed:.1} s");
 
-    let data = r
-        .join("vms")
-        .join(&storage.name)
-        .join("rootfs/srv/betaas/data/wc");
-    let want = bigdata::write_words(&data, 4, 20_000);
-    let job = bigdata::word_count(
-        &spark,
-        &master_url,
-        "ftp://anonymous:x@127.0.0.1:2121/wc/",
-        r,
-    );
-    println!(
-        "word count: {:.1} s, {} distinct words, {} words, {} partitions, {} executors",
-        job.secs,
-        job.counts.len(),
-        want.values().sum::<u64>(),
-        job.partitions,
-        job.executors
-    );
-    assert_eq!(job.counts, want, "the job's counts differ from the test's");
-    assert_eq!(job.executors, 2, "both workers ran executors");
+    bigdata::check_word_count(&r.join("vms").join(&storage.name), &spark, &master_url, r);
 }

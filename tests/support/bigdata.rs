@@ -227,3 +227,21 @@ pub fn wait_marker(log: &Path, needle: &str, timeout: Duration) -> f64 {
     });
     t0.elapsed().as_secs_f64()
 }
+
+/// Random words written into the storage node `storage_vm_dir`'s data directory, counted by a
+/// Spark job on `master` reading them over FTP: the counts must be the test's, and both workers
+/// must have run executors. Prints the job's figures.
+pub fn check_word_count(storage_vm_dir: &Path, spark: &Path, master: &str, work: &Path) {
+    let want = write_words(&storage_vm_dir.join("rootfs/srv/betaas/data/wc"), 4, 20_000);
+    let job = word_count(spark, master, "ftp://anonymous:x@127.0.0.1:2121/wc/", work);
+    println!(
+        "word count: {:.1} s, {} distinct words, {} words, {} partitions, {} executors",
+        job.secs,
+        job.counts.len(),
+        want.values().sum::<u64>(),
+        job.partitions,
+        job.executors
+    );
+    assert_eq!(job.counts, want, "the job's counts differ from the test's");
+    assert_eq!(job.executors, 2, "both workers ran executors");
+}
