@@ -24,9 +24,11 @@ STAMP := out/.deps-ok
 LGW_ARCH ?= x86_64
 # Architectures of the app template (OpenJDK 17 + Tomcat 10) `make templates-app` builds.
 APP_ARCH ?= x86_64 armhf
+# The end-to-end test binaries (tests/e2e/NAME.rs, each a [[test]] of betaas-e2e).
+E2E_TESTS := $(sort $(basename $(notdir $(wildcard tests/e2e/*.rs))))
 TINY_INPUTS := $(wildcard templates/tiny/*) templates/lib/initramfs.sh templates/lib/power-button.sh templates/lib/descriptor.sh
 
-.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e test-reproducible fuzz bench clean templates lgw templates-app bigdata flash flash-tool
+.PHONY: all deps agent-arm vmd-arm image bundle qemu test lint test-unit test-e2e e2e-rest test-reproducible fuzz bench clean templates lgw templates-app bigdata flash flash-tool
 
 all: agent-arm
 
@@ -91,9 +93,12 @@ lint: $(STAMP)
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	bash tests/shellcheck.sh
 
+# session.rs's outage tests (minutes of waiting for a broker) run beside the other binaries.
 test-unit: $(STAMP)
 	@echo "==> host unit tests"
-	cargo test --locked --workspace
+	cargo test --locked --workspace --no-run
+	bash tests/beside.sh session "cargo test --locked -p betaas-agent --test session -- outages::" \
+	  cargo test --locked --workspace -- --skip outages::
 
 test-e2e: $(STAMP)
 	$(MAKE) vmd-arm
@@ -101,17 +106,26 @@ test-e2e: $(STAMP)
 	# runs VMs, and its 96 MiB slots keep the update tests' downloads and writes short; qemu-virt and
 	# cubietruck carry the local cloud. Built twice: the second build must give the same bytes.
 	$(MAKE) test-reproducible
+	cargo build --locked --workspace --bins
+	cargo test --locked -p betaas-e2e --no-run
+	# ab_update (five QEMU boots, installs and reboots of the lite image: about 20 minutes, mostly one
+	# emulated CPU) runs beside the other images' builds and tests.
+	bash tests/beside.sh ab_update "cargo test --locked -p betaas-e2e --test ab_update -- --ignored --test-threads=1 --nocapture" \
+	  $(MAKE) --no-print-directory e2e-rest
+
+# test-e2e without ab_update (and the images it needs).
+e2e-rest: $(STAMP)
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml
 	$(MAKE) lgw LGW_ARCH=x86_64
 	$(MAKE) templates-app APP_ARCH=x86_64
 	$(MAKE) bigdata
-	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
-	cargo build --locked --workspace --bins
-	cargo test --locked -p betaas-e2e -- --ignored --test-threads=1 --nocapture --skip nested_tcg --skip in_a_vm
 	@echo "==> the tiny template boots, ticks and powers off (x86_64 and armhf, QEMU TCG)"
 	cargo test --locked -p betaas-templates --test tiny_boot -- --ignored --test-threads=1 --nocapture
+	@echo "==> end-to-end tests (QEMU + mosquitto; the agent and betaas-vmd binaries)"
+	cargo test --locked --no-fail-fast -p betaas-e2e $(addprefix --test ,$(filter-out ab_update,$(E2E_TESTS))) \
+	  -- --ignored --test-threads=1 --nocapture --skip nested_tcg --skip in_a_vm
 
 # `make image` twice gives the same sdcard.img (lite qemu-cubieboard): the first build is out/qemu-cubieboard,
 # the second goes to out/repro/ and is compared; both sha256s and build times are printed.

@@ -477,7 +477,7 @@ fn a_gateway_that_keeps_failing_deployments_loses_trust_and_is_dismissed() {
     for (id, cap) in [("gw1", Res::new(0, 0, 0)), ("gw2", Res::new(4, 4096, 64))] {
         let gw = member(&keys, root.path(), id, cap);
         let mut toml = config(&gw, broker.port, &gw.dir.join("keys"))
-            .replace("deploy_timeout_ms = 3000", "deploy_timeout_ms = 1500")
+            .replace("deploy_timeout_ms = 15000", "deploy_timeout_ms = 1500")
             .replace(
                 "[instance]\n",
                 "[instance]\ndismiss_threshold = 0.45\ndismiss_after_secs = 2\n",

@@ -287,271 +287,279 @@ fn outage_secs() -> u64 {
         .unwrap_or(300)
 }
 
-/// Minutes without a broker (no persistence: it comes back knowing nothing), then back on the
-/// same port. Nothing the gateway does depends on the broker remembering it.
-#[test]
-fn minutes_without_a_broker_then_everything_is_back() {
-    let mut rng = rng("minutes_without_a_broker_then_everything_is_back");
-    let lab = Lab::new(&mut rng);
-    let bport = free_port();
-    let mut broker = Mosquitto::start_on(bport);
-    let relay = Relay::start(bport);
-    let mut sub = everything(&broker);
-    let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
-    let (mut agent, mut peer) = lab.start(relay.port, bport);
-    let mut seen = Seen::default();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
-    assert_retained(&lab, &broker, "at start");
+// In a module of their own: `make test-unit` runs these (minutes of waiting) beside the other
+// binaries and skips `outages::` in the workspace run.
+mod outages {
+    use super::*;
 
-    // The outage: the gateway's link first (what the broker acknowledged reaches `sub`), then
-    // the broker itself, with everything it held.
-    relay.cut();
-    seen.during(&lab.gw.id, &mut sub, Duration::from_millis(500));
-    drop(sub);
-    broker.stop();
-    let down_ms = now_ms();
-    let secs = outage_secs();
-    println!("broker down for {secs} s");
-    std::thread::sleep(Duration::from_secs(secs));
-    agent.assert_running();
-    peer.assert_running();
+    /// Minutes without a broker (no persistence: it comes back knowing nothing), then back on the
+    /// same port. Nothing the gateway does depends on the broker remembering it.
+    #[test]
+    fn minutes_without_a_broker_then_everything_is_back() {
+        let mut rng = rng("minutes_without_a_broker_then_everything_is_back");
+        let lab = Lab::new(&mut rng);
+        let bport = free_port();
+        let mut broker = Mosquitto::start_on(bport);
+        let relay = Relay::start(bport);
+        let mut sub = everything(&broker);
+        let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
+        let (mut agent, mut peer) = lab.start(relay.port, bport);
+        let mut seen = Seen::default();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+        assert_retained(&lab, &broker, "at start");
 
-    let up_ms = now_ms();
-    let broker = Mosquitto::start_on(bport);
-    let mut sub = everything(&broker);
-    relay.heal();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "after the outage");
-    assert_retained(&lab, &broker, "after the outage");
-    let during = assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the outage");
-    assert!(
-        during as u64 > secs * 10,
-        "only {during} readings from the outage"
-    );
-    let log = agent.log();
-    assert!(
-        !log.contains("cannot subscribe now"),
-        "the subscription had to wait:\n{log}"
-    );
-    agent.stop();
-    peer.stop();
-}
+        // The outage: the gateway's link first (what the broker acknowledged reaches `sub`), then
+        // the broker itself, with everything it held.
+        relay.cut();
+        seen.during(&lab.gw.id, &mut sub, Duration::from_millis(500));
+        drop(sub);
+        broker.stop();
+        let down_ms = now_ms();
+        let secs = outage_secs();
+        println!("broker down for {secs} s");
+        std::thread::sleep(Duration::from_secs(secs));
+        agent.assert_running();
+        peer.assert_running();
 
-/// A broker restart with persistence (it keeps retained messages and sessions): the same checks.
-#[test]
-fn a_broker_restart_with_persistence() {
-    let mut rng = rng("a_broker_restart_with_persistence");
-    let lab = Lab::new(&mut rng);
-    let bport = free_port();
-    let bdir = tempfile::tempdir().expect("broker dir");
-    let mut broker = Mosquitto::start_persistent(bport, bdir.path());
-    // A persistent session: the broker keeps what arrives for it while it is away.
-    let client = format!("{}-sub", lab.gw.id);
-    let filters = ["betaas/#", "homeassistant/#"];
-    let mut sub = broker.subscribe_filters(&filters, Some(&client));
-    let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
-    let (mut agent, mut peer) = lab.start(bport, bport);
-    let mut seen = Seen::default();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
-    broker.stop();
-    seen.during(&lab.gw.id, &mut sub, Duration::from_millis(300));
-    drop(sub);
-    let down_ms = now_ms();
-    std::thread::sleep(Duration::from_secs(rng.u64(10..30)));
-    let up_ms = now_ms();
-    let broker = Mosquitto::start_persistent(bport, bdir.path());
-    let mut sub = broker.subscribe_filters(&filters, Some(&client));
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "after the restart");
-    assert_retained(&lab, &broker, "after the restart");
-    assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the restart");
-    agent.assert_running();
-    agent.stop();
-    peer.stop();
-}
-
-/// Home Assistant restarts on a broker that lost the retained discovery (or never delivers it to
-/// wildcards): its birth message alone brings the gateway's entities and availability back.
-#[test]
-fn home_assistant_birth_message_republishes_discovery() {
-    let mut rng = rng("home_assistant_birth_message_republishes_discovery");
-    let lab = Lab::new(&mut rng);
-    let broker = Mosquitto::start();
-    let mut sub = everything(&broker);
-    let (mut agent, mut peer) = lab.start(broker.port, broker.port);
-    let mut seen = Seen::default();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
-    let gw = &lab.gw.id;
-    let topics: Vec<String> = [
-        ("sensor", THING),
-        ("sensor", MQTT_THING),
-        ("switch", ACTUATOR),
-    ]
-    .iter()
-    .map(|(c, t)| format!("homeassistant/{c}/{gw}_{t}/config"))
-    .chain([format!("betaas/{gw}/availability")])
-    .collect();
-    // The broker forgets them (empty retained payloads remove retained messages).
-    for t in &topics {
-        pub_mqtt(&broker, t, b"", true);
+        let up_ms = now_ms();
+        let broker = Mosquitto::start_on(bport);
+        let mut sub = everything(&broker);
+        relay.heal();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "after the outage");
+        assert_retained(&lab, &broker, "after the outage");
+        let during = assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the outage");
+        assert!(
+            during as u64 > secs * 10,
+            "only {during} readings from the outage"
+        );
+        let log = agent.log();
+        assert!(
+            !log.contains("cannot subscribe now"),
+            "the subscription had to wait:\n{log}"
+        );
+        agent.stop();
+        peer.stop();
     }
-    let empty = everything(&broker);
-    assert!(
-        !empty
-            .early()
-            .iter()
-            .any(|(t, p)| topics.contains(t) && !p.is_empty()),
-        "the broker still holds them"
-    );
-    let birth = Instant::now();
-    broker.publish("homeassistant/status", "online");
-    let mut back = std::collections::BTreeSet::new();
-    sub.wait_for("discovery republished", Duration::from_secs(10), |t, p| {
-        if topics.iter().any(|x| x == t) && !p.is_empty() {
-            back.insert(t.to_owned());
+
+    /// A broker restart with persistence (it keeps retained messages and sessions): the same checks.
+    #[test]
+    fn a_broker_restart_with_persistence() {
+        let mut rng = rng("a_broker_restart_with_persistence");
+        let lab = Lab::new(&mut rng);
+        let bport = free_port();
+        let bdir = tempfile::tempdir().expect("broker dir");
+        let mut broker = Mosquitto::start_persistent(bport, bdir.path());
+        // A persistent session: the broker keeps what arrives for it while it is away.
+        let client = format!("{}-sub", lab.gw.id);
+        let filters = ["betaas/#", "homeassistant/#"];
+        let mut sub = broker.subscribe_filters(&filters, Some(&client));
+        let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
+        let (mut agent, mut peer) = lab.start(bport, bport);
+        let mut seen = Seen::default();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+        broker.stop();
+        seen.during(&lab.gw.id, &mut sub, Duration::from_millis(300));
+        drop(sub);
+        let down_ms = now_ms();
+        std::thread::sleep(Duration::from_secs(rng.u64(10..30)));
+        let up_ms = now_ms();
+        let broker = Mosquitto::start_persistent(bport, bdir.path());
+        let mut sub = broker.subscribe_filters(&filters, Some(&client));
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "after the restart");
+        assert_retained(&lab, &broker, "after the restart");
+        assert_backlog(&lab, &mut sub, &mut seen, (down_ms, up_ms), "the restart");
+        agent.assert_running();
+        agent.stop();
+        peer.stop();
+    }
+
+    /// Home Assistant restarts on a broker that lost the retained discovery (or never delivers it to
+    /// wildcards): its birth message alone brings the gateway's entities and availability back.
+    #[test]
+    fn home_assistant_birth_message_republishes_discovery() {
+        let mut rng = rng("home_assistant_birth_message_republishes_discovery");
+        let lab = Lab::new(&mut rng);
+        let broker = Mosquitto::start();
+        let mut sub = everything(&broker);
+        let (mut agent, mut peer) = lab.start(broker.port, broker.port);
+        let mut seen = Seen::default();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+        let gw = &lab.gw.id;
+        let topics: Vec<String> = [
+            ("sensor", THING),
+            ("sensor", MQTT_THING),
+            ("switch", ACTUATOR),
+        ]
+        .iter()
+        .map(|(c, t)| format!("homeassistant/{c}/{gw}_{t}/config"))
+        .chain([format!("betaas/{gw}/availability")])
+        .collect();
+        // The broker forgets them (empty retained payloads remove retained messages).
+        for t in &topics {
+            pub_mqtt(&broker, t, b"", true);
         }
-        (back.len() == topics.len()).then_some(())
-    });
-    println!(
-        "birth message: {} retained topics back in {:.2} s",
-        back.len(),
-        birth.elapsed().as_secs_f64()
-    );
-    assert_retained(&lab, &broker, "after the birth message");
-    agent.stop();
-    peer.stop();
-}
+        let empty = everything(&broker);
+        assert!(
+            !empty
+                .early()
+                .iter()
+                .any(|(t, p)| topics.contains(t) && !p.is_empty()),
+            "the broker still holds them"
+        );
+        let birth = Instant::now();
+        broker.publish("homeassistant/status", "online");
+        let mut back = std::collections::BTreeSet::new();
+        sub.wait_for("discovery republished", Duration::from_secs(10), |t, p| {
+            if topics.iter().any(|x| x == t) && !p.is_empty() {
+                back.insert(t.to_owned());
+            }
+            (back.len() == topics.len()).then_some(())
+        });
+        println!(
+            "birth message: {} retained topics back in {:.2} s",
+            back.len(),
+            birth.elapsed().as_secs_f64()
+        );
+        assert_retained(&lab, &broker, "after the birth message");
+        agent.stop();
+        peer.stop();
+    }
 
-/// The gateway in its own network namespace; its link to the broker's host is cut for longer than
-/// the keep-alive and heals: the session comes back whole, readings from the partition included.
-#[test]
-fn a_partition_longer_than_the_keep_alive() {
-    let _serial = instance_support::serial();
-    let mut rng = rng("a_partition_longer_than_the_keep_alive");
-    let lab = Lab::new(&mut rng);
-    let ns = instance_support::NetNs::new();
-    let port = free_port();
-    let broker = Mosquitto::start_with(port, &format!("listener {port} {}\n", ns.host_ip));
-    let mut sub = everything(&broker);
-    let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
-    // The gateway in the namespace reaches the broker at the host's end of the veth.
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, AGENT]);
-    let (mut agent, mut peer) = lab.start_with((&ns.host_ip, port), port, cmd);
-    let mut seen = Seen::default();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
-    ns.link(false);
-    let cut_ms = now_ms();
-    let secs = rng.u64(20..40);
-    println!("partition of {secs} s (keep-alive 5 s)");
-    seen.during(&lab.gw.id, &mut sub, Duration::from_secs(secs));
-    ns.link(true);
-    let healed_ms = now_ms();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "after the partition");
-    let during = assert_backlog(
-        &lab,
-        &mut sub,
-        &mut seen,
-        (cut_ms, healed_ms),
-        "the partition",
-    );
-    assert!(
-        during as u64 > secs * 10,
-        "only {during} readings from the partition"
-    );
-    agent.stop();
-    peer.stop();
-}
+    /// The gateway in its own network namespace; its link to the broker's host is cut for longer than
+    /// the keep-alive and heals: the session comes back whole, readings from the partition included.
+    #[test]
+    fn a_partition_longer_than_the_keep_alive() {
+        let _serial = instance_support::serial();
+        let mut rng = rng("a_partition_longer_than_the_keep_alive");
+        let lab = Lab::new(&mut rng);
+        let ns = instance_support::NetNs::new();
+        let port = free_port();
+        let broker = Mosquitto::start_with(port, &format!("listener {port} {}\n", ns.host_ip));
+        let mut sub = everything(&broker);
+        let _wiggle = Wiggler::start(&lab.gw, &[THING], rng.u64(..));
+        // The gateway in the namespace reaches the broker at the host's end of the veth.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, AGENT]);
+        let (mut agent, mut peer) = lab.start_with((&ns.host_ip, port), port, cmd);
+        let mut seen = Seen::default();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+        ns.link(false);
+        let cut_ms = now_ms();
+        let secs = rng.u64(20..40);
+        println!("partition of {secs} s (keep-alive 5 s)");
+        seen.during(&lab.gw.id, &mut sub, Duration::from_secs(secs));
+        ns.link(true);
+        let healed_ms = now_ms();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "after the partition");
+        let during = assert_backlog(
+            &lab,
+            &mut sub,
+            &mut seen,
+            (cut_ms, healed_ms),
+            "the partition",
+        );
+        assert!(
+            during as u64 > secs * 10,
+            "only {during} readings from the partition"
+        );
+        agent.stop();
+        peer.stop();
+    }
 
-/// libfaketime (Debian's libfaketime) moves a running process's wall clock, nothing else's: the
-/// offset is read from a file on every call, the monotonic clock is left alone.
-const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    /// libfaketime (Debian's libfaketime) moves a running process's wall clock, nothing else's: the
+    /// offset is read from a file on every call, the monotonic clock is left alone.
+    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
-/// The wall clock of a running member jumps 3 years ahead (NTP finally reached, on a board with no
-/// RTC), then back to an hour behind the real time: nobody goes down, no trust is lost, because
-/// membership runs on the monotonic clock. The readings' `ts` follow the wall clock, as they should.
-#[test]
-fn a_clock_jump_of_years_costs_no_member_and_no_trust() {
-    let mut rng = rng("a_clock_jump_of_years_costs_no_member_and_no_trust");
-    assert!(
-        Path::new(FAKETIME).exists(),
-        "{FAKETIME} missing (image/host-deps.sh installs libfaketime)"
-    );
-    let lab = Lab::new(&mut rng);
-    let broker = Mosquitto::start();
-    let mut sub = everything(&broker);
-    let offset = lab.gw.path("faketime");
-    std::fs::write(&offset, "+0\n").expect("faketime file");
-    let mut cmd = Command::new(AGENT);
-    cmd.env("LD_PRELOAD", FAKETIME)
-        .env("FAKETIME_TIMESTAMP_FILE", &offset)
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    let (mut agent, mut peer) = lab.start_with(("127.0.0.1", broker.port), broker.port, cmd);
-    let mut seen = Seen::default();
-    assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
-    let (gw, other) = (lab.gw.id.clone(), lab.peer.id.clone());
-    // Trust as each sees the other, before the jumps.
-    let trust = |h: &Value, of: &str| h["instance"]["members"][of]["trust"].as_f64();
-    let mut before = (None, None);
-    sub.wait_for("both healths", Duration::from_secs(10), |t, p| {
-        let h: Value = serde_json::from_str(p).ok()?;
-        if t == format!("betaas/{gw}/health") {
-            before.0 = trust(&h, &other);
-        } else if t == format!("betaas/{other}/health") {
-            before.1 = trust(&h, &gw);
-        }
-        (before.0.is_some() && before.1.is_some()).then_some(())
-    });
-    let three_years = 3 * 365 * 24 * 3600 * 1000u64;
-    for (label, offset_text, wall_offset_ms) in [
-        ("+3 years", "+1095d", three_years as i64),
-        ("-1 hour", "-1h", -3_600_000i64),
-    ] {
-        std::fs::write(&offset, format!("{offset_text}\n")).expect("faketime file");
-        // Watch both members for four heartbeat timeouts (the default timeout is 4 s).
-        let end = Instant::now() + Duration::from_secs(16);
-        let mut jumped = false;
-        let mut checks = 0;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            let Some((t, p)) = sub.next(left) else {
-                continue;
-            };
-            let Ok(h) = serde_json::from_str::<Value>(&p) else {
-                continue;
-            };
+    /// The wall clock of a running member jumps 3 years ahead (NTP finally reached, on a board with no
+    /// RTC), then back to an hour behind the real time: nobody goes down, no trust is lost, because
+    /// membership runs on the monotonic clock. The readings' `ts` follow the wall clock, as they should.
+    #[test]
+    fn a_clock_jump_of_years_costs_no_member_and_no_trust() {
+        let mut rng = rng("a_clock_jump_of_years_costs_no_member_and_no_trust");
+        assert!(
+            Path::new(FAKETIME).exists(),
+            "{FAKETIME} missing (image/host-deps.sh installs libfaketime)"
+        );
+        let lab = Lab::new(&mut rng);
+        let broker = Mosquitto::start();
+        let mut sub = everything(&broker);
+        let offset = lab.gw.path("faketime");
+        std::fs::write(&offset, "+0\n").expect("faketime file");
+        let mut cmd = Command::new(AGENT);
+        cmd.env("LD_PRELOAD", FAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", &offset)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let (mut agent, mut peer) = lab.start_with(("127.0.0.1", broker.port), broker.port, cmd);
+        let mut seen = Seen::default();
+        assert_alive(&lab, &broker, &mut sub, &mut seen, "at start");
+        let (gw, other) = (lab.gw.id.clone(), lab.peer.id.clone());
+        // Trust as each sees the other, before the jumps.
+        let trust = |h: &Value, of: &str| h["instance"]["members"][of]["trust"].as_f64();
+        let mut before = (None, None);
+        sub.wait_for("both healths", Duration::from_secs(10), |t, p| {
+            let h: Value = serde_json::from_str(p).ok()?;
             if t == format!("betaas/{gw}/health") {
-                let skew = h["ts"].as_u64().unwrap_or(0) as i64 - now_ms() as i64;
-                // The jump took effect (else this test proves nothing) ...
-                if (skew - wall_offset_ms).abs() < 60_000 {
-                    jumped = true;
-                }
-                if jumped {
-                    // ... and the member it sees stays up, its trust not lowered.
-                    assert_eq!(
-                        h["instance"]["members"][&other]["state"], "up",
-                        "{label}: {h}"
-                    );
-                    let now = trust(&h, &other).expect("trust");
+                before.0 = trust(&h, &other);
+            } else if t == format!("betaas/{other}/health") {
+                before.1 = trust(&h, &gw);
+            }
+            (before.0.is_some() && before.1.is_some()).then_some(())
+        });
+        let three_years = 3 * 365 * 24 * 3600 * 1000u64;
+        for (label, offset_text, wall_offset_ms) in [
+            ("+3 years", "+1095d", three_years as i64),
+            ("-1 hour", "-1h", -3_600_000i64),
+        ] {
+            std::fs::write(&offset, format!("{offset_text}\n")).expect("faketime file");
+            // Watch both members for four heartbeat timeouts (the default timeout is 4 s).
+            let end = Instant::now() + Duration::from_secs(16);
+            let mut jumped = false;
+            let mut checks = 0;
+            while let Some(left) = end.checked_duration_since(Instant::now()) {
+                let Some((t, p)) = sub.next(left) else {
+                    continue;
+                };
+                let Ok(h) = serde_json::from_str::<Value>(&p) else {
+                    continue;
+                };
+                if t == format!("betaas/{gw}/health") {
+                    let skew = h["ts"].as_u64().unwrap_or(0) as i64 - now_ms() as i64;
+                    // The jump took effect (else this test proves nothing) ...
+                    if (skew - wall_offset_ms).abs() < 60_000 {
+                        jumped = true;
+                    }
+                    if jumped {
+                        // ... and the member it sees stays up, its trust not lowered.
+                        assert_eq!(
+                            h["instance"]["members"][&other]["state"], "up",
+                            "{label}: {h}"
+                        );
+                        let now = trust(&h, &other).expect("trust");
+                        assert!(
+                            now >= before.0.unwrap_or(0.0) - 1e-9,
+                            "{label}: trust fell to {now}"
+                        );
+                        checks += 1;
+                    }
+                } else if t == format!("betaas/{other}/health") && jumped {
+                    assert_eq!(h["instance"]["members"][&gw]["state"], "up", "{label}: {h}");
+                    let now = trust(&h, &gw).expect("trust");
                     assert!(
-                        now >= before.0.unwrap_or(0.0) - 1e-9,
+                        now >= before.1.unwrap_or(0.0) - 1e-9,
                         "{label}: trust fell to {now}"
                     );
-                    checks += 1;
                 }
-            } else if t == format!("betaas/{other}/health") && jumped {
-                assert_eq!(h["instance"]["members"][&gw]["state"], "up", "{label}: {h}");
-                let now = trust(&h, &gw).expect("trust");
-                assert!(
-                    now >= before.1.unwrap_or(0.0) - 1e-9,
-                    "{label}: trust fell to {now}"
-                );
             }
+            assert!(
+                jumped,
+                "{label}: the agent's wall clock never moved (libfaketime not in effect)"
+            );
+            println!(
+                "{label}: {checks} health reports after the jump, every member up, trust kept"
+            );
         }
-        assert!(
-            jumped,
-            "{label}: the agent's wall clock never moved (libfaketime not in effect)"
-        );
-        println!("{label}: {checks} health reports after the jump, every member up, trust kept");
+        agent.stop();
+        peer.stop();
     }
-    agent.stop();
-    peer.stop();
 }

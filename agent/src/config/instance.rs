@@ -23,6 +23,9 @@ pub struct InstanceConfig {
     /// A member silent this long is down.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long the asking gateway waits for an asked one to start the VM and answer; then the
+    /// next gateway is asked. It covers a cold container or VM start on an SD card (its fsyncs
+    /// take seconds when the card is busy), not only a network round trip.
     #[serde(default = "default_deploy_timeout_ms")]
     pub deploy_timeout_ms: u64,
     /// How long another gateway may take to deploy on a remote cloud it holds credentials for
@@ -216,7 +219,7 @@ fn default_timeout_ms() -> u64 {
     4000
 }
 fn default_deploy_timeout_ms() -> u64 {
-    3000
+    60_000
 }
 fn default_remote_timeout_ms() -> u64 {
     330_000

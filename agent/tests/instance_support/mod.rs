@@ -70,7 +70,7 @@ pub fn config(gw: &Gw, port: u16, instance_keys: &Path) -> String {
     format!(
         "gateway_id = \"{id}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [health]\ninterval_secs = 1\n\
-         [instance]\nname = \"lab\"\nkeys = \"{k}\"\nheartbeat_ms = 300\ntimeout_ms = 3000\ndeploy_timeout_ms = 3000\n\
+         [instance]\nname = \"lab\"\nkeys = \"{k}\"\nheartbeat_ms = 300\ntimeout_ms = 3000\ndeploy_timeout_ms = 15000\n\
          virt = \"kvm\"\npowerful = true\ncapacity = {{ cpus = {c}, mem_mb = {m}, disk_gb = {g} }}\n{t}",
         id = gw.id,
         d = gw.dir.display(),
@@ -320,12 +320,14 @@ pub fn send_signed(broker: &Mosquitto, ops: &Path, gw: &str, body: Value) -> Vec
     bytes
 }
 
-/// Waits for the result of request `id` on `gw`'s result topic.
+/// Waits for the result of request `id` on `gw`'s result topic. Generous: an asked gateway makes
+/// its replay floors durable (an fsync) before it answers, and that takes seconds when the disk is
+/// busy with other writeback (CI's machine builds images beside the tests).
 pub fn result_of(sub: &mut Subscriber, gw: &str, id: &str) -> Value {
     let topic = format!("betaas/{gw}/vm/result");
     sub.wait_for(
         &format!("result of {id}"),
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         |t, p| {
             (t == topic)
                 .then(|| serde_json::from_str::<Value>(p).expect("json"))
