@@ -473,6 +473,9 @@ impl Runtime {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
         let mut connects = self.session.connects();
         let mut last_floors = std::time::Instant::now();
+        // Since when this gateway hears the instance: members are only known to be down after
+        // a whole `timeout_ms` of being connected (during our own outage every one looks down).
+        let mut hearing_since = std::time::Instant::now();
         let mut n: u64 = 0;
         loop {
             tokio::select! {
@@ -481,6 +484,7 @@ impl Runtime {
                     // (Re)connected: the broker may have forgotten our retained announce, and we
                     // may have missed the others' (or the broker delivers none to wildcards).
                     if changed.is_ok() {
+                        hearing_since = std::time::Instant::now();
                         self.announce();
                         self.join();
                     }
@@ -498,8 +502,12 @@ impl Runtime {
             if n % 10 == 5 {
                 self.clone().sample_vms();
             }
-            if n % 5 == 2 {
-                // The Big Data Manager: workers on a gateway that went down are replaced.
+            let heard = self.session.connected()
+                && hearing_since.elapsed() >= Duration::from_millis(self.cfg.timeout_ms);
+            if n % 5 == 2 && heard {
+                // The Big Data Manager: workers on a gateway that went down are replaced. Not
+                // while this gateway is cut off from the broker, or just back: the others only
+                // look down then, and their workers would be replaced for nothing.
                 let me = self.clone();
                 tokio::spawn(async move { me.reconcile_all().await });
             }

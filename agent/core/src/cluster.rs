@@ -5,9 +5,13 @@
 //! [`Cluster::forget`].
 //!
 //! Rules of [`plan`], in order:
+//! 0. A worker lost earlier (an orphan, see 1) whose gateway is up again is released there
+//!    ([`Action::Release`]) and kept as a stopped worker: that gateway may only have been cut off
+//!    (a partition, or this manager's own broker outage) and still run it, and nothing else
+//!    would ever stop it.
 //! 1. A worker whose host gateway is not up (down, left, dismissed) is lost: [`Action::Forget`]
-//!    (running or stopped; a stopped one there cannot be resumed either). The count drops, so
-//!    the rules below replace it.
+//!    (running or stopped; a stopped one there cannot be resumed either). It becomes an orphan
+//!    and the count drops, so the rules below replace it.
 //! 2. Fewer running than asked: stopped workers on gateways that are up are resumed first
 //!    ([`Action::Resume`]: the paper's reason to stop rather than destroy), local gateways
 //!    before remote clouds, then by name; what is still missing is placed anew ([`Action::Place`],
@@ -61,7 +65,13 @@ pub struct Cluster {
     pub template: String,
     pub replicas: u32,
     pub workers: Vec<Worker>,
+    /// Workers lost with their gateway (rule 1), to release once it is up again (rule 0).
+    /// At most [`MAX_ORPHANS`]: the oldest is dropped (a gateway that never comes back).
+    pub orphans: Vec<Worker>,
 }
+
+/// At most this many orphans per cluster.
+pub const MAX_ORPHANS: usize = 64;
 
 impl Cluster {
     pub fn new(name: &str, template: &str, replicas: u32) -> Cluster {
@@ -70,6 +80,7 @@ impl Cluster {
             template: template.to_owned(),
             replicas,
             workers: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -96,13 +107,54 @@ impl Cluster {
         self.set(vm, host, WorkerState::Running);
     }
 
+    /// A release that worked: the worker (or an orphan, which becomes a worker again) is
+    /// stopped and kept for a later scale-up.
     pub fn released(&mut self, vm: &str, host: &str) {
-        self.set(vm, host, WorkerState::Stopped);
+        if let Some(i) = self.orphan_index(vm, host) {
+            let mut w = self.orphans.remove(i);
+            w.state = WorkerState::Stopped;
+            self.workers.push(w);
+        } else {
+            self.set(vm, host, WorkerState::Stopped);
+        }
     }
 
-    /// Lost (its host is down), or a resume that failed: no longer counted.
+    /// Its host is down ([`Action::Forget`]): no longer counted, an orphan until that host is
+    /// up again.
+    pub fn lost(&mut self, vm: &str, host: &str) {
+        let Some(i) = self
+            .workers
+            .iter()
+            .position(|w| w.vm == vm && w.host == host)
+        else {
+            return;
+        };
+        let w = self.workers.remove(i);
+        if self.orphan_index(vm, host).is_none() {
+            if self.orphans.len() >= MAX_ORPHANS {
+                self.orphans.remove(0);
+            }
+            self.orphans.push(w);
+        }
+    }
+
+    /// A resume that failed, or an orphan whose release failed (its gateway no longer has it, or
+    /// does not answer): no longer counted or tracked.
     pub fn forget(&mut self, vm: &str, host: &str) {
         self.workers.retain(|w| !(w.vm == vm && w.host == host));
+        self.orphans.retain(|w| !(w.vm == vm && w.host == host));
+    }
+
+    /// Whether `vm` on `host` is an orphan (the runtime treats a failed release of one as
+    /// [`Cluster::forget`], not as a failure of the round).
+    pub fn is_orphan(&self, vm: &str, host: &str) -> bool {
+        self.orphan_index(vm, host).is_some()
+    }
+
+    fn orphan_index(&self, vm: &str, host: &str) -> Option<usize> {
+        self.orphans
+            .iter()
+            .position(|w| w.vm == vm && w.host == host)
     }
 
     fn set(&mut self, vm: &str, host: &str, state: WorkerState) {
@@ -118,6 +170,13 @@ impl Cluster {
 /// them all (and reporting the outcomes) and planning again gives no action.
 pub fn plan(cluster: &Cluster, is_up: impl Fn(&str) -> bool) -> Vec<Action> {
     let mut actions = Vec::new();
+    for w in cluster.orphans.iter().filter(|w| is_up(&w.host)) {
+        actions.push(Action::Release {
+            vm: w.vm.clone(),
+            host: w.host.clone(),
+            cloud: w.cloud.clone(),
+        });
+    }
     let (alive, lost): (Vec<&Worker>, Vec<&Worker>) =
         cluster.workers.iter().partition(|w| is_up(&w.host));
     for w in lost {
@@ -210,6 +269,7 @@ mod tests {
             template: "bigdata-compute".into(),
             replicas,
             workers,
+            orphans: Vec::new(),
         }
     }
 
@@ -219,7 +279,7 @@ mod tests {
         let mut n = c.workers.len() + 100;
         for a in actions {
             match a {
-                Action::Forget { vm, host } => c.forget(vm, host),
+                Action::Forget { vm, host } => c.lost(vm, host),
                 Action::Resume { vm, host } => c.resumed(vm, host),
                 Action::Place => {
                     n += 1;
@@ -395,6 +455,71 @@ mod tests {
         assert!(plan(&c, all_up).is_empty());
     }
 
+    /// The manager's own broker outage (or a partition) makes every other gateway look down:
+    /// their workers are replaced where the manager can reach, and once the gateways are heard
+    /// again the workers they kept running are released there (kept stopped), so none runs
+    /// unmanaged and the count stays right.
+    #[test]
+    fn workers_cut_off_and_replaced_are_released_when_their_gateway_is_back() {
+        let mut hosts = std::iter::repeat("gw0".to_string());
+        let mut c = cluster(
+            3,
+            vec![w("a", "gw1", R), w("b", "gw2", R), w("c", "gw0", R)],
+        );
+        let only_me = |g: &str| g == "gw0";
+        let p = plan(&c, only_me);
+        assert_eq!(
+            p.iter()
+                .filter(|a| matches!(a, Action::Forget { .. }))
+                .count(),
+            2
+        );
+        apply(&mut c, &p, &mut hosts);
+        assert_eq!(c.running(), 3);
+        assert_eq!(c.orphans.len(), 2);
+        // Still cut off: nothing more to do.
+        assert!(plan(&c, only_me).is_empty());
+        // Back: both orphans released on their own gateways, nothing else.
+        let p = plan(&c, all_up);
+        let mut released: Vec<(String, String)> = p
+            .iter()
+            .map(|a| match a {
+                Action::Release { vm, host, .. } => (vm.clone(), host.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        released.sort();
+        assert_eq!(
+            released,
+            vec![("a".into(), "gw1".into()), ("b".into(), "gw2".into())]
+        );
+        apply(&mut c, &p, &mut hosts);
+        assert!(c.orphans.is_empty());
+        assert_eq!(c.running(), 3);
+        assert_eq!(c.workers.len(), 5, "the released ones are kept, stopped");
+        assert!(plan(&c, all_up).is_empty());
+        // A later scale-up resumes them before making new ones.
+        c.replicas = 5;
+        assert!(plan(&c, all_up)
+            .iter()
+            .all(|a| matches!(a, Action::Resume { .. })));
+    }
+
+    #[test]
+    fn orphans_are_bounded_and_a_failed_release_forgets_one() {
+        let mut c = cluster(0, vec![]);
+        for i in 0..MAX_ORPHANS + 5 {
+            c.workers.push(w(&format!("v{i}"), "gw9", R));
+            c.lost(&format!("v{i}"), "gw9");
+        }
+        assert_eq!(c.orphans.len(), MAX_ORPHANS);
+        assert_eq!(c.orphans[0].vm, "v5", "the oldest are dropped");
+        assert!(c.is_orphan("v7", "gw9"));
+        c.forget("v7", "gw9");
+        assert!(!c.is_orphan("v7", "gw9"));
+        assert_eq!(c.orphans.len(), MAX_ORPHANS - 1);
+    }
+
     /// Any cluster, any replicas, any set of gateways down: after one round of the plan (every
     /// step succeeding) exactly `replicas` run, all on gateways that are up, and no new worker is
     /// made while a stopped one on a live gateway was left stopped.
@@ -420,6 +545,10 @@ mod tests {
                 })
                 .collect();
             let mut c = cluster(rng.u32(..6), workers);
+            for i in 0..rng.usize(..3) {
+                let host = gws[rng.usize(..gws.len())];
+                c.orphans.push(w(&format!("o{i}"), host, R));
+            }
             let stopped_alive = c
                 .workers
                 .iter()
@@ -448,6 +577,7 @@ mod tests {
             apply(&mut c, &p, &mut hosts);
             assert_eq!(c.running(), c.replicas as usize, "{c:?}");
             assert!(c.workers.iter().all(|w| up(&w.host)));
+            assert!(c.orphans.iter().all(|w| !up(&w.host)), "{c:?}");
             assert!(plan(&c, up).is_empty());
         }
     }

@@ -208,9 +208,9 @@ impl Runtime {
             for a in actions {
                 match a {
                     Action::Forget { vm, host } => {
-                        warn!(cluster = %c.name, vm, host, "worker lost: its gateway is down");
+                        warn!(cluster = %c.name, vm, host, "worker lost: its gateway is down (released there if it comes back)");
                         done.push(format!("{vm} on {host} lost (gateway down)"));
-                        c.forget(&vm, &host);
+                        c.lost(&vm, &host);
                     }
                     Action::Resume { vm, host } => {
                         match self.deploy_on(&host, &template, &env).await {
@@ -251,6 +251,13 @@ impl Runtime {
                         Ok(()) => {
                             c.released(&vm, &host);
                             done.push(format!("{vm} on {host} released"));
+                        }
+                        Err(why) if c.is_orphan(&vm, &host) => {
+                            // Its gateway no longer has it (restarted), or does not answer: not
+                            // retried forever.
+                            warn!(cluster = %c.name, vm, host, "a lost worker not released: {why}; forgotten");
+                            done.push(format!("{vm} on {host} (lost earlier) not released: {why}"));
+                            c.forget(&vm, &host);
                         }
                         Err(why) => {
                             done.push(format!("{vm} on {host} not released: {why}"));
