@@ -17,6 +17,12 @@
 #   make bigdata              out/templates/bigdata-{master,compute,storage}-x86_64 (Spark + Debian, offline)
 
 BOARD ?= qemu-cubieboard
+# On a machine without Rust, image/host-deps.sh (the $(STAMP) rule) installs rustup into ~/.cargo/bin:
+# the recipes find cargo there in the same `make`, before a new login shell has it on PATH.
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+ifeq ($(filter $(CARGO_BIN),$(subst :, ,$(PATH))),)
+export PATH := $(CARGO_BIN):$(PATH)
+endif
 ARM_TARGET := armv7-unknown-linux-gnueabihf
 AGENT_ARM := target/$(ARM_TARGET)/release/betaas-agent
 STAMP := out/.deps-ok

@@ -11,6 +11,8 @@ SUDO=$(need_root)
 . "$(dirname "$0")/mirror.sh"
 
 APT_PKGS=(
+  make git                                        # the Makefile; git describe/log/ls-files (versions, SOURCE_DATE_EPOCH, shellcheck's file set)
+  gcc g++                                         # cc: rustc's linker for every host binary and build script, ring's C; g++: libFuzzer (cargo fuzz)
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross   # linker and static glibc for the ARM agent
   libc6-dev                                       # static glibc (libc.a) for the x86_64 agent of the lgw template
   mosquitto mosquitto-clients                     # the local broker and its CLI for demos/tests
@@ -21,13 +23,14 @@ APT_PKGS=(
   openssl                                         # test certificates for MQTT over TLS
   wget                                            # the agent downloads update bundles with wget (unit test)
   iproute2                                        # network namespaces for the partition test
+  procps dmsetup                                  # kill (the tests stop their agents/brokers); dmsetup: the flash tests' failing-card device
   libfaketime                                     # clock-jump test: a running agent's wall clock moved by years
   qemu-user-static                                # runs ARM busybox/agent at build time (applet list, config check)
   bmap-tools                                      # bmaptool: the flash tests check sdcard.img.bmap against it
   rauc squashfs-tools                             # `make bundle`: signed RAUC update bundles (rauc bundle runs mksquashfs)
   u-boot-tools                                    # mkimage: the A/B boot script (boot.scr); fw_printenv-compatible env images
   debian-archive-keyring apt-utils
-  shellcheck                                      # make lint: the build, image and test scripts
+  shellcheck bc                                   # make lint: the build, image and test scripts (tests/shellcheck.sh times itself with bc)
   # betaas-vmd: links libvirt (libvirt-dev + pkg-config for the virt crate); its tests run a real
   # libvirtd without systemd (never libvirt-daemon-system: it pulls systemd). tests/libvirt/setup.sh configures it.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
@@ -76,7 +79,40 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Rust: the ARM target for the static agent.
+# Rust: rustup and the workspace's toolchain (Cargo.toml's rust-version, with clippy and rustfmt for
+# make lint) when a fresh machine has none, then the ARM target for the static agent. rustup-init comes
+# straight from static.rust-lang.org (sh.rustup.rs, the usual installer script, is not reachable from
+# every build machine), checked against its published sha256. rustup-init adds ~/.cargo/bin to the login
+# shell's PATH; this script and the Makefile add it themselves, so the same `make` goes on with cargo.
+CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+case ":$PATH:" in *":$CARGO_BIN:"*) ;; *) PATH=$CARGO_BIN:$PATH ;; esac
+export PATH
+if ! command -v rustup >/dev/null; then
+  if command -v cargo >/dev/null; then
+    echo "host-deps: cargo without rustup ($(command -v cargo)): the ARM target needs rustup; remove that cargo or install rustup" >&2
+    exit 1
+  fi
+  rust_version=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$(dirname "$0")/../Cargo.toml" | head -1)
+  case "$rust_version" in *.*.*) ;; *.*) rust_version=$rust_version.0 ;; esac
+  [ -n "$rust_version" ] || { echo "host-deps: no rust-version in Cargo.toml" >&2; exit 1; }
+  rustup_url=https://static.rust-lang.org/rustup/dist/x86_64-unknown-linux-gnu/rustup-init
+  tmp=$(mktemp -d)
+  echo "==> installing rustup and Rust $rust_version (clippy, rustfmt) from $rustup_url"
+  curl -fsSL --retry 3 -o "$tmp/rustup-init" "$rustup_url"
+  curl -fsSL --retry 3 -o "$tmp/rustup-init.sha256" "$rustup_url.sha256"
+  (cd "$tmp" && echo "$(cut -d' ' -f1 rustup-init.sha256)  rustup-init" | sha256sum -c --quiet) ||
+    { echo "host-deps: rustup-init does not match its sha256" >&2; rm -rf "$tmp"; exit 1; }
+  chmod +x "$tmp/rustup-init"
+  "$tmp/rustup-init" -y --profile minimal --default-toolchain "$rust_version" -c clippy -c rustfmt
+  rm -rf "$tmp"
+fi
+# make lint runs cargo fmt and cargo clippy with the default toolchain.
+for c in clippy rustfmt; do
+  if ! rustup component list --installed | grep -q "^$c"; then
+    echo "==> rustup component add $c"
+    rustup component add "$c"
+  fi
+done
 if ! rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf; then
   echo "==> rustup target add armv7-unknown-linux-gnueabihf"
   rustup target add armv7-unknown-linux-gnueabihf
