@@ -53,8 +53,10 @@ vmd-arm: $(STAMP)
 	@echo "==> building betaas-vmd for armhf against Debian's armhf libvirt"
 	bash image/vmd-armhf.sh
 
-# The images carry betaas-vmd (armhf, against their own libvirt) and the armhf tiny template.
+# The images carry betaas-vmd (armhf, against their own libvirt) and the armhf tiny template;
+# with virtualization (VIRT=1, the default) the armhf app template too (a no-op when up to date).
 image: agent-arm flash-tool vmd-arm out/templates/tiny-armhf/template.toml
+	@[ "$${VIRT:-1}" = 0 ] || $(MAKE) templates-app APP_ARCH=armhf
 	@echo "==> building image for $(BOARD)"
 	bash image/build.sh $(BOARD)
 
@@ -101,6 +103,7 @@ test-e2e: $(STAMP)
 	# runs VMs, and its 96 MiB slots keep the update tests' downloads and writes short; qemu-virt and
 	# cubietruck carry the local cloud. Built twice: the second build must give the same bytes.
 	$(MAKE) test-reproducible
+	$(MAKE) templates-app APP_ARCH=armhf
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml
