@@ -276,6 +276,15 @@ fn deploy_release_resume(kind: &str) {
     assert_eq!(v2["war_sha256"].as_str(), Some(sha.as_str()), "{v2}");
     assert_eq!(v2["url"].as_str(), Some(app.as_str()), "{v2}");
     assert_eq!(get(&app).as_deref(), Some(token.as_str()), "{app}");
+    // Tomcat's own start-up figures (cold, then resumed), from the guest's console log.
+    let console =
+        std::fs::read_to_string(r.join("vms").join(&vm).join("serial.log")).unwrap_or_default();
+    for l in console
+        .lines()
+        .filter(|l| l.contains("Server startup in") || l.contains("has finished in"))
+    {
+        eprintln!("{l}");
+    }
     eprintln!(
         "app ({kind}, {}): request → answering {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
         arch(),

@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use betaas_e2e::app::{build_war, get};
-use betaas_e2e::{bin, free_port, repo, serve_file, sha256_hex, Mosquitto, Qemu, Subscriber, VmClient};
+use betaas_e2e::{
+    bin, free_port, repo, serve_file, sha256_hex, Mosquitto, Qemu, Subscriber, VmClient,
+};
 use serde_json::Value;
 
 const BOOTED: &str = "BETAAS-TINY-BOOTED";
@@ -419,7 +421,11 @@ fn app_steps(ops: &VmClient, gw: &str, vm: &mut Qemu, dir: &Path) {
         .expect("hostfwd_add");
     assert_eq!(fwd, "", "hostfwd_add: {fwd}");
     let here = format!("http://127.0.0.1:{host_port}/");
-    assert_eq!(get(&here).as_deref(), Some(token.as_str()), "{url} via {here}");
+    assert_eq!(
+        get(&here).as_deref(),
+        Some(token.as_str()),
+        "{url} via {here}"
+    );
     let (startup, _) = vm.shell(
         &format!(
             "grep -E 'Server startup in|has finished in' /var/lib/betaas/vms/{name}/serial.log"

@@ -449,8 +449,7 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
             == std::fs::read(app.join("rootfs.tar.gz")).expect("built app (make templates-app)"),
         "the data partition's app rootfs is not the built one"
     );
-    let app_toml =
-        String::from_utf8(data_cat("/templates/app-armhf/template.toml")).expect("utf8");
+    let app_toml = String::from_utf8(data_cat("/templates/app-armhf/template.toml")).expect("utf8");
     assert!(
         app_toml.contains("name = \"app\"") && app_toml.contains("kinds = [\"lxc\"]"),
         "{app_toml}"
