@@ -32,8 +32,10 @@ fn cli(args: &[&str]) {
 const APP_READY_SECS: u64 = 900;
 
 fn agent_toml(gw: &str, port: u16) -> String {
-    // Room for exactly one guest (one CPU): a tiny one, or the app (512 MiB); a second one is
-    // refused, never over-committed.
+    // Room for exactly one running guest (one CPU): a tiny one, or the app (512 MiB); a second one
+    // is refused, never over-committed. The app as a container takes its unpacked rootfs (~220 MB)
+    // on the data partition, which has 1.4 GB free (the allocator also reads the free space): 1 GB,
+    // not the 2 GB of the template's VM disk.
     format!(
         "gateway_id = \"{gw}\"\ndata_dir = \"/var/lib/betaas\"\n\
          [mqtt]\nhost = \"10.0.2.2\"\nport = {port}\nkeep_alive_secs = 5\n[health]\ninterval_secs = 1\n\
@@ -43,7 +45,7 @@ fn agent_toml(gw: &str, port: u16) -> String {
          capacity = {{ cpus = 1, mem_mb = 640, disk_gb = 4 }}\n\
          [[instance.templates]]\nname = \"tiny\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n\
          [[instance.templates]]\nname = \"tiny-vm\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n\
-         [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 512\ndisk_gb = 2\nrole = \"app-light\"\n"
+         [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 512\ndisk_gb = 1\nrole = \"app-light\"\n"
     )
 }
 
