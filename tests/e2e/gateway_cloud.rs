@@ -428,13 +428,6 @@ fn app_steps(ops: &VmClient, gw: &str, vm: &mut Qemu, dir: &Path) {
         Some(token.as_str()),
         "{url} via {here}"
     );
-    let (startup, _) = vm.shell(
-        &format!(
-            "grep -E 'Server startup in|has finished in' /var/lib/betaas/vms/{name}/serial.log"
-        ),
-        Duration::from_secs(60),
-    );
-    eprintln!("Tomcat on the gateway (cold):\n{startup}");
 
     released(ops, gw, "arel1", &name);
     assert_eq!(get(&here), None, "released, yet {url} answers");
@@ -458,6 +451,13 @@ fn app_steps(ops: &VmClient, gw: &str, vm: &mut Qemu, dir: &Path) {
         "{v2}"
     );
     assert_eq!(get(&here).as_deref(), Some(token.as_str()), "{url} resumed");
+    let (startup, _) = vm.shell(
+        &format!(
+            "grep -E 'Server initialization in|Server startup in|has finished in' /var/lib/betaas/vms/{name}/serial.log"
+        ),
+        Duration::from_secs(60),
+    );
+    eprintln!("Tomcat on the gateway (cold, then resumed):\n{startup}");
     eprintln!(
         "FIGURES app (Tomcat + WAR) container on the emulated gateway: request → token answering \
          {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
