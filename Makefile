@@ -61,8 +61,10 @@ vmd-arm: $(STAMP)
 	@echo "==> building betaas-vmd for armhf against Debian's armhf libvirt"
 	bash image/vmd-armhf.sh
 
-# The images carry betaas-vmd (armhf, against their own libvirt) and the armhf tiny template.
+# The images carry betaas-vmd (armhf, against their own libvirt) and the armhf tiny template;
+# with virtualization (VIRT=1, the default) the armhf app template too (a no-op when up to date).
 image: agent-arm flash-tool vmd-arm out/templates/tiny-armhf/template.toml
+	@[ "$${VIRT:-1}" = 0 ] || $(MAKE) templates-app APP_ARCH=armhf
 	@echo "==> building image for $(BOARD)"
 	bash image/build.sh $(BOARD)
 
@@ -121,6 +123,7 @@ test-e2e: $(STAMP)
 
 # test-e2e without ab_update (and the images it needs).
 e2e-rest: $(STAMP)
+	$(MAKE) templates-app APP_ARCH=armhf
 	$(MAKE) image BOARD=qemu-virt
 	$(MAKE) image BOARD=cubietruck
 	$(MAKE) out/templates/tiny-x86_64/template.toml

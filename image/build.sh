@@ -10,7 +10,8 @@
 #           p2 ext4  "rootfs-a": slot A: busybox, the agent, its config and service, and the slot's own
 #                              kernel, DTB and initramfs in /usr/lib/betaas/boot/; mounted read-only
 #           p3 ext4  "rootfs-b": slot B, the same size; the factory image carries the same system in both
-#           p4 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history)
+#           p4 ext4  "data":   /var/lib/betaas, the only place the agent writes (journal, history);
+#                              the factory image puts the app template there (templates/, VIRT=1)
 # The image size is a power of two: QEMU's SD card model requires it.
 #
 # Reproducible: the same tree gives the same sdcard.img bytes (tests/reproducible.sh). File times are
@@ -297,7 +298,22 @@ step "ext4 partitions"
 # Fixed times, UUIDs and hash seeds (mkext4); -E root_owner: files belong to root.
 mkext4 rootfs "$RF" "$ST/rootfs.ext4" "${ROOT_MB}M"
 cp "$RF/etc/betaas-release" "$OUT/version"
-mkdir -p "$ST/data"
+rm -rf "$ST/data" && mkdir -p "$ST/data"
+# The app template (OpenJDK + Tomcat, 75 MiB packed) would not fit the A/B slots: it starts on the
+# data partition, which updates never rewrite (a bundle carries one slot), so it stays across them.
+# A container only (its rootfs and descriptor): a JVM in an emulated VM on the gateway takes far
+# too long. vmd.toml lists /var/lib/betaas/templates.
+if [ "${VIRT:-1}" = 1 ]; then
+  step "data partition: the app template as a container (/var/lib/betaas/templates/app-armhf)"
+  APP=out/templates/app-armhf
+  [ -f $APP/template.toml ] || { echo "image: $APP missing: run 'make templates-app APP_ARCH=armhf'" >&2; exit 1; }
+  mkdir -p "$ST/data/templates/app-armhf"
+  cp $APP/rootfs.tar.gz "$ST/data/templates/app-armhf/"
+  sed -e 's/^kinds = .*/kinds = ["lxc"]/' -e 's/^description = "/description = "As a container only. /' \
+    $APP/template.toml > "$ST/data/templates/app-armhf/template.toml"
+  grep -q '^kinds = \["lxc"\]$' "$ST/data/templates/app-armhf/template.toml" \
+    || { echo "image: the app descriptor was not made container-only" >&2; exit 1; }
+fi
 mkext4 data "$ST/data" "$ST/data.ext4" "${DATA_MB}M"
 
 step "disk image ($IMG_MB MiB)"
@@ -380,6 +396,7 @@ step "manifest"
     echo "libvirt (libvirtd, drivers, libvirt_lxc, virsh, cpu_map): $(du -cb "$RF/usr/sbin/libvirtd" "$RF/$lvdrv" "$RF/usr/lib/libvirt" "$RF/usr/bin/virsh" "$RF/usr/share/libvirt" | tail -1 | cut -f1) bytes"
     echo "qemu-system-arm + qemu-img: $(du -cb "$RF/usr/bin/qemu-system-arm" "$RF/usr/bin/qemu-img" | tail -1 | cut -f1) bytes"
     echo "templates (/usr/share/betaas/templates): $(du -sb "$RF/usr/share/betaas/templates" | cut -f1) bytes"
+    echo "data partition templates (/var/lib/betaas/templates): $(du -sb "$ST/data/templates" | cut -f1) bytes"
   fi
   echo "rootfs contents: $(du -sb "$RF" | cut -f1) bytes"
   echo "image: $IMG_MB MiB; partitions: boot $BOOT_MB MiB, rootfs A $ROOT_MB MiB, rootfs B $ROOT_MB MiB, data $DATA_MB MiB"

@@ -60,17 +60,18 @@ for a in sh mount mkdir cat ls head cut sha256sum uname sleep wget grep kill pow
 done
 install -m 0755 templates/app/init "$R/init"
 install -D -m 0644 templates/lib/power-button.sh "$R/lib/betaas/power-button.sh"
-# catalina.base: Debian's web.xml (default and JSP servlets), catalina.properties (the class
-# loaders), context.xml; this template's server.xml (one connector on ${betaas.port}, appBase
-# /srv/betaas/webapps, no shutdown port) and logging.properties (everything on the console).
+# catalina.base: Debian's web.xml (default and JSP servlets) and catalina.properties (the class
+# loaders); this template's server.xml (one connector on ${betaas.port}, appBase
+# /srv/betaas/webapps, no shutdown port), context.xml (no class path jar scan) and
+# logging.properties (everything on the console).
 B=$R/var/lib/betaas-tomcat
 mkdir -p "$B/conf" "$B/work" "$B/logs"
-for f in web.xml catalina.properties context.xml; do
+for f in web.xml catalina.properties; do
   src=$(find "$JPK"/tomcat10* -path "*/$f" -print | grep -v '/doc/' | head -1)
   [ -n "$src" ] || { echo "app: Tomcat's $f not found in the tomcat10 packages" >&2; exit 1; }
   cp "$src" "$B/conf/$f"
 done
-install -m 0644 templates/app/server.xml templates/app/logging.properties "$B/conf/"
+install -m 0644 templates/app/server.xml templates/app/context.xml templates/app/logging.properties "$B/conf/"
 java=$(ls "$R"/usr/lib/jvm/java-17-openjdk-*/bin/java)
 if ! { [ -x "$java" ] && [ -f "$R/usr/share/tomcat10/bin/bootstrap.jar" ] && [ -f "$R/usr/share/tomcat10/lib/catalina.jar" ]; }; then
   echo "app: java or Tomcat's jars missing in the rootfs" >&2; exit 1

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use betaas_e2e::app::{self, get};
 use betaas_e2e::libvirtd::{DomainsCleanup, Libvirtd};
 use betaas_e2e::{
     bin, free_port, repo, sha256_hex, spawn_agent, vmd_list, wait_until, KillOnDrop, Mosquitto,
@@ -56,62 +57,9 @@ fn templates_dir() -> PathBuf {
     dir
 }
 
-/// `ROOT.war` in `dir`: one servlet at / printing `token`, compiled against the template's own
-/// servlet API jar (taken from its rootfs).
 fn build_war(dir: &Path, token: &str) -> PathBuf {
     let rootfs = templates_dir().join(format!("app-{}/rootfs.tar.gz", arch()));
-    let st = Command::new("tar")
-        .arg("-xzf")
-        .arg(&rootfs)
-        .arg("-C")
-        .arg(dir)
-        .args(["--wildcards", "./usr/share/java/tomcat10-servlet-api-*.jar"])
-        .status()
-        .expect("tar");
-    assert!(st.success(), "the servlet API jar in {}", rootfs.display());
-    let api = std::fs::read_dir(dir.join("usr/share/java"))
-        .expect("jar dir")
-        .flatten()
-        .map(|e| e.path())
-        .next()
-        .expect("servlet API jar");
-    let src = dir.join("src/betaas");
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::write(
-        src.join("Token.java"),
-        format!(
-            "package betaas;\n\
-             @jakarta.servlet.annotation.WebServlet(\"/\")\n\
-             public class Token extends jakarta.servlet.http.HttpServlet {{\n\
-               @Override protected void doGet(jakarta.servlet.http.HttpServletRequest q,\n\
-                   jakarta.servlet.http.HttpServletResponse r) throws java.io.IOException {{\n\
-                 r.setContentType(\"text/plain\"); r.getWriter().print(\"{token}\");\n\
-               }}\n\
-             }}\n"
-        ),
-    )
-    .expect("Token.java");
-    let classes = dir.join("war/WEB-INF/classes");
-    let st = Command::new("javac")
-        .args(["--release", "17", "-cp"])
-        .arg(&api)
-        .arg("-d")
-        .arg(&classes)
-        .arg(src.join("Token.java"))
-        .status()
-        .expect("javac (openjdk-17-jdk-headless: image/host-deps.sh)");
-    assert!(st.success(), "javac");
-    let war = dir.join("ROOT.war");
-    let st = Command::new("jar")
-        .arg("cf")
-        .arg(&war)
-        .arg("-C")
-        .arg(dir.join("war"))
-        .arg(".")
-        .status()
-        .expect("jar");
-    assert!(st.success(), "jar");
-    war
+    app::build_war(dir, token, &rootfs)
 }
 
 /// A loopback HTTP/1.0 server for the test's archives: `/app.war` (with its length) and
@@ -162,18 +110,6 @@ fn answer(mut s: TcpStream, war: &[u8]) {
     } else {
         let _ = write!(s, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
     }
-}
-
-/// The body of `GET url` (http://host:port/…), or `None` when nothing answers.
-fn get(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
-    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = TcpStream::connect(hostport).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
 struct Gateway {
@@ -340,6 +276,15 @@ fn deploy_release_resume(kind: &str) {
     assert_eq!(v2["war_sha256"].as_str(), Some(sha.as_str()), "{v2}");
     assert_eq!(v2["url"].as_str(), Some(app.as_str()), "{v2}");
     assert_eq!(get(&app).as_deref(), Some(token.as_str()), "{app}");
+    // Tomcat's own start-up figures (cold, then resumed), from the guest's console log.
+    let console =
+        std::fs::read_to_string(r.join("vms").join(&vm).join("serial.log")).unwrap_or_default();
+    for l in console
+        .lines()
+        .filter(|l| l.contains("Server startup in") || l.contains("has finished in"))
+    {
+        eprintln!("{l}");
+    }
     eprintln!(
         "app ({kind}, {}): request → answering {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
         arch(),

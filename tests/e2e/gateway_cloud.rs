@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use betaas_e2e::{bin, Mosquitto, Qemu, Subscriber, VmClient};
+use betaas_e2e::app::{build_war, get};
+use betaas_e2e::{
+    bin, free_port, repo, serve_file, sha256_hex, Mosquitto, Qemu, Subscriber, VmClient,
+};
 use serde_json::Value;
 
 const BOOTED: &str = "BETAAS-TINY-BOOTED";
@@ -24,18 +27,43 @@ fn cli(args: &[&str]) {
     assert!(st.success(), "betaas-agent {args:?}");
 }
 
+/// How long the app (Tomcat on OpenJDK in a container on the emulated gateway) may take to
+/// answer its URL after a request.
+const APP_READY_SECS: u64 = 900;
+
 fn agent_toml(gw: &str, port: u16) -> String {
-    // Room for exactly one 128 MiB guest: a second one is refused, never over-committed.
+    // Room for exactly one running guest (one CPU): a tiny one, or the app (512 MiB); a second one
+    // is refused, never over-committed. The app as a container takes its unpacked rootfs (~220 MB)
+    // on the data partition, which has 1.4 GB free (the allocator also reads the free space): 1 GB,
+    // not the 2 GB of the template's VM disk.
     format!(
         "gateway_id = \"{gw}\"\ndata_dir = \"/var/lib/betaas\"\n\
          [mqtt]\nhost = \"10.0.2.2\"\nport = {port}\nkeep_alive_secs = 5\n[health]\ninterval_secs = 1\n\
          [instance]\nname = \"edge\"\nkeys = \"/boot/betaas/instance\"\nheartbeat_ms = 500\ntimeout_ms = 6000\n\
          deploy_timeout_ms = 600000\nvirt = \"lxc\"\nvmd_socket = \"/run/betaas/vmd.sock\"\n\
-         capacity = {{ cpus = 1, mem_mb = 192, disk_gb = 4 }}\n\
+         app_ready_secs = {APP_READY_SECS}\n\
+         capacity = {{ cpus = 1, mem_mb = 640, disk_gb = 4 }}\n\
          [[instance.templates]]\nname = \"tiny\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n\
-         [[instance.templates]]\nname = \"tiny-vm\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n"
+         [[instance.templates]]\nname = \"tiny-vm\"\nvcpus = 1\nmem_mb = 128\ndisk_gb = 1\nrole = \"app-light\"\n\
+         [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 512\ndisk_gb = 1\nrole = \"app-light\"\n"
     )
 }
+
+/// The image's vmd.toml with `service_host` set to the gateway's address under QEMU user
+/// networking: a deployed application's URL then answers on the gateway (the agent checks it),
+/// and the test forwards a host port to it.
+fn vmd_toml() -> String {
+    let image = std::fs::read_to_string(repo().join("image/rootfs/etc/betaas/vmd.toml"))
+        .expect("image/rootfs/etc/betaas/vmd.toml");
+    image.replacen(
+        "\n[probe]",
+        &format!("\nservice_host = \"{GATEWAY_ADDR}\"\n\n[probe]"),
+        1,
+    )
+}
+
+/// The gateway's own address under QEMU user networking.
+const GATEWAY_ADDR: &str = "10.0.2.15";
 
 fn health(sub: &mut Subscriber, gw: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let topic = format!("betaas/{gw}/health");
@@ -146,6 +174,7 @@ fn provision(dir: &Path, gw: &str, port: u16) -> PathBuf {
         prov.join("instance").to_str().expect("utf8"),
     ]);
     std::fs::write(prov.join("agent.toml"), agent_toml(gw, port)).expect("agent.toml");
+    std::fs::write(prov.join("vmd.toml"), vmd_toml()).expect("vmd.toml");
     keys.join("instance.key")
 }
 
@@ -190,7 +219,7 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
     let booted = Instant::now();
     // The broker and the tempdir are bound: dropped, they would stop and vanish at once.
     let Edge {
-        _root,
+        _root: root,
         gw,
         _broker,
         mut sub,
@@ -333,6 +362,110 @@ fn the_gateway_runs_releases_resumes_restarts_and_adopts_its_own_containers_and_
         tcg_save.as_secs_f64(),
         tcg_resume.as_secs_f64()
     );
+
+    // 7. The app template (OpenJDK + Tomcat, a container from the data partition) runs a WAR the
+    // test built and serves: its URL answers the token from the host (a port forwarded to the
+    // gateway); released → stopped, no answer; requested again → resumed, the token again.
+    released(&ops, &gw, "rel4", &vm_name);
+    app_steps(&ops, &gw, &mut vm, root.path());
+}
+
+/// Step 7 of the test above: request (WAR) → token, release → silent, request → resumed, token.
+fn app_steps(ops: &VmClient, gw: &str, vm: &mut Qemu, dir: &Path) {
+    let token = format!("betaas-token-{:016x}", fastrand::u64(..));
+    let war = build_war(
+        dir,
+        &token,
+        &repo().join("out/templates/app-armhf/rootfs.tar.gz"),
+    );
+    let sha = sha256_hex(&war);
+    let war_url = format!("http://10.0.2.2:{}/app.war", serve_file(&war));
+    let request = |id: &str| {
+        let t0 = Instant::now();
+        let (v, code) = ops.run(
+            "request",
+            gw,
+            id,
+            &["--template", "app", "--war", &war_url, "--war-sha256", &sha],
+            APP_READY_SECS + 120,
+        );
+        assert_eq!(code, 0, "{v}");
+        (v, t0.elapsed())
+    };
+    let (v, cold) = request("a1");
+    assert_eq!(
+        (
+            v["decision"].as_str(),
+            v["resumed"].as_bool(),
+            v["ready"].as_bool()
+        ),
+        (Some("local"), Some(false), Some(true)),
+        "{v}"
+    );
+    let url = v["url"].as_str().expect("url").to_owned();
+    let name = v["vm"].as_str().expect("vm").to_owned();
+    // The container listens on the gateway's port the URL names: forwarded from a host port.
+    let port = url
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .expect("a port in the url");
+    assert_eq!(url, format!("http://{GATEWAY_ADDR}:{port}/"), "{v}");
+    let host_port = free_port();
+    let fwd = vm
+        .qmp()
+        .execute(
+            "human-monitor-command",
+            serde_json::json!({
+                "command-line": format!("hostfwd_add net0 tcp:127.0.0.1:{host_port}-:{port}")
+            }),
+        )
+        .expect("hostfwd_add");
+    assert_eq!(fwd, "", "hostfwd_add: {fwd}");
+    let here = format!("http://127.0.0.1:{host_port}/");
+    assert_eq!(
+        get(&here).as_deref(),
+        Some(token.as_str()),
+        "{url} via {here}"
+    );
+
+    released(ops, gw, "arel1", &name);
+    assert_eq!(get(&here), None, "released, yet {url} answers");
+
+    let (v2, warm) = request("a2");
+    assert_eq!(
+        (
+            v2["decision"].as_str(),
+            v2["resumed"].as_bool(),
+            v2["ready"].as_bool(),
+            v2["vm"].as_str(),
+            v2["url"].as_str()
+        ),
+        (
+            Some("local"),
+            Some(true),
+            Some(true),
+            Some(name.as_str()),
+            Some(url.as_str())
+        ),
+        "{v2}"
+    );
+    assert_eq!(get(&here).as_deref(), Some(token.as_str()), "{url} resumed");
+    let (startup, _) = vm.shell(
+        &format!(
+            "grep -E 'Server initialization in|Server startup in|has finished in' /var/lib/betaas/vms/{name}/serial.log"
+        ),
+        Duration::from_secs(60),
+    );
+    eprintln!("Tomcat on the gateway (cold, then resumed):\n{startup}");
+    eprintln!(
+        "FIGURES app (Tomcat + WAR) container on the emulated gateway: request → token answering \
+         {:.1} s cold, {:.1} s resumed (WAR {} bytes)",
+        cold.as_secs_f64(),
+        warm.as_secs_f64(),
+        std::fs::metadata(&war).map_or(0, |m| m.len())
+    );
+    released(ops, gw, "arel2", &name);
 }
 
 /// The emulated `tiny-vm` boots to its marker on the emulated gateway: QEMU TCG inside QEMU TCG.

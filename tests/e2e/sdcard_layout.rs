@@ -244,7 +244,7 @@ fn cubietruck_sdcard_has_uboot_boot_and_ab_rootfs() {
         "dwmac-sunxi missing from modules.dep"
     );
 
-    // Data partition: ext4, labelled, empty and writable by the agent.
+    // Data partition: ext4, labelled, writable by the agent (its content: the local cloud's test).
     let data = partition(&img_path, 3);
     let stats =
         String::from_utf8(run(Command::new("dumpe2fs").arg("-h").arg(&data))).expect("utf8");
@@ -376,7 +376,7 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
     for want in [
         "socket = \"/run/betaas/vmd.sock\"",
         "socket_mode = 0o600",
-        "templates = [\"/usr/share/betaas/templates\"]",
+        "templates = [\"/usr/share/betaas/templates\", \"/var/lib/betaas/templates\"]",
         "arch = \"armhf\"",
     ] {
         assert!(
@@ -435,6 +435,26 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
         "{tiny_toml}"
     );
 
+    // The app template on the data partition (too big for the slots, kept across updates), as a
+    // container only: the built rootfs and a descriptor that names no VM kind.
+    let data = partition(&img, 3);
+    let data_cat = |path: &str| {
+        run(Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&data))
+    };
+    let app = repo().join("out/templates/app-armhf");
+    assert!(
+        data_cat("/templates/app-armhf/rootfs.tar.gz")
+            == std::fs::read(app.join("rootfs.tar.gz")).expect("built app (make templates-app)"),
+        "the data partition's app rootfs is not the built one"
+    );
+    let app_toml = String::from_utf8(data_cat("/templates/app-armhf/template.toml")).expect("utf8");
+    assert!(
+        app_toml.contains("name = \"app\"") && app_toml.contains("kinds = [\"lxc\"]"),
+        "{app_toml}"
+    );
+
     // The manifest prints the image's and its parts' sizes.
     let manifest = std::fs::read_to_string(dir.join("manifest.txt")).expect("manifest");
     for want in [
@@ -442,6 +462,7 @@ fn cubietruck_sdcard_carries_the_local_cloud() {
         "libvirt (",
         "qemu-system-arm + qemu-img: ",
         "templates (",
+        "data partition templates (",
         "image: 2048 MiB; partitions: ",
     ] {
         assert!(

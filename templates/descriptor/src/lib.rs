@@ -315,13 +315,17 @@ impl Template {
     }
 
     /// Every file the template needs with the field naming it (`image.file`, `boot.kernel`,
-    /// `boot.initrd`, `lxc.rootfs`): verify them with sha256 before use.
+    /// `boot.initrd`, `lxc.rootfs`): verify them with sha256 before use. A container-only
+    /// template (`kinds = ["lxc"]`) needs no VM files: a gateway can ship just the rootfs.
     pub fn files(&self) -> Vec<(&'static str, &FileRef)> {
-        let mut v = vec![("image.file", &self.image.file)];
-        if let Boot::Kernel { kernel, initrd, .. } = &self.boot {
-            v.push(("boot.kernel", kernel));
-            if let Some(i) = initrd {
-                v.push(("boot.initrd", i));
+        let mut v = Vec::new();
+        if self.kinds.iter().any(|k| *k != VirtKind::Lxc) {
+            v.push(("image.file", &self.image.file));
+            if let Boot::Kernel { kernel, initrd, .. } = &self.boot {
+                v.push(("boot.kernel", kernel));
+                if let Some(i) = initrd {
+                    v.push(("boot.initrd", i));
+                }
             }
         }
         if let Some(l) = &self.lxc {

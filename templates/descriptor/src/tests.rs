@@ -276,6 +276,10 @@ fn lxc_needs_its_table_and_the_table_needs_lxc() {
     assert_eq!(t.files().last().unwrap().0, "lxc.rootfs");
     let e = err(&both.replacen("\"/sbin/init\"", "\"sbin/init\"", 1));
     assert_eq!(e.field, "lxc.init");
+    // A container only: its rootfs is the one file it needs (the VM files may be left out).
+    let only = both.replacen("kinds = [\"kvm\", \"lxc\"]", "kinds = [\"lxc\"]", 1);
+    let names: Vec<_> = parse(&only).unwrap().files().iter().map(|f| f.0).collect();
+    assert_eq!(names, ["lxc.rootfs"]);
 }
 
 #[test]
