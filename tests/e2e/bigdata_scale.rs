@@ -4,7 +4,8 @@
 //! a master and a storage node (`--cluster wc`), then `--replicas 2` workers, all placed by the
 //! allocator; the workers get the master's URL and register; a word count over random words in
 //! the storage node gives exactly the test's counts; replicas 2 → 3 adds a worker, 3 → 1 releases
-//! two (stopped, kept), 1 → 2 resumes one rather than making a new one; gw2 dies (its agent and
+//! two (stopped, kept); gw1's agent is killed -9 and restarted (it adopts the cluster from its
+//! data_dir); 1 → 2 resumes one rather than making a new one; gw2 dies (its agent and
 //! vmd killed, its containers destroyed) → its worker is replaced on gw1. Prints the times.
 //!
 //!   cargo build --workspace --bins && cargo test -p betaas-e2e --test bigdata_scale -- --ignored --nocapture
@@ -327,7 +328,30 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
     }
     println!("scale 3 → 1: {:.1} s", t.elapsed().as_secs_f64());
 
-    // 1 → 2: a stopped worker is resumed, none made.
+    // The manager is killed (-9) and restarted: it adopts cluster wc from its data_dir, so the
+    // next change applies to the same workers (a stopped one resumed, none made, none doubled).
+    let t = Instant::now();
+    drop(gws[0].agent.take());
+    let mut health = broker.subscribe("betaas/gw1/health");
+    gws[0].spawn_agent();
+    health.wait_for(
+        "the restarted gw1 sees gw2 up, synced",
+        Duration::from_secs(180),
+        |_, p| {
+            let v: Value = serde_json::from_str(p).ok()?;
+            // The new process's health (a retained one of the killed agent is older).
+            (v["uptime_s"].as_u64()? <= t.elapsed().as_secs()
+                && v["instance"]["members"]["gw2"]["state"] == "up"
+                && v["instance"]["synced"] == true)
+                .then_some(())
+        },
+    );
+    println!(
+        "gw1 (the manager) killed -9 and restarted: up again in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1 → 2 (asked of the restarted manager): a stopped worker is resumed, none made.
     let t = Instant::now();
     let w2 = request(
         "replicas-2b",
@@ -351,6 +375,16 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         workers(&w2).iter().all(|x| all.contains(&x.0)),
         "no new worker was made: {w2}"
     );
+    let computes: usize = gws
+        .iter()
+        .map(|g| {
+            betaas_e2e::vmd_list(&g.socket)
+                .iter()
+                .filter(|v| v.template == "bigdata-compute")
+                .count()
+        })
+        .sum();
+    assert_eq!(computes, 3, "the three workers made before, no more");
     println!("scale 1 → 2 (resumed): {:.1} s", t.elapsed().as_secs_f64());
 
     // gw2 dies with its containers: its running worker is replaced on gw1.
