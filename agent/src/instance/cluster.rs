@@ -513,6 +513,7 @@ fn workers_json(c: &Cluster) -> Value {
             json!({
                 "vm": w.vm,
                 "host": w.host,
+                "cloud": w.cloud,
                 "state": match w.state {
                     cluster::WorkerState::Running => "running",
                     cluster::WorkerState::Stopped => "stopped",
