@@ -1546,3 +1546,30 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), String> {
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_records_are_read_back_and_a_corrupt_file_is_set_aside() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("clusters.json");
+        assert!(read_clusters(&path).is_empty(), "no file: no clusters");
+        let mut all = BTreeMap::new();
+        let mut rec = cluster::ClusterRec::default();
+        rec.workers = Some(betaas_core::cluster::Cluster::new(
+            "wc",
+            "bigdata-compute",
+            2,
+        ));
+        all.insert("wc".to_owned(), rec);
+        crate::resources::history::write_atomic(&path, &betaas_core::cluster::encode(&all))
+            .expect("write");
+        assert_eq!(read_clusters(&path), all);
+        std::fs::write(&path, b"{\"version\":1,\"clusters\":{\"wc\":").expect("write");
+        assert!(read_clusters(&path).is_empty());
+        assert!(!path.exists());
+        assert!(d.path().join("clusters.json.bad").exists());
+    }
+}
