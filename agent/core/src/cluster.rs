@@ -280,6 +280,17 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Record>, String> {
     Ok(s.clusters)
 }
 
+/// The single nodes (master, storage: `(template, vm, host)`) whose gateway is not up, by index:
+/// each is placed again, and the cluster keeps the new one's URL.
+pub fn lost_nodes(nodes: &[(String, String, String)], is_up: impl Fn(&str) -> bool) -> Vec<usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, host))| !is_up(host))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,5 +614,14 @@ mod tests {
             many.insert(format!("c{i}"), Record::default());
         }
         assert!(decode(&encode(&many)).is_err());
+    }
+
+    #[test]
+    fn single_nodes_on_a_gateway_that_is_down_are_lost() {
+        let n = |t: &str, h: &str| (t.to_owned(), format!("{t}-1"), h.to_owned());
+        let nodes = vec![n("bigdata-master", "gw1"), n("bigdata-storage", "gw2")];
+        assert_eq!(lost_nodes(&nodes, all_up), Vec::<usize>::new());
+        assert_eq!(lost_nodes(&nodes, |g| g != "gw2"), vec![1]);
+        assert_eq!(lost_nodes(&nodes, |_| false), vec![0, 1]);
     }
 }

@@ -170,9 +170,14 @@ impl Runtime {
         let mut changed = false;
         for (name, rec) in clusters.iter_mut() {
             let before = rec.workers.as_ref().map(|c| c.running());
-            let done = self.reconcile(rec).await;
+            let was = rec.clone();
+            // A master or storage node first: workers placed after it get its new URL.
+            let mut done = self.replace_nodes(name, rec).await;
+            done.extend(self.reconcile(rec).await);
+            // Written only when the record changed (a failing round every few heartbeats must
+            // not wear the card).
+            changed |= *rec != was;
             if !done.is_empty() {
-                changed = true;
                 let after = rec.workers.as_ref().map(|c| c.running());
                 info!(cluster = %name, ?before, ?after, "cluster repaired: {}", done.join("; "));
                 let payload = json!({
@@ -191,6 +196,57 @@ impl Runtime {
         if changed {
             self.save_clusters(&clusters).await;
         }
+    }
+
+    /// Places again each single node (master, storage) whose gateway is not up; the cluster keeps
+    /// the new URL (workers placed from now on get it; running ones keep the old one until they
+    /// are made again). One that cannot be placed is tried again at the next round.
+    async fn replace_nodes(self: &Arc<Self>, name: &str, rec: &mut ClusterRec) -> Vec<String> {
+        let mut done = Vec::new();
+        let lost = {
+            let st = self.state();
+            let members = st.inst.members();
+            cluster::lost_nodes(&rec.nodes, |g| {
+                g == self.gateway
+                    || members
+                        .get(g)
+                        .is_some_and(|m| m.state == membership::State::Up)
+            })
+        };
+        for i in lost {
+            let (tname, vm, host) = rec.nodes[i].clone();
+            let Some(template) = self.templates.iter().find(|t| t.name == tname).cloned() else {
+                continue;
+            };
+            let own = url_var(&tname);
+            let env: Vec<_> = env_of(rec).into_iter().filter(|(k, _)| *k != own).collect();
+            match self.place_node(&template, &env).await {
+                Ok((gw, p, _, _)) => {
+                    warn!(cluster = %name, template = %tname, lost = %vm, host = %host, vm = %p.vm, new_host = %gw, url = ?p.url, "cluster node replaced: its gateway is down");
+                    match &p.url {
+                        Some(u) => {
+                            rec.urls.insert(tname.clone(), u.clone());
+                        }
+                        None => {
+                            rec.urls.remove(&tname);
+                        }
+                    }
+                    done.push(format!(
+                        "{tname} {vm} on {host} lost (gateway down): {} placed on {gw}{}",
+                        p.vm,
+                        p.url
+                            .as_deref()
+                            .map(|u| format!(" at {u}"))
+                            .unwrap_or_default()
+                    ));
+                    rec.nodes[i] = (tname, p.vm, gw);
+                }
+                Err(why) => {
+                    warn!(cluster = %name, template = %tname, lost = %vm, host = %host, "cluster node lost (gateway down), not placed again yet: {why}");
+                }
+            }
+        }
+        done
     }
 
     /// Writes the records (temp + fsync + rename, off the runtime); a failure is logged, the
