@@ -1557,12 +1557,14 @@ mod tests {
         let path = d.path().join("clusters.json");
         assert!(read_clusters(&path).is_empty(), "no file: no clusters");
         let mut all = BTreeMap::new();
-        let mut rec = cluster::ClusterRec::default();
-        rec.workers = Some(betaas_core::cluster::Cluster::new(
-            "wc",
-            "bigdata-compute",
-            2,
-        ));
+        let rec = cluster::ClusterRec {
+            workers: Some(betaas_core::cluster::Cluster::new(
+                "wc",
+                "bigdata-compute",
+                2,
+            )),
+            ..Default::default()
+        };
         all.insert("wc".to_owned(), rec);
         crate::resources::history::write_atomic(&path, &betaas_core::cluster::encode(&all))
             .expect("write");
