@@ -195,8 +195,12 @@ pub struct Runtime {
     clouds: Option<crate::cloud::monitor::Clouds>,
     /// The resource monitor's latest figures (battery, forecast) for the resource reports.
     resources: crate::resources::Handle,
-    /// The clusters this gateway manages (requests naming a `"cluster"`), one change at a time.
+    /// The clusters this gateway manages (requests naming a `"cluster"`), one change at a time;
+    /// kept in `clusters_path`.
     clusters: tokio::sync::Mutex<BTreeMap<String, cluster::ClusterRec>>,
+    clusters_path: std::path::PathBuf,
+    /// Clusters read at start are planned from this moment on (see `cluster`'s module doc).
+    clusters_adopt_at: Option<std::time::Instant>,
 }
 
 /// One request's place among the [`MAX_REQUESTS`], given back when its task ends (or panics).
@@ -214,6 +218,9 @@ impl Drop for InFlight {
 pub const ANSWER_GAP_MS: u64 = 500;
 /// Each answer waits a random 0..this, so the members do not all announce at once.
 pub const ANSWER_JITTER_MS: u64 = 200;
+
+/// Beyond its deploy and readiness waits, what another gateway may take to fetch a WAR.
+const WAR_FETCH_MARGIN_MS: u64 = 60_000;
 
 /// How often floors moved only by harmless messages are written.
 const FLOORS_EVERY: Duration = Duration::from_secs(30);
@@ -268,6 +275,12 @@ impl Runtime {
             dismiss_after_ms: cfg.dismiss_after_secs * 1000,
             readmit_after_ms: cfg.readmit_after_secs * 1000,
         };
+        let clusters_path = data_dir.join("instance").join("clusters.json");
+        let clusters = read_clusters(&clusters_path);
+        let clusters_adopt_at = (!clusters.is_empty()).then(|| {
+            std::time::Instant::now()
+                + Duration::from_millis(cfg.timeout_ms.saturating_add(2 * cfg.heartbeat_ms))
+        });
         let templates = cfg.templates.iter().map(|t| t.to_core()).collect();
         let capacity = Res::new(cfg.capacity.cpus, cfg.capacity.mem_mb, cfg.capacity.disk_gb);
         Ok(Arc::new(Runtime {
@@ -306,7 +319,9 @@ impl Runtime {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             clouds,
             resources,
-            clusters: tokio::sync::Mutex::new(BTreeMap::new()),
+            clusters: tokio::sync::Mutex::new(clusters),
+            clusters_path,
+            clusters_adopt_at,
         }))
     }
 
@@ -625,15 +640,20 @@ impl Runtime {
                     cloud,
                     env,
                     cluster,
+                    war,
                 } => {
                     // Starting a VM takes seconds (minutes on a remote cloud): answer from a task
                     // of its own.
                     let me = self.clone();
                     tokio::spawn(async move {
                         me.floors_durable().await;
-                        let done = match &cloud {
-                            Some(c) => me.deploy_remote(c, &template, res).await,
-                            None => {
+                        let done = match (&cloud, &war) {
+                            (Some(c), _) => me.deploy_remote(c, &template, res).await,
+                            (None, Some((url, sha256))) => {
+                                me.deploy_war_for(&from, request, res, &template, url, sha256)
+                                    .await
+                            }
+                            (None, None) => {
                                 me.deploy(res, &template, None, cluster.then_some(&env[..]))
                                     .await
                             }
@@ -793,6 +813,37 @@ impl Runtime {
         }
     }
 
+    /// Another gateway's request with an application (`WarDeploy`): fetched here, within this
+    /// gateway's own `war_max_mb`, and deployed only if its sha256 is the one the requester
+    /// computed or was given (the archive on the server may have changed since); anything else is
+    /// a refusal with the reason, and nothing is started.
+    async fn deploy_war_for(
+        self: &Arc<Self>,
+        from: &str,
+        request: u64,
+        res: Res,
+        template: &str,
+        url: &str,
+        sha256: &str,
+    ) -> Result<Placed, String> {
+        if !self.templates.iter().any(|t| t.name == template) {
+            return Err(format!("template {template:?} is not configured here"));
+        }
+        let max = self.cfg.war_max_mb.saturating_mul(1024 * 1024);
+        let w = match crate::war::fetch(url, Some(sha256), max, &self.wars_dir).await {
+            Ok(w) => w,
+            Err(why) => {
+                warn!(gateway = %from, request, "WAR for another gateway's request refused: {why}");
+                return Err(why);
+            }
+        };
+        info!(gateway = %from, request, url, sha256 = %w.sha256, bytes = w.bytes, "WAR fetched for another gateway's request");
+        let r = self.deploy(res, template, Some(&w), None).await;
+        // betaas-vmd has its own copy by now (or the deployment failed).
+        let _ = std::fs::remove_file(&w.path);
+        r
+    }
+
     /// A Remote decision on a cloud this gateway holds the credentials for.
     async fn deploy_remote(
         self: &Arc<Self>,
@@ -936,8 +987,8 @@ impl Runtime {
     }
 
     /// Decides `template`'s placement and carries it out, leaving out every gateway or cloud that
-    /// refuses. With a WAR only this gateway is considered: the archive is here, and a deploy
-    /// request to another member carries no application (its message format has no field for it).
+    /// refuses. With a WAR (fetched here already: its sha256 is known) any gateway may be chosen,
+    /// no remote cloud: another gateway gets the URL and the sha256 and fetches it itself.
     async fn place(
         self: &Arc<Self>,
         id: &str,
@@ -955,8 +1006,8 @@ impl Runtime {
                 let request = random_u64();
                 let me = self.report(&st);
                 let mut view = st.inst.view(&me, &self.templates, &me.remotes);
-                // A fetched WAR stays on this gateway (the deploy request carries none).
-                p.narrow(&mut view, war.is_some().then_some(self.gateway.as_str()));
+                // A WAR goes to a gateway (which fetches it), never to a remote cloud.
+                p.narrow(&mut view, war.is_some());
                 let req = Request {
                     id: request,
                     template: template.clone(),
@@ -1010,8 +1061,15 @@ impl Runtime {
                     }
                 }
                 Step::Ask { gateway: gw } => {
-                    let wait = self.cfg.deploy_timeout_ms;
-                    match self.ask(&gw, request, &template, None, wait).await {
+                    let asked = match war {
+                        None => {
+                            let wait = self.cfg.deploy_timeout_ms;
+                            (self.ask(&gw, request, &template, None, wait).await, wait)
+                        }
+                        Some(w) => self.ask_war(&gw, request, &template, w).await,
+                    };
+                    let (asked, wait) = asked;
+                    match asked {
                         Ok(pl) => {
                             self.state().inst.observe(&gw, Observation::DeploySucceeded);
                             return self.result(
@@ -1091,6 +1149,45 @@ impl Runtime {
             cloud: cloud.map(str::to_owned),
         };
         self.ask_body(gw, request, body, wait_ms).await
+    }
+
+    /// Asks gateway `gw` to deploy `template` with the application `war` (its URL and the sha256
+    /// computed here): it fetches the archive itself. Waits for the fetch, the start and the
+    /// application's readiness; then checks from here that the URL answers. Also returns how long
+    /// it waited.
+    async fn ask_war(
+        &self,
+        gw: &str,
+        request: u64,
+        template: &Template,
+        war: &crate::war::Fetched,
+    ) -> (Result<Placed, Option<String>>, u64) {
+        let body = Body::WarDeploy {
+            request,
+            template: template.name.clone(),
+            res: template.res(),
+            war: war.url.clone(),
+            sha256: war.sha256.clone(),
+        };
+        // The other gateway's fetch (bounded by its timeouts) and its wait for the application.
+        let wait = self
+            .cfg
+            .deploy_timeout_ms
+            .saturating_add(self.cfg.app_ready_secs.saturating_mul(1000))
+            .saturating_add(WAR_FETCH_MARGIN_MS);
+        let r = self.ask_body(gw, request, body, wait).await;
+        let r = match r {
+            Ok(mut p) => {
+                p.war_sha256 = Some(war.sha256.clone());
+                p.ready = match &p.url {
+                    Some(u) => crate::war::answers(u, Duration::from_secs(10)).await,
+                    None => false,
+                };
+                Ok(p)
+            }
+            Err(e) => Err(e),
+        };
+        (r, wait)
     }
 
     /// Sends `body` (a deploy or release request numbered `request`) to gateway `gw` and waits
@@ -1335,6 +1432,34 @@ impl Runtime {
 
 /// The `"id"` of a VM request, signed or not, read without verifying anything: only to address
 /// a refusal to the right request.
+/// The cluster records a previous run of this agent wrote. A file that does not read is set
+/// aside (`clusters.json.bad`, for a look) with a warning, and the agent starts without them: their
+/// VMs keep running, unmanaged, until asked for again.
+fn read_clusters(path: &Path) -> BTreeMap<String, cluster::ClusterRec> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            warn!(file = %path.display(), "cluster records unreadable ({e}): starting without them");
+            return BTreeMap::new();
+        }
+    };
+    match betaas_core::cluster::decode(&bytes) {
+        Ok(c) => {
+            if !c.is_empty() {
+                info!(file = %path.display(), clusters = ?c.keys().collect::<Vec<_>>(), "cluster records read: adopting them");
+            }
+            c
+        }
+        Err(e) => {
+            let aside = path.with_extension("json.bad");
+            let _ = std::fs::rename(path, &aside);
+            warn!(file = %path.display(), moved_to = %aside.display(), "cluster records corrupt ({e}): starting without them");
+            BTreeMap::new()
+        }
+    }
+}
+
 fn request_id(payload: &[u8]) -> String {
     let json = match msg::decode(payload) {
         Ok((env, _)) => match env.body {
@@ -1428,4 +1553,33 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_records_are_read_back_and_a_corrupt_file_is_set_aside() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("clusters.json");
+        assert!(read_clusters(&path).is_empty(), "no file: no clusters");
+        let mut all = BTreeMap::new();
+        let rec = cluster::ClusterRec {
+            workers: Some(betaas_core::cluster::Cluster::new(
+                "wc",
+                "bigdata-compute",
+                2,
+            )),
+            ..Default::default()
+        };
+        all.insert("wc".to_owned(), rec);
+        crate::resources::history::write_atomic(&path, &betaas_core::cluster::encode(&all))
+            .expect("write");
+        assert_eq!(read_clusters(&path), all);
+        std::fs::write(&path, b"{\"version\":1,\"clusters\":{\"wc\":").expect("write");
+        assert!(read_clusters(&path).is_empty());
+        assert!(!path.exists());
+        assert!(d.path().join("clusters.json.bad").exists());
+    }
 }

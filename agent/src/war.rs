@@ -18,6 +18,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
+    /// Where it was fetched from (another gateway chosen for the request fetches it there too).
+    pub url: String,
     pub path: PathBuf,
     pub sha256: String,
     pub bytes: u64,
@@ -109,6 +111,7 @@ pub async fn fetch(
         let path = dir.join(format!("{got}-{nonce}.war"));
         std::fs::rename(&tmp, &path).map_err(|e| format!("war: {}: {e}", path.display()))?;
         Ok(Fetched {
+            url: url.to_owned(),
             path,
             sha256: got,
             bytes,

@@ -580,3 +580,110 @@ fn two_holders_of_one_cloud_the_reachable_one_deploys_and_the_limit_holds_across
     no_secrets(&gws, &secrets, "");
     drop(procs);
 }
+
+/// A cluster's workers (paper §V: spread, local first, remote when local is full): asked of gw1,
+/// which holds cloud "campus" and has room for one `app` of its own, `replicas` 2 puts one worker
+/// on gw1 and creates one on the cloud (counted in the cluster); 2 → 1 stops the remote one
+/// first (os-stop, the local one stays); 1 → 2 resumes it (os-start), no second create.
+#[test]
+fn cluster_workers_go_remote_when_the_instance_is_full_and_are_released_first() {
+    betaas_e2e::seeded();
+    let _serial = serial();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fx, m) = rt.block_on(fixture(Model::new()));
+    let password = m.lock().unwrap().password.clone();
+    let url = fx.url();
+    let Lab {
+        broker,
+        mut sub,
+        ops,
+        _root,
+        _procs,
+        ..
+    } = lab(
+        "campus",
+        |creds| {
+            format!(
+                "[[clouds]]\nname = \"campus\"\nprovider = \"openstack\"\nendpoint = \"{url}/v3\"\nvm_limit = 4\n\
+                 deploy_timeout_secs = 10\npoll_interval_ms = 200\ncredentials = \"{}\"\nimages = {{ app = \"img-app\" }}\n",
+                creds.display()
+            )
+        },
+        &format!("auth = \"password\"\nusername = \"betaas\"\npassword = \"{password}\"\nproject = \"iot\"\n"),
+    );
+    let scale = |sub: &mut Subscriber, id: &str, n: u32| {
+        send_signed(
+            &broker,
+            &ops,
+            "gw1",
+            json!({"id": id, "cluster": "c", "template": "app", "replicas": n}),
+        );
+        let r = result_of(sub, "gw1", id);
+        println!("{id}: {r}");
+        assert_eq!(
+            (&r["decision"], &r["running"]),
+            (&json!("local"), &json!(n)),
+            "{r}"
+        );
+        r
+    };
+    let remote_of = |r: &Value| -> Vec<(String, String)> {
+        r["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["host"] == "gw1" && w["vm"] != "")
+            .map(|w| {
+                (
+                    w["vm"].as_str().unwrap().to_owned(),
+                    w["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let r = scale(&mut sub, "s2", 2);
+    let remote = remote_of(&r);
+    assert_eq!(remote.len(), 1, "one worker on the cloud: {r}");
+    let (vm, state) = remote[0].clone();
+    assert_eq!(state, "running");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("remote cloud campus"),
+        "{r}"
+    );
+    let made = creates(&fx);
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].json()["server"]["imageRef"], "img-app");
+    assert_eq!(m.lock().unwrap().servers[&vm].status, "ACTIVE");
+
+    let action = format!("POST {COMPUTE}/servers/{vm}/action");
+    let actions = |fx: &cloud_support::Fixture| {
+        fx.requests()
+            .into_iter()
+            .filter(|q| q.line() == action)
+            .map(|q| q.json())
+            .collect::<Vec<_>>()
+    };
+    let r = scale(&mut sub, "s1", 1);
+    assert_eq!(
+        remote_of(&r),
+        vec![(vm.clone(), "stopped".to_owned())],
+        "{r}"
+    );
+    assert_eq!(actions(&fx), vec![json!({"os-stop": null})]);
+    assert_eq!(m.lock().unwrap().servers[&vm].status, "SHUTOFF");
+
+    let r = scale(&mut sub, "s2b", 2);
+    assert_eq!(
+        remote_of(&r),
+        vec![(vm.clone(), "running".to_owned())],
+        "{r}"
+    );
+    assert_eq!(
+        actions(&fx),
+        vec![json!({"os-stop": null}), json!({"os-start": null})]
+    );
+    assert_eq!(creates(&fx).len(), 1, "resumed, not created");
+}

@@ -9,6 +9,9 @@
 //! again. Bad input — an unreachable URL, an archive over `war_max_mb`, a sha256 that does not
 //! match — is cancelled with the reason and nothing is created. Prints request → answering times
 //! (container; the VM variant in its own test, `BETAAS_APP_ARCH=armhf` for the armhf VM).
+//! Two gateways: a request to gw1, which has no room, runs on gw2, which fetched the WAR itself
+//! (the URL answers the token); a WAR changed on the server after gw1 computed its sha256 is
+//! refused by gw2 with the sha256 reason and nothing is created.
 //!
 //!   make templates-app && cargo build --workspace --bins &&
 //!   cargo test -p betaas-e2e --test app_war -- --ignored --nocapture --test-threads=1
@@ -99,6 +102,20 @@ fn answer(mut s: TcpStream, war: &[u8]) {
             war.len()
         );
         let _ = s.write_all(war);
+    } else if line.starts_with("GET /changing.war ") {
+        // The archive changes on the server after its first download: the requesting gateway
+        // gets the original, any later fetch (another gateway's) something else.
+        static SERVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let mut body = war.to_vec();
+        if SERVED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            body.extend_from_slice(b"changed");
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(&body);
     } else if line.starts_with("GET /big.war ") {
         let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\n");
         let chunk = vec![0x5a; 64 * 1024];
@@ -121,29 +138,30 @@ struct Gateway {
     _libvirtd: Libvirtd,
 }
 
-/// libvirtd, betaas-vmd (kind `kind`, the app and tiny templates), mosquitto and agent gw1 with
-/// room for one app instance; the client "ops" admitted. Returns once the agent synced with vmd.
-fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
-    let libvirtd = Libvirtd::acquire();
-    let socket = r.join("vmd.sock");
+/// betaas-vmd of gateway `name` (kind `kind`, the app and tiny templates) on the shared libvirtd:
+/// its own socket, owner and domain name prefix under `tag`, files in `r/name`.
+fn start_vmd(r: &Path, name: &str, tag: &str, kind: &str) -> (KillOnDrop, PathBuf) {
+    let dir = r.join(name);
+    std::fs::create_dir_all(&dir).expect("gw dir");
+    let socket = dir.join("vmd.sock");
     std::fs::write(
-        r.join("vmd.toml"),
+        dir.join("vmd.toml"),
         format!(
-            "socket = \"{}\"\nowner = \"{tag}\"\nname_prefix = \"{tag}\"\nstate_dir = \"{}\"\n\
-             templates = [\"{}\"]\narch = \"{}\"\nservice_host = \"127.0.0.1\"\n\
+            "socket = \"{}\"\nowner = \"{tag}{name}\"\nname_prefix = \"{tag}{name}\"\nstate_dir = \"{}\"\n\
+             templates = [\"{}\"]\narch = \"{}\"\naddress = \"127.0.0.1\"\n\
              shutdown_timeout_s = 20\nlibvirt_retry_s = 30\n[probe]\nkinds = [\"{kind}\"]\ntimeout_s = 90\n",
             socket.display(),
-            r.join("vms").display(),
+            dir.join("vms").display(),
             templates_dir().display(),
             arch()
         ),
     )
     .expect("vmd.toml");
-    let vmd_log = std::fs::File::create(r.join("vmd.log")).expect("vmd.log");
+    let vmd_log = std::fs::File::create(dir.join("vmd.log")).expect("vmd.log");
     let vmd = KillOnDrop(
         Command::new(bin("betaas-vmd"))
             .arg("--config")
-            .arg(r.join("vmd.toml"))
+            .arg(dir.join("vmd.toml"))
             .stderr(Stdio::from(vmd_log))
             .spawn()
             .expect("vmd"),
@@ -151,41 +169,71 @@ fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
     wait_until("the vmd socket", Duration::from_secs(30), || {
         UnixStream::connect(&socket).ok()
     });
+    (vmd, socket)
+}
+
+/// Agent `name` of instance "apps" (keys in `r/instance`, made by the first call) with VM
+/// manager `socket` and `capacity` (a TOML inline table).
+fn start_agent(
+    r: &Path,
+    name: &str,
+    broker: &Mosquitto,
+    socket: &Path,
+    kind: &str,
+    capacity: &str,
+) -> KillOnDrop {
     let agent = bin("betaas-agent");
     let keys = r.join("instance");
     let run = |args: &[&str]| {
         let st = Command::new(&agent).args(args).status().expect("agent");
         assert!(st.success(), "{args:?}");
     };
-    run(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
-    let gw = r.join("gw1");
+    if !keys.join("instance.key").exists() {
+        run(&["instance", "keygen", "--out", keys.to_str().expect("utf8")]);
+    }
+    let gw = r.join(name);
     run(&[
         "instance",
         "admit",
         "--instance-key",
         keys.join("instance.key").to_str().expect("utf8"),
         "--gateway",
-        "gw1",
+        name,
         "--out",
         gw.join("keys").to_str().expect("utf8"),
     ]);
-    let broker = Mosquitto::start();
-    let mut sub = broker.subscribe("betaas/gw1/health");
     let toml = format!(
-        "gateway_id = \"gw1\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+        "gateway_id = \"{name}\"\ndata_dir = \"{d}/data\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [health]\ninterval_secs = 1\n\
          [instance]\nname = \"apps\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 300\ntimeout_ms = 3000\n\
          virt = \"{kind}\"\nvmd_socket = \"{s}\"\nwar_max_mb = {WAR_MAX_MB}\napp_ready_secs = {ready}\n\
-         capacity = {{ cpus = 1, mem_mb = 768, disk_gb = 4 }}\n\
+         capacity = {capacity}\n\
          [[instance.templates]]\nname = \"app\"\nvcpus = 1\nmem_mb = 512\ndisk_gb = 2\nrole = \"app-light\"\n",
         d = gw.display(),
         port = broker.port,
         s = socket.display(),
         ready = ready_secs(),
     );
-    let agent = spawn_agent(&agent, &gw, &toml);
+    spawn_agent(&agent, &gw, &toml)
+}
+
+/// libvirtd, betaas-vmd (kind `kind`, the app and tiny templates), mosquitto and agent gw1 with
+/// room for one app instance; the client "ops" admitted. Returns once the agent synced with vmd.
+fn gateway(r: &Path, tag: &str, kind: &str) -> Gateway {
+    let libvirtd = Libvirtd::acquire();
+    let (vmd, socket) = start_vmd(r, "gw1", tag, kind);
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/gw1/health");
+    let agent = start_agent(
+        r,
+        "gw1",
+        &broker,
+        &socket,
+        kind,
+        "{ cpus = 1, mem_mb = 768, disk_gb = 4 }",
+    );
     let ops = VmClient::admit(
-        &keys.join("instance.key"),
+        &r.join("instance/instance.key"),
         "apps",
         "ops",
         &r.join("ops"),
@@ -360,4 +408,90 @@ fn bad_wars_are_cancelled_and_nothing_is_created() {
         .map(|d| d.flatten().count())
         .unwrap_or(0);
     assert_eq!(left, 0, "fetched files left in data/wars");
+}
+
+#[test]
+#[ignore = "real libvirtd (LXC) + two agents and vmds + the app template: make test-e2e"]
+fn a_war_request_to_a_full_gateway_runs_on_another_that_fetches_and_checks_it() {
+    let _libvirtd = Libvirtd::acquire();
+    let tag = format!("a2{}", fastrand::u32(..100_000));
+    let _sweep = DomainsCleanup(tag.clone());
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let token = format!("betaas-token-{:016x}", fastrand::u64(..));
+    let war = build_war(r, &token);
+    let sha = sha256_hex(&war);
+    let port = serve(&war);
+    let broker = Mosquitto::start();
+    let mut health = broker.subscribe("betaas/+/health");
+    let (_vmd1, sock1) = start_vmd(r, "gw1", &tag, "lxc");
+    let (_vmd2, sock2) = start_vmd(r, "gw2", &tag, "lxc");
+    // gw1 has no room for an app (512 MiB); gw2 has room for two.
+    let small = "{ cpus = 1, mem_mb = 256, disk_gb = 4 }";
+    let _gw1 = start_agent(r, "gw1", &broker, &sock1, "lxc", small);
+    let big = "{ cpus = 2, mem_mb = 2048, disk_gb = 8 }";
+    let _gw2 = start_agent(r, "gw2", &broker, &sock2, "lxc", big);
+    let ops = VmClient::admit(
+        &r.join("instance/instance.key"),
+        "apps",
+        "ops",
+        &r.join("ops"),
+        &broker,
+    );
+    health.wait_for(
+        "gw1 sees gw2 up and synced",
+        Duration::from_secs(180),
+        |t, p| {
+            let v: Value = serde_json::from_str(p).ok()?;
+            (t == "betaas/gw1/health"
+                && v["instance"]["synced"] == true
+                && v["instance"]["members"]["gw2"]["state"] == "up"
+                && v["instance"]["members"]["gw2"]["virt"] == "lxc")
+                .then_some(())
+        },
+    );
+    let run = |id: &str, url: &str| {
+        let t0 = Instant::now();
+        let args = ["--template", "app", "--war", url];
+        let (v, code) = ops.run("request", "gw1", id, &args, ready_secs() + 120);
+        (v, code, t0.elapsed())
+    };
+
+    let (v, code, took) = run("far1", &format!("http://127.0.0.1:{port}/app.war"));
+    assert_eq!(
+        (v["decision"].as_str(), v["host"].as_str(), code),
+        (Some("local"), Some("gw2"), 0),
+        "{v}"
+    );
+    assert_eq!(v["war_sha256"].as_str(), Some(sha.as_str()), "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    let app = v["url"].as_str().expect("url").to_owned();
+    assert_eq!(get(&app).as_deref(), Some(token.as_str()), "{app}");
+    assert!(
+        vmd_list(&sock1).is_empty(),
+        "gw1 has no room, yet runs a VM"
+    );
+    assert_eq!(vmd_list(&sock2).len(), 1);
+    eprintln!(
+        "app on the other gateway: request to gw1 → answering on gw2 {:.1} s",
+        took.as_secs_f64()
+    );
+
+    // The archive changes after gw1 fetched it: gw2 refuses it, gw1 has no room: cancelled.
+    let (v, code, _) = run("far2", &format!("http://127.0.0.1:{port}/changing.war"));
+    assert_eq!((v["decision"].as_str(), code), (Some("cancel"), 1), "{v}");
+    let reason = v["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("gw2") && reason.contains("sha256") && reason.contains(&sha),
+        "the refusal names gw2 and the sha256: {reason}"
+    );
+    eprintln!("changed WAR: cancel: {reason}");
+    assert!(vmd_list(&sock1).is_empty(), "{:?}", vmd_list(&sock1));
+    assert_eq!(vmd_list(&sock2).len(), 1, "{:?}", vmd_list(&sock2));
+    for gw in ["gw1", "gw2"] {
+        let left = std::fs::read_dir(r.join(gw).join("data/wars"))
+            .map(|d| d.flatten().count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "fetched files left in {gw}/data/wars");
+    }
 }

@@ -4,8 +4,10 @@
 //! a master and a storage node (`--cluster wc`), then `--replicas 2` workers, all placed by the
 //! allocator; the workers get the master's URL and register; a word count over random words in
 //! the storage node gives exactly the test's counts; replicas 2 → 3 adds a worker, 3 → 1 releases
-//! two (stopped, kept), 1 → 2 resumes one rather than making a new one; gw2 dies (its agent and
-//! vmd killed, its containers destroyed) → its worker is replaced on gw1. Prints the times.
+//! two (stopped, kept); gw1's agent is killed -9 and restarted (it adopts the cluster from its
+//! data_dir); 1 → 2 resumes one rather than making a new one; gw2 dies (its agent and
+//! vmd killed, its containers destroyed) → its worker is replaced on gw1, and the storage or master
+//! node it ran is placed again on gw1 and becomes ready. Prints the times.
 //!
 //!   cargo build --workspace --bins && cargo test -p betaas-e2e --test bigdata_scale -- --ignored --nocapture
 
@@ -75,7 +77,7 @@ impl Gw {
         let toml = format!(
             "gateway_id = \"{name}\"\ndata_dir = \"{d}/data\"\nlog_level = \"info\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
              [health]\ninterval_secs = 1\n[instance]\nname = \"bd\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 500\ntimeout_ms = 10000\n\
-             deploy_timeout_ms = 300000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 4, mem_mb = 4096, disk_gb = 16 }}\n{TEMPLATES}",
+             deploy_timeout_ms = 300000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 5, mem_mb = 5120, disk_gb = 16 }}\n{TEMPLATES}",
             d = dir.display(),
             port = broker.port,
             s = socket.display(),
@@ -327,7 +329,30 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
     }
     println!("scale 3 → 1: {:.1} s", t.elapsed().as_secs_f64());
 
-    // 1 → 2: a stopped worker is resumed, none made.
+    // The manager is killed (-9) and restarted: it adopts cluster wc from its data_dir, so the
+    // next change applies to the same workers (a stopped one resumed, none made, none doubled).
+    let t = Instant::now();
+    drop(gws[0].agent.take());
+    let mut health = broker.subscribe("betaas/gw1/health");
+    gws[0].spawn_agent();
+    health.wait_for(
+        "the restarted gw1 sees gw2 up, synced",
+        Duration::from_secs(180),
+        |_, p| {
+            let v: Value = serde_json::from_str(p).ok()?;
+            // The new process's health (a retained one of the killed agent is older).
+            (v["uptime_s"].as_u64()? <= t.elapsed().as_secs()
+                && v["instance"]["members"]["gw2"]["state"] == "up"
+                && v["instance"]["synced"] == true)
+                .then_some(())
+        },
+    );
+    println!(
+        "gw1 (the manager) killed -9 and restarted: up again in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1 → 2 (asked of the restarted manager): a stopped worker is resumed, none made.
     let t = Instant::now();
     let w2 = request(
         "replicas-2b",
@@ -351,6 +376,16 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         workers(&w2).iter().all(|x| all.contains(&x.0)),
         "no new worker was made: {w2}"
     );
+    let computes: usize = gws
+        .iter()
+        .map(|g| {
+            betaas_e2e::vmd_list(&g.socket)
+                .iter()
+                .filter(|v| v.template == "bigdata-compute")
+                .count()
+        })
+        .sum();
+    assert_eq!(computes, 3, "the three workers made before, no more");
     println!("scale 1 → 2 (resumed): {:.1} s", t.elapsed().as_secs_f64());
 
     // gw2 dies with its containers: its running worker is replaced on gw1.
@@ -367,17 +402,32 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         let g2 = &mut gws[1];
         drop(g2.agent.take());
         drop(g2.vmd.take());
-        for vm in &on_gw2 {
+        // Every container of gw2's goes with it (workers, and the storage or master node).
+        let names = Command::new("virsh")
+            .args(["-c", bigdata::LXC_URI, "list", "--name"])
+            .output()
+            .expect("virsh list");
+        let prefix = format!("{tag}gw2-");
+        for vm in String::from_utf8_lossy(&names.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(&prefix))
+        {
             let _ = Command::new("virsh")
-                .args(["-c", bigdata::LXC_URI, "destroy", &vm.0])
+                .args(["-c", bigdata::LXC_URI, "destroy", vm])
                 .stdout(Stdio::null())
                 .status();
         }
+        // Every repair round's reasons until the workers are back (a node and the workers may
+        // be repaired in different rounds).
+        let mut reasons = String::new();
         let ev = events.wait_for(
             "gw1 repairs cluster wc",
             Duration::from_secs(300),
             |_, p| {
                 let v: Value = serde_json::from_str(p).ok()?;
+                reasons += v["reason"].as_str().unwrap_or("");
+                reasons += "; ";
                 (v["event"] == "repaired" && v["running"] == 2).then_some(v)
             },
         );
@@ -389,6 +439,33 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
                 &gws[gw_of(host)].console(vm),
                 &registered,
                 Duration::from_secs(300),
+            );
+        }
+        // A single node that was on gw2 is placed again on gw1 and serves there.
+        for (t_name, host, marker) in [
+            ("bigdata-storage", shost, "BETAAS-BIGDATA-STORAGE-READY"),
+            ("bigdata-master", mhost, "BETAAS-BIGDATA-MASTER-READY"),
+        ] {
+            if host != "gw2" {
+                continue;
+            }
+            assert!(
+                reasons.contains(&format!("{t_name} ")) && reasons.contains("placed on gw1"),
+                "{t_name} re-placed: {reasons}"
+            );
+            let list = betaas_e2e::vmd_list(&gws[0].socket);
+            let node = list
+                .iter()
+                .find(|v| v.template == t_name && v.state == betaas_proto::VmState::Running)
+                .expect("the re-placed node runs on gw1");
+            bigdata::wait_marker(
+                &gws[0].console(&node.name),
+                marker,
+                Duration::from_secs(120),
+            );
+            println!(
+                "{t_name} on gw2 lost → placed again on gw1 ({}), ready",
+                node.name
             );
         }
         println!(

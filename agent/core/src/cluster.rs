@@ -22,8 +22,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// One worker of a cluster as its manager knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
     /// The VM's name (local) or its id on the remote cloud.
     pub vm: String,
@@ -34,7 +36,7 @@ pub struct Worker {
     pub state: WorkerState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerState {
     Running,
     /// Released by a scale-down: kept where it is for the next scale-up.
@@ -59,7 +61,7 @@ pub enum Action {
 }
 
 /// What is known of one cluster's workers and what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Cluster {
     pub name: String,
     pub template: String,
@@ -67,6 +69,7 @@ pub struct Cluster {
     pub workers: Vec<Worker>,
     /// Workers lost with their gateway (rule 1), to release once it is up again (rule 0).
     /// At most [`MAX_ORPHANS`]: the oldest is dropped (a gateway that never comes back).
+    #[serde(default)]
     pub orphans: Vec<Worker>,
 }
 
@@ -243,6 +246,112 @@ pub fn plan(cluster: &Cluster, is_up: impl Fn(&str) -> bool) -> Vec<Action> {
         }
     }
     actions
+}
+
+/// What a cluster's manager keeps of one cluster, across its own restarts (see [`encode`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Record {
+    /// The workers and how many are wanted (`None` until a `replicas` request).
+    pub workers: Option<Cluster>,
+    /// URL of each single node (master, storage), by template.
+    pub urls: BTreeMap<String, String>,
+    /// The single nodes: (template, vm, host).
+    pub nodes: Vec<(String, String, String)>,
+}
+
+/// At most this many clusters per manager (a request for one more is refused).
+pub const MAX_CLUSTERS: usize = 32;
+/// At most this many workers per cluster.
+pub const MAX_REPLICAS: u32 = 64;
+/// The persisted records are at most this large (a file over it is not read).
+pub const MAX_FILE: usize = 512 * 1024;
+const STORE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    clusters: BTreeMap<String, Record>,
+}
+
+/// A cluster's name: 1 to 64 letters, digits, `-` or `_`.
+pub fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The manager's clusters as a file (JSON, versioned; written atomically by the caller).
+pub fn encode(clusters: &BTreeMap<String, Record>) -> Vec<u8> {
+    let s = Stored {
+        version: STORE_VERSION,
+        clusters: clusters.clone(),
+    };
+    // Our own values (strings, numbers, maps with string keys) always serialize.
+    serde_json::to_vec_pretty(&s).unwrap_or_default()
+}
+
+/// The clusters of a file [`encode`] wrote; else what is wrong with it (too large, not this
+/// format or version, over the bounds, a bad name), so the caller can say so and start empty.
+pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Record>, String> {
+    if bytes.len() > MAX_FILE {
+        return Err(format!(
+            "{} bytes, over the {MAX_FILE} byte limit",
+            bytes.len()
+        ));
+    }
+    let s: Stored = serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
+    if s.version != STORE_VERSION {
+        return Err(format!(
+            "version {}, this agent reads {STORE_VERSION}",
+            s.version
+        ));
+    }
+    if s.clusters.len() > MAX_CLUSTERS {
+        return Err(format!(
+            "{} clusters, over {MAX_CLUSTERS}",
+            s.clusters.len()
+        ));
+    }
+    for (name, r) in &s.clusters {
+        if !name_ok(name) {
+            return Err(format!("cluster name {name:?}"));
+        }
+        if let Some(c) = &r.workers {
+            if c.name != *name {
+                return Err(format!(
+                    "cluster {name:?} holds the workers of {:?}",
+                    c.name
+                ));
+            }
+            if c.replicas > MAX_REPLICAS
+                || c.workers.len() > 2 * MAX_REPLICAS as usize
+                || c.orphans.len() > MAX_ORPHANS
+            {
+                return Err(format!(
+                    "cluster {name:?}: {} replicas, {} workers (at most {MAX_REPLICAS})",
+                    c.replicas,
+                    c.workers.len()
+                ));
+            }
+        }
+        if r.nodes.len() > MAX_REPLICAS as usize || r.urls.len() > MAX_REPLICAS as usize {
+            return Err(format!("cluster {name:?}: {} nodes", r.nodes.len()));
+        }
+    }
+    Ok(s.clusters)
+}
+
+/// The single nodes (master, storage: `(template, vm, host)`) whose gateway is not up, by index:
+/// each is placed again, and the cluster keeps the new one's URL.
+pub fn lost_nodes(nodes: &[(String, String, String)], is_up: impl Fn(&str) -> bool) -> Vec<usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, host))| !is_up(host))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]
@@ -580,5 +689,73 @@ mod tests {
             assert!(c.orphans.iter().all(|w| !up(&w.host)), "{c:?}");
             assert!(plan(&c, up).is_empty());
         }
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_files_are_errors_not_panics() {
+        let seed = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        eprintln!("TEST_SEED={seed}");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..200 {
+            let mut all = BTreeMap::new();
+            for i in 0..rng.usize(..5) {
+                let name = format!("c{i}");
+                let mut r = Record::default();
+                if rng.bool() {
+                    let mut c = Cluster::new(&name, "bigdata-compute", rng.u32(..8));
+                    for j in 0..rng.usize(..6) {
+                        let mut x = w(&format!("v{j}"), ["gw1", "gw2"][rng.usize(..2)], R);
+                        if rng.bool() {
+                            x.state = S;
+                        }
+                        if rng.u8(..4) == 0 {
+                            x.cloud = Some("os".into());
+                        }
+                        c.workers.push(x);
+                    }
+                    r.workers = Some(c);
+                }
+                r.urls
+                    .insert("bigdata-master".into(), "spark://10.0.0.1:7077".into());
+                r.nodes
+                    .push(("bigdata-master".into(), "m1".into(), "gw1".into()));
+                all.insert(name, r);
+            }
+            let bytes = encode(&all);
+            assert_eq!(decode(&bytes), Ok(all));
+            // A torn or flipped file is an error (or, rarely, still valid JSON of the format).
+            let mut t = bytes.clone();
+            t.truncate(rng.usize(..bytes.len().max(1)));
+            if !t.is_empty() {
+                let i = rng.usize(..t.len());
+                t[i] ^= 1 << rng.u8(..8);
+            }
+            let _ = decode(&t);
+        }
+        assert!(decode(b"").is_err());
+        assert!(decode(&vec![b' '; MAX_FILE + 1])
+            .expect_err("too large")
+            .contains("limit"));
+        let other = br#"{"version":2,"clusters":{}}"#;
+        assert!(decode(other).expect_err("version").contains("version 2"));
+        let bad = br#"{"version":1,"clusters":{"a b":{"workers":null,"urls":{},"nodes":[]}}}"#;
+        assert!(decode(bad).expect_err("name").contains("\"a b\""));
+        let mut many = BTreeMap::new();
+        for i in 0..=MAX_CLUSTERS {
+            many.insert(format!("c{i}"), Record::default());
+        }
+        assert!(decode(&encode(&many)).is_err());
+    }
+
+    #[test]
+    fn single_nodes_on_a_gateway_that_is_down_are_lost() {
+        let n = |t: &str, h: &str| (t.to_owned(), format!("{t}-1"), h.to_owned());
+        let nodes = vec![n("bigdata-master", "gw1"), n("bigdata-storage", "gw2")];
+        assert_eq!(lost_nodes(&nodes, all_up), Vec::<usize>::new());
+        assert_eq!(lost_nodes(&nodes, |g| g != "gw2"), vec![1]);
+        assert_eq!(lost_nodes(&nodes, |_| false), vec![0, 1]);
     }
 }

@@ -53,13 +53,13 @@ impl Placement {
     }
 
     /// The view the next decision is made over: without the gateways and clouds that refused, and
-    /// only `me` when the request must stay on this gateway (it fetched the request's WAR).
-    pub fn narrow(&self, view: &mut InstanceView, only: Option<&str>) {
+    /// without any remote cloud when `gateways_only` (a request with a WAR: any gateway fetches the
+    /// application itself, a remote cloud is never handed one).
+    pub fn narrow(&self, view: &mut InstanceView, gateways_only: bool) {
         view.gateways.retain(|g| !self.excluded.contains(&g.id));
         view.remotes
             .retain(|r| !self.failed_clouds.contains(&r.name));
-        if let Some(me) = only {
-            view.gateways.retain(|g| g.id == me);
+        if gateways_only {
             view.remotes.clear();
         }
     }
@@ -210,18 +210,19 @@ mod tests {
     }
 
     #[test]
-    fn refusers_are_left_out_and_a_war_keeps_the_request_here() {
+    fn refusers_are_left_out_and_a_war_keeps_the_request_on_gateways() {
         let mut p = Placement::new();
         p.refused(Target::Gateway("gw2".into()), "busy");
         p.refused(Target::Cloud("a".into()), "down");
         let mut v = view(&["gw1", "gw2", "gw3"], &["a", "b"]);
-        p.narrow(&mut v, None);
+        p.narrow(&mut v, false);
         let ids: Vec<&str> = v.gateways.iter().map(|g| g.id.as_str()).collect();
         let clouds: Vec<&str> = v.remotes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!((ids, clouds), (vec!["gw1", "gw3"], vec!["b"]));
         let mut v = view(&["gw1", "gw2", "gw3"], &["a", "b"]);
-        p.narrow(&mut v, Some("gw3"));
-        assert_eq!(v.gateways.len(), 1);
+        p.narrow(&mut v, true);
+        let ids: Vec<&str> = v.gateways.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, vec!["gw1", "gw3"]);
         assert!(v.remotes.is_empty());
     }
 
@@ -252,7 +253,7 @@ mod tests {
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let mut v = view(&refs, &[]);
                 v.templates = vec![template.clone()];
-                p.narrow(&mut v, None);
+                p.narrow(&mut v, false);
                 let req = Request {
                     id: 1,
                     template: template.clone(),

@@ -82,7 +82,7 @@ pub enum Response {
         resumed: bool,
     },
     /// The answer to `AcquireService`: as `Acquired`, plus where the service answers: each
-    /// declared port's host port, `url` for the first (`http://<service_host>:<port>/`) and the
+    /// declared port's host port, `url` for the first (`http://<address>:<port>/`) and the
     /// template's readiness marker (its console prints it once the service answers).
     AcquiredService {
         vm: VmInfo,

@@ -6,9 +6,18 @@
 //!   under the template's name, and every later node of the cluster gets the cluster's URLs in its
 //!   environment (`BETAAS_URL_<TEMPLATE>`; a worker's VM manager also puts its master's in the
 //!   descriptor's `master_env`);
-//! - with `"replicas": N` (workers): N kept running, placed by the allocator (local gateways only),
-//!   scaled up (stopped workers resumed first) and down (stopped, kept), and those on a gateway
-//!   that goes down replaced, on every change of N and every few heartbeats.
+//! - with `"replicas": N` (workers): N kept running, placed by the allocator (local first, spread;
+//!   on a remote cloud this gateway holds when the instance is full), scaled up (stopped workers
+//!   resumed first, local before remote) and down (stopped, kept; remote ones first), and those on
+//!   a gateway that goes down replaced, on every change of N and every few heartbeats. A remote
+//!   worker gets no cluster environment: it joins the master only if the cloud reaches it.
+//!
+//! The records (template, replicas, workers, the single nodes and their URLs) are written to
+//! `data_dir/instance/clusters.json` after every change (temp file, fsync, rename) and read at
+//! start: a manager restarted (even by kill -9) adopts its clusters and keeps re-planning them
+//! once the members that are up have been heard from (`timeout_ms` after start), so a worker on a
+//! gateway not heard from yet is not taken for lost. A change made between a step and its write
+//! (a kill -9 in that window) is not in the file: that VM runs unmanaged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,27 +32,18 @@ use tracing::{info, warn};
 
 use super::{random_u64, Placed, Runtime};
 
-/// What the manager knows of one cluster.
-#[derive(Debug, Default)]
-pub(super) struct ClusterRec {
-    /// The workers and how many are wanted (`None` until a `replicas` request).
-    pub workers: Option<Cluster>,
-    /// URL of each single node (master, storage), by template.
-    pub urls: BTreeMap<String, String>,
-    /// The single nodes: (template, vm, host).
-    pub nodes: Vec<(String, String, String)>,
-}
+/// What the manager knows of one cluster (kept in `data_dir/instance/clusters.json`).
+pub(super) type ClusterRec = cluster::Record;
 
 /// At most this many workers per cluster.
-pub const MAX_REPLICAS: u64 = 64;
+pub const MAX_REPLICAS: u64 = cluster::MAX_REPLICAS as u64;
 
-impl ClusterRec {
-    fn env(&self) -> Vec<(String, String)> {
-        self.urls
-            .iter()
-            .map(|(t, u)| (url_var(t), u.clone()))
-            .collect()
-    }
+/// The cluster's URLs for a node's start: `BETAAS_URL_<TEMPLATE>` each.
+fn env_of(rec: &ClusterRec) -> Vec<(String, String)> {
+    rec.urls
+        .iter()
+        .map(|(t, u)| (url_var(t), u.clone()))
+        .collect()
 }
 
 /// `BETAAS_URL_<TEMPLATE>` (betaas-vmd's `url_var`: capitals, other characters `_`).
@@ -68,12 +68,7 @@ impl Runtime {
         let id = v["id"].as_str().unwrap_or("").to_owned();
         let name = v["cluster"].as_str().unwrap_or("").to_owned();
         let tname = v["template"].as_str().unwrap_or("");
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
+        if !cluster::name_ok(&name) {
             let why = format!("cluster {name:?}: 1 to 64 letters, digits, - or _");
             return self.result(&id, "cancel", "", "", None, &why, 0);
         }
@@ -92,12 +87,21 @@ impl Runtime {
                 }
             },
         };
+        // Clusters adopted at start: not before the members that are up were heard from.
+        self.clusters_settled().await;
         let mut clusters = self.clusters.lock().await;
+        if !clusters.contains_key(&name) && clusters.len() >= cluster::MAX_CLUSTERS {
+            let why = format!(
+                "this gateway manages {} clusters already, the most it keeps",
+                cluster::MAX_CLUSTERS
+            );
+            return self.result(&id, "cancel", "", "", None, &why, 0);
+        }
         let rec = clusters.entry(name.clone()).or_default();
         let Some(n) = replicas else {
             // One node of the cluster, placed like any VM, with the cluster's URLs.
-            let env = rec.env();
-            return match self.place_node(&template, &env).await {
+            let env = env_of(rec);
+            let r = match self.place_node(&template, &env).await {
                 Ok((gw, p, reason, attempts)) => {
                     if let Some(u) = &p.url {
                         rec.urls.insert(template.name.clone(), u.clone());
@@ -109,6 +113,11 @@ impl Runtime {
                 }
                 Err(why) => self.result(&id, "cancel", "", "", None, &why, 8),
             };
+            if *rec == ClusterRec::default() {
+                clusters.remove(&name);
+            }
+            self.save_clusters(&clusters).await;
+            return r;
         };
         match &mut rec.workers {
             Some(c) if c.template != template.name => {
@@ -122,6 +131,9 @@ impl Runtime {
             None => rec.workers = Some(Cluster::new(&name, &template.name, n)),
         }
         let done = self.reconcile(rec).await;
+        let rec = rec.clone();
+        self.save_clusters(&clusters).await;
+        drop(clusters);
         let c = rec.workers.as_ref().expect("set above");
         let running = c.running() as u32;
         let decision = if running == n { "local" } else { "cancel" };
@@ -149,12 +161,22 @@ impl Runtime {
     /// One round of the plan for every cluster with workers: a gateway that went down has its
     /// workers replaced. Skipped while a request holds the clusters.
     pub(super) async fn reconcile_all(self: &Arc<Self>) {
+        if !self.clusters_settled_now() {
+            return;
+        }
         let Ok(mut clusters) = self.clusters.try_lock() else {
             return;
         };
+        let mut changed = false;
         for (name, rec) in clusters.iter_mut() {
             let before = rec.workers.as_ref().map(|c| c.running());
-            let done = self.reconcile(rec).await;
+            let was = rec.clone();
+            // A master or storage node first: workers placed after it get its new URL.
+            let mut done = self.replace_nodes(name, rec).await;
+            done.extend(self.reconcile(rec).await);
+            // Written only when the record changed (a failing round every few heartbeats must
+            // not wear the card).
+            changed |= *rec != was;
             if !done.is_empty() {
                 let after = rec.workers.as_ref().map(|c| c.running());
                 info!(cluster = %name, ?before, ?after, "cluster repaired: {}", done.join("; "));
@@ -171,13 +193,95 @@ impl Runtime {
                 );
             }
         }
+        if changed {
+            self.save_clusters(&clusters).await;
+        }
+    }
+
+    /// Places again each single node (master, storage) whose gateway is not up; the cluster keeps
+    /// the new URL (workers placed from now on get it; running ones keep the old one until they
+    /// are made again). One that cannot be placed is tried again at the next round.
+    async fn replace_nodes(self: &Arc<Self>, name: &str, rec: &mut ClusterRec) -> Vec<String> {
+        let mut done = Vec::new();
+        let lost = {
+            let st = self.state();
+            let members = st.inst.members();
+            cluster::lost_nodes(&rec.nodes, |g| {
+                g == self.gateway
+                    || members
+                        .get(g)
+                        .is_some_and(|m| m.state == membership::State::Up)
+            })
+        };
+        for i in lost {
+            let (tname, vm, host) = rec.nodes[i].clone();
+            let Some(template) = self.templates.iter().find(|t| t.name == tname).cloned() else {
+                continue;
+            };
+            let own = url_var(&tname);
+            let env: Vec<_> = env_of(rec).into_iter().filter(|(k, _)| *k != own).collect();
+            match self.place_node(&template, &env).await {
+                Ok((gw, p, _, _)) => {
+                    warn!(cluster = %name, template = %tname, lost = %vm, host = %host, vm = %p.vm, new_host = %gw, url = ?p.url, "cluster node replaced: its gateway is down");
+                    match &p.url {
+                        Some(u) => {
+                            rec.urls.insert(tname.clone(), u.clone());
+                        }
+                        None => {
+                            rec.urls.remove(&tname);
+                        }
+                    }
+                    done.push(format!(
+                        "{tname} {vm} on {host} lost (gateway down): {} placed on {gw}{}",
+                        p.vm,
+                        p.url
+                            .as_deref()
+                            .map(|u| format!(" at {u}"))
+                            .unwrap_or_default()
+                    ));
+                    rec.nodes[i] = (tname, p.vm, gw);
+                }
+                Err(why) => {
+                    warn!(cluster = %name, template = %tname, lost = %vm, host = %host, "cluster node lost (gateway down), not placed again yet: {why}");
+                }
+            }
+        }
+        done
+    }
+
+    /// Writes the records (temp + fsync + rename, off the runtime); a failure is logged, the
+    /// clusters stay managed in memory.
+    async fn save_clusters(&self, clusters: &BTreeMap<String, ClusterRec>) {
+        let bytes = cluster::encode(clusters);
+        let path = self.clusters_path.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::resources::history::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = r {
+            warn!(file = %self.clusters_path.display(), "cannot persist the cluster records: {e}");
+        }
+    }
+
+    /// Whether adopted clusters may be planned: no clusters were read at start, or the members
+    /// that are up have had `timeout_ms` to be heard from (else their workers look lost).
+    fn clusters_settled_now(&self) -> bool {
+        self.clusters_adopt_at
+            .is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    async fn clusters_settled(&self) {
+        if let Some(t) = self.clusters_adopt_at {
+            tokio::time::sleep_until(t.into()).await;
+        }
     }
 
     /// Plans and carries out until the plan is empty or a step fails (at most 3 rounds). Returns
     /// what was done, one line each.
     async fn reconcile(self: &Arc<Self>, rec: &mut ClusterRec) -> Vec<String> {
         let mut done = Vec::new();
-        let env = rec.env();
+        let env = env_of(rec);
         let Some(c) = rec.workers.as_mut() else {
             return done;
         };
@@ -213,12 +317,24 @@ impl Runtime {
                         c.lost(&vm, &host);
                     }
                     Action::Resume { vm, host } => {
-                        match self.deploy_on(&host, &template, &env).await {
+                        let cloud = c
+                            .workers
+                            .iter()
+                            .find(|w| w.vm == vm && w.host == host)
+                            .and_then(|w| w.cloud.clone());
+                        let r = match &cloud {
+                            // Ours (see place_node): the cloud resumes a stopped VM of the template.
+                            Some(cl) => {
+                                self.deploy_remote(cl, &template.name, template.res()).await
+                            }
+                            None => self.deploy_on(&host, &template, &env).await,
+                        };
+                        match r {
                             Ok(p) => {
                                 if p.vm != vm {
                                     c.forget(&vm, &host);
                                 }
-                                c.placed(&p.vm, &host, None);
+                                c.placed(&p.vm, &host, cloud.as_deref());
                                 done.push(format!(
                                     "{} on {host} {}",
                                     p.vm,
@@ -232,11 +348,15 @@ impl Runtime {
                             }
                         }
                     }
-                    Action::Place => match self.place_node(&template, &env).await {
-                        Ok((gw, p, _, _)) => {
-                            c.placed(&p.vm, &gw, None);
+                    Action::Place => match self.place_worker(&template, &env).await {
+                        Ok((gw, p, cloud)) => {
+                            c.placed(&p.vm, &gw, cloud.as_deref());
+                            let at = match &cloud {
+                                Some(cl) => format!("on the remote cloud {cl} (held by {gw})"),
+                                None => format!("on {gw}"),
+                            };
                             done.push(format!(
-                                "{} on {gw} {}",
+                                "{} {at} {}",
                                 p.vm,
                                 if p.resumed { "resumed" } else { "placed" }
                             ));
@@ -247,24 +367,28 @@ impl Runtime {
                             break;
                         }
                     },
-                    Action::Release { vm, host, .. } => match self.release_on(&host, &vm).await {
-                        Ok(()) => {
-                            c.released(&vm, &host);
-                            done.push(format!("{vm} on {host} released"));
+                    Action::Release { vm, host, cloud } => {
+                        match self.release_on(&host, &vm, cloud.as_deref()).await {
+                            Ok(()) => {
+                                c.released(&vm, &host);
+                                done.push(format!("{vm} on {host} released"));
+                            }
+                            Err(why) if c.is_orphan(&vm, &host) => {
+                                // Its gateway no longer has it (restarted), or does not answer:
+                                // not retried forever.
+                                warn!(cluster = %c.name, vm, host, "a lost worker not released: {why}; forgotten");
+                                done.push(format!(
+                                    "{vm} on {host} (lost earlier) not released: {why}"
+                                ));
+                                c.forget(&vm, &host);
+                            }
+                            Err(why) => {
+                                done.push(format!("{vm} on {host} not released: {why}"));
+                                failed = true;
+                                break;
+                            }
                         }
-                        Err(why) if c.is_orphan(&vm, &host) => {
-                            // Its gateway no longer has it (restarted), or does not answer: not
-                            // retried forever.
-                            warn!(cluster = %c.name, vm, host, "a lost worker not released: {why}; forgotten");
-                            done.push(format!("{vm} on {host} (lost earlier) not released: {why}"));
-                            c.forget(&vm, &host);
-                        }
-                        Err(why) => {
-                            done.push(format!("{vm} on {host} not released: {why}"));
-                            failed = true;
-                            break;
-                        }
-                    },
+                    }
                 }
             }
             if failed {
@@ -274,22 +398,57 @@ impl Runtime {
         done
     }
 
-    /// One VM of a cluster, where the allocator says (gateways of the instance only: a remote
-    /// cloud's VM would get no cluster environment). Returns the gateway, the VM, the
-    /// allocator's explanation and the attempts.
+    /// A single node of a cluster (master, storage): on a gateway of the instance only (a remote
+    /// cloud's VM gets no cluster environment, and the workers must reach it).
     async fn place_node(
         self: &Arc<Self>,
         template: &Template,
         env: &[(String, String)],
     ) -> Result<(String, Placed, String, u32), String> {
+        self.place_in(template, env, false)
+            .await
+            .map(|(gw, p, reason, attempts, _)| (gw, p, reason, attempts))
+    }
+
+    /// A worker: where the allocator says, local first (spread), and on a remote cloud that this
+    /// gateway holds when the instance is full. Returns the gateway (the holder, for a remote
+    /// one), the VM and the cloud.
+    async fn place_worker(
+        self: &Arc<Self>,
+        template: &Template,
+        env: &[(String, String)],
+    ) -> Result<(String, Placed, Option<String>), String> {
+        self.place_in(template, env, true)
+            .await
+            .map(|(gw, p, _, _, cloud)| (gw, p, cloud))
+    }
+
+    /// One VM of a cluster, where the allocator says. With `remote_ok`, the remote clouds whose
+    /// credentials this gateway (the manager) holds are in the view too: it releases and
+    /// resumes what it made there itself. Such a VM gets no cluster environment from here (the
+    /// cloud's image is what it runs): it joins a master only if the cloud can reach the
+    /// master's address. Returns the gateway, the VM, the allocator's explanation, the attempts
+    /// and the cloud (None: a gateway).
+    async fn place_in(
+        self: &Arc<Self>,
+        template: &Template,
+        env: &[(String, String)],
+        remote_ok: bool,
+    ) -> Result<(String, Placed, String, u32, Option<String>), String> {
         let mut excluded: Vec<String> = Vec::new();
+        let mut failed_clouds: Vec<String> = Vec::new();
         let mut refusals: Vec<String> = Vec::new();
         for attempt in 1..=8u32 {
             let decision = {
                 let st = self.state();
                 let me = self.report(&st);
-                let mut view = st.inst.view(&me, &self.templates, &[]);
-                view.remotes.clear();
+                let mut view = st.inst.view(&me, &self.templates, &me.remotes);
+                if remote_ok {
+                    view.remotes
+                        .retain(|r| r.owner == self.gateway && !failed_clouds.contains(&r.name));
+                } else {
+                    view.remotes.clear();
+                }
                 view.gateways.retain(|g| !excluded.contains(&g.id));
                 let req = Request {
                     id: random_u64(),
@@ -307,12 +466,26 @@ impl Runtime {
                     }
                     return Err(why);
                 }
+                Outcome::Remote(cloud) if remote_ok => {
+                    let r = self
+                        .deploy_remote(&cloud, &template.name, template.res())
+                        .await;
+                    match r {
+                        Ok(p) => return Ok((self.gateway.clone(), p, reason, attempt, Some(cloud))),
+                        Err(why) => {
+                            warn!(template = %template.name, cloud = %cloud, "cluster worker not made on the remote cloud: {why}");
+                            refusals.push(format!("{cloud}: {why}"));
+                            failed_clouds.push(cloud);
+                            continue;
+                        }
+                    }
+                }
                 Outcome::Remote(cloud) => {
-                    return Err(format!("the allocator chose the remote cloud {cloud}; a cluster's nodes stay in the instance ({reason})"))
+                    return Err(format!("the allocator chose the remote cloud {cloud}; a cluster's master and storage stay in the instance ({reason})"))
                 }
             };
             match self.deploy_on(&gw, template, env).await {
-                Ok(p) => return Ok((gw, p, reason, attempt)),
+                Ok(p) => return Ok((gw, p, reason, attempt, None)),
                 Err(why) => {
                     warn!(template = %template.name, gateway = %gw, "cluster node refused: {why}");
                     refusals.push(format!("{gw}: {why}"));
@@ -363,8 +536,19 @@ impl Runtime {
         }
     }
 
-    /// Stops VM `vm` on gateway `host` (kept for reuse).
-    async fn release_on(self: &Arc<Self>, host: &str, vm: &str) -> Result<(), String> {
+    /// Stops VM `vm` on gateway `host`, or on remote cloud `cloud` (held here), kept for reuse.
+    async fn release_on(
+        self: &Arc<Self>,
+        host: &str,
+        vm: &str,
+        cloud: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(cl) = cloud {
+            let r = crate::cloud::monitor::release(self.clouds.as_ref(), cl, vm).await;
+            // The cloud's VM count changed: tell the instance.
+            self.announce();
+            return r.map_err(|e| e.to_string());
+        }
         if host == self.gateway {
             let r = self
                 .release_local(&format!("scale-{}", random_u64()), vm)
@@ -394,6 +578,7 @@ fn workers_json(c: &Cluster) -> Value {
             json!({
                 "vm": w.vm,
                 "host": w.host,
+                "cloud": w.cloud,
                 "state": match w.state {
                     cluster::WorkerState::Running => "running",
                     cluster::WorkerState::Stopped => "stopped",

@@ -51,9 +51,6 @@ pub struct Config {
     /// The pool of logical-gateway identities (one subdirectory each: agent.toml, instance.pub,
     /// gateway.key, credential): every new VM of a `role = "gateway"` template gets a free one.
     pub logical_dir: PathBuf,
-    /// The host name or address in the URL of a VM's service (`Response::AcquiredService`):
-    /// where the gateway is reached. Default: the host name.
-    pub service_host: String,
     pub probe: ProbeConfig,
     /// A VM that dies without being stopped is restarted up to this many times, then reported
     /// failed and left stopped.
@@ -65,10 +62,14 @@ pub struct Config {
     pub restart_reset_s: u64,
     /// How often the supervisor looks for VMs that died.
     pub supervise_interval_ms: u64,
-    /// This gateway's address as the other gateways reach it. Containers share the gateway's
-    /// network, so a clustered role serves there: it reaches each container as `BETAAS_ADDRESS`
-    /// and fills `{address}` in a template's `[cluster] url`.
+    /// This gateway's address (host name or IP) as the other gateways and the clients reach it,
+    /// the one key for it: the host in the URL of a VM's service (`Response::AcquiredService`),
+    /// and, since containers share the gateway's network, where a clustered role serves: it
+    /// reaches each container as `BETAAS_ADDRESS` and fills `{address}` in a template's
+    /// `[cluster] url`. Default: the host name. `service_host` is a deprecated alias.
     pub address: String,
+    /// What the file says that still works but should change (a deprecated key): logged at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,11 +186,6 @@ impl Default for Config {
             libvirt_retry_s: 15,
             verify_checksums: true,
             logical_dir: "/etc/betaas/logical".into(),
-            service_host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into()),
             probe: ProbeConfig {
                 template: "tiny".into(),
                 kinds: VirtKind::ALL.to_vec(),
@@ -203,7 +199,12 @@ impl Default for Config {
             restart_backoff_max_ms: 60_000,
             restart_reset_s: 300,
             supervise_interval_ms: 1000,
-            address: "127.0.0.1".into(),
+            address: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into()),
+            warnings: Vec::new(),
         }
     }
 }
@@ -372,7 +373,37 @@ impl Config {
             ));
         }
         let read_timeout_ms = raw.read_timeout_ms.unwrap_or(d.read_timeout_ms);
-        let address = raw.address.unwrap_or(d.address);
+        let mut warnings = Vec::new();
+        let address = match (raw.address, raw.service_host) {
+            (Some(a), Some(s)) if a != s => {
+                return Err(field(
+                    line_of(text, "service_host"),
+                    "service_host",
+                    format!(
+                        "{s:?} differs from address {a:?}: service_host is a deprecated alias of \
+                         address (the gateway's address); keep address only"
+                    ),
+                ))
+            }
+            (Some(a), Some(_)) => {
+                warnings.push(format!(
+                    "{}:{}: service_host is a deprecated alias of address (same value here): remove it",
+                    path.display(),
+                    line_of(text, "service_host")
+                ));
+                a
+            }
+            (None, Some(s)) => {
+                warnings.push(format!(
+                    "{}:{}: service_host is deprecated: rename it to address (the gateway's \
+                     address, for service URLs and cluster roles alike)",
+                    path.display(),
+                    line_of(text, "service_host")
+                ));
+                s
+            }
+            (a, None) => a.unwrap_or(d.address),
+        };
         if address.is_empty()
             || !address
                 .chars()
@@ -414,7 +445,6 @@ impl Config {
             libvirt_retry_s: raw.libvirt_retry_s.unwrap_or(d.libvirt_retry_s),
             verify_checksums: raw.verify_checksums.unwrap_or(d.verify_checksums),
             logical_dir: raw.logical_dir.map(abs).unwrap_or(d.logical_dir),
-            service_host: raw.service_host.unwrap_or(d.service_host),
             probe,
             restart_max: raw.restart_max.unwrap_or(d.restart_max),
             restart_backoff_ms,
@@ -422,6 +452,7 @@ impl Config {
             restart_reset_s: raw.restart_reset_s.unwrap_or(d.restart_reset_s),
             supervise_interval_ms,
             address,
+            warnings,
         })
     }
 }
@@ -478,6 +509,35 @@ mod tests {
                 .starts_with("/e/vmd.toml:2: field `probe.start_only`: \"tcg\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn address_is_the_one_key_and_service_host_a_deprecated_alias() {
+        let p = Path::new("/e/vmd.toml");
+        let c = Config::parse(p, "address = \"10.0.0.7\"\n").expect("ok");
+        assert_eq!((c.address.as_str(), c.warnings.len()), ("10.0.0.7", 0));
+        let c =
+            Config::parse(p, "uri = \"qemu:///system\"\nservice_host = \"gw7.lan\"\n").expect("ok");
+        assert_eq!(c.address, "gw7.lan");
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0]
+                .starts_with("/e/vmd.toml:2: service_host is deprecated: rename it to address"),
+            "{:?}",
+            c.warnings
+        );
+        let c =
+            Config::parse(p, "address = \"gw7\"\nservice_host = \"gw7\"\n").expect("same value");
+        assert_eq!((c.address.as_str(), c.warnings.len()), ("gw7", 1));
+        let e = Config::parse(p, "address = \"10.0.0.7\"\nservice_host = \"gw7\"\n")
+            .expect_err("both, differing");
+        assert!(
+            e.to_string()
+                .starts_with("/e/vmd.toml:2: field `service_host`: \"gw7\" differs from address"),
+            "{e}"
+        );
+        let e = Config::parse(p, "service_host = \"a b\"\n").expect_err("not a host");
+        assert!(e.to_string().contains("field `address`"), "{e}");
     }
 
     #[test]

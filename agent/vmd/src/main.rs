@@ -48,6 +48,9 @@ fn main() -> ExitCode {
     } else {
         Config::default()
     };
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     if let Some(s) = args.socket {
         cfg.socket = s;
     }

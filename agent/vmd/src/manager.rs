@@ -1018,7 +1018,7 @@ impl Manager {
         Ok(Response::AcquiredService {
             vm,
             resumed,
-            url: service::url(&self.cfg.service_host, &ports),
+            url: service::url(&self.cfg.address, &ports),
             ports,
             ready_marker: t.ready_marker.clone(),
         })

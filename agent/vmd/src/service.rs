@@ -110,12 +110,12 @@ pub fn env_text(ports: &[PortMap], container: bool) -> String {
 }
 
 /// `http://<host>:<port>/` for the first port (IPv6 addresses in brackets).
-pub fn url(service_host: &str, ports: &[PortMap]) -> Option<String> {
+pub fn url(address: &str, ports: &[PortMap]) -> Option<String> {
     let p = ports.first()?;
-    let host = if service_host.contains(':') && !service_host.starts_with('[') {
-        format!("[{service_host}]")
+    let host = if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
     } else {
-        service_host.to_owned()
+        address.to_owned()
     };
     Some(format!("http://{host}:{}/", p.host))
 }

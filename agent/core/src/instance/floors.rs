@@ -83,7 +83,8 @@ impl Urgency {
             | Body::ClientRequest { .. }
             | Body::ClusterDeploy { .. }
             | Body::ClusterAnswer { .. }
-            | Body::ReleaseRequest { .. } => Urgency::Now,
+            | Body::ReleaseRequest { .. }
+            | Body::WarDeploy { .. } => Urgency::Now,
         }
     }
 }

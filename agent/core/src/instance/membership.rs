@@ -78,8 +78,11 @@ pub enum Event {
         cloud: Option<String>,
         /// For the guest's start (a cluster's node URLs); empty for most.
         env: Vec<(String, String)>,
-        /// Came as a `ClusterDeploy`: answered with a `ClusterAnswer` (the guest's URL).
+        /// Came as a `ClusterDeploy` or a `WarDeploy`: answered with a `ClusterAnswer` (the
+        /// guest's URL).
         cluster: bool,
+        /// Came as a `WarDeploy`: the application's URL and the sha256 it must have.
+        war: Option<(String, String)>,
     },
     DeployAnswer {
         from: String,
@@ -448,6 +451,25 @@ impl Instance {
                     cloud,
                     env: Vec::new(),
                     cluster: false,
+                    war: None,
+                });
+            }
+            Body::WarDeploy {
+                request,
+                template,
+                res,
+                war,
+                sha256,
+            } if for_me => {
+                events.push(Event::DeployRequest {
+                    from,
+                    request,
+                    template,
+                    res,
+                    cloud: None,
+                    env: Vec::new(),
+                    cluster: true,
+                    war: Some((war, sha256)),
                 });
             }
             Body::ClusterDeploy {
@@ -464,6 +486,7 @@ impl Instance {
                     cloud: None,
                     env,
                     cluster: true,
+                    war: None,
                 });
             }
             Body::ClusterAnswer {
@@ -487,7 +510,8 @@ impl Instance {
             }
             Body::ClusterDeploy { .. }
             | Body::ClusterAnswer { .. }
-            | Body::ReleaseRequest { .. } => {}
+            | Body::ReleaseRequest { .. }
+            | Body::WarDeploy { .. } => {}
             Body::DeployAnswer {
                 request,
                 accepted,
@@ -1020,6 +1044,13 @@ mod tests {
                 request: 8,
                 vm: "w1".into(),
             },
+            Body::WarDeploy {
+                request: 9,
+                template: "app".into(),
+                res: Res::new(1, 512, 2),
+                war: "http://10.0.0.9/app.war".into(),
+                sha256: "ab".repeat(32),
+            },
         ];
         for body in &bodies {
             assert_eq!(
@@ -1042,6 +1073,7 @@ mod tests {
                     cloud: None,
                     env,
                     cluster: true,
+                    war: None,
                 },
                 Event::DeployAnswer {
                     from: "a".into(),
@@ -1055,6 +1087,16 @@ mod tests {
                     from: "a".into(),
                     request: 8,
                     vm: "w1".into(),
+                },
+                Event::DeployRequest {
+                    from: "a".into(),
+                    request: 9,
+                    template: "app".into(),
+                    res: Res::new(1, 512, 2),
+                    cloud: None,
+                    env: Vec::new(),
+                    cluster: true,
+                    war: Some(("http://10.0.0.9/app.war".into(), "ab".repeat(32))),
                 },
             ]
         );
@@ -1085,6 +1127,7 @@ mod tests {
                 cloud: None,
                 env: Vec::new(),
                 cluster: false,
+                war: None,
             }]
         );
     }

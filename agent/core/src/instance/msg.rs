@@ -182,6 +182,19 @@ pub enum Body {
         request: u64,
         vm: String,
     },
+    /// A `DeployRequest` with an application (`"war"`): the receiver fetches `war` itself (within
+    /// its own `war_max_mb`) and deploys it only if its sha256 is `sha256` (what the requesting
+    /// gateway computed or was given); a mismatch is refused with the reason. Answered
+    /// `ClusterAnswer` (the application's URL). Last variant: the others keep their tags, and a
+    /// gateway of an older firmware rejects it as undecodable (an unknown variant tag, counted as
+    /// `decode`) and never answers, so the requester's wait runs out and it decides again.
+    WarDeploy {
+        request: u64,
+        template: String,
+        res: Res,
+        war: String,
+        sha256: String,
+    },
 }
 
 impl Body {
@@ -198,6 +211,7 @@ impl Body {
             Body::ClusterDeploy { .. } => "cluster-deploy",
             Body::ClusterAnswer { .. } => "cluster-answer",
             Body::ReleaseRequest { .. } => "release-request",
+            Body::WarDeploy { .. } => "war-deploy",
         }
     }
 }
@@ -597,6 +611,50 @@ mod tests {
             verify_client_request(&encode(&client, hb("pc", 1)), &ivk, "gw1"),
             Err(MsgError::WrongKind("heartbeat"))
         );
+    }
+
+    /// Postcard writes a variant's index first: a variant appended keeps every older tag, and a
+    /// gateway whose firmware stops at `ReleaseRequest` (tag 10) meets tag 11 as an unknown
+    /// variant, a decode error, never as another message.
+    #[test]
+    fn variant_tags_are_stable_and_war_deploy_is_appended() {
+        let res = Res::new(1, 512, 2);
+        let tag = |b: Body| postcard::to_allocvec(&b).expect("encodes")[0];
+        assert_eq!(tag(Body::Heartbeat), 2);
+        assert_eq!(
+            tag(Body::ReleaseRequest {
+                request: 1,
+                vm: "w".into()
+            }),
+            10
+        );
+        let war = Body::WarDeploy {
+            request: 1,
+            template: "app".into(),
+            res,
+            war: "http://h/app.war".into(),
+            sha256: "0".repeat(64),
+        };
+        assert_eq!(tag(war.clone()), 11);
+        assert_eq!(war.kind(), "war-deploy");
+        // What an older firmware does with it: its decoder knows 11 variants (0..=10).
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        enum Old {
+            A(u8),
+            B,
+            C,
+            D(u8),
+            E(u8),
+            F(u8),
+            G(u8),
+            H(u8),
+            I(u8),
+            J(u8),
+            K(u8),
+        }
+        let bytes = postcard::to_allocvec(&war).expect("encodes");
+        assert!(postcard::from_bytes::<Old>(&bytes).is_err());
     }
 
     #[test]
