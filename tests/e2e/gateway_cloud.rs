@@ -49,7 +49,7 @@ fn agent_toml(gw: &str, port: u16) -> String {
     )
 }
 
-/// The image's vmd.toml with `service_host` set to the gateway's address under QEMU user
+/// The image's vmd.toml with `address` set to the gateway's address under QEMU user
 /// networking: a deployed application's URL then answers on the gateway (the agent checks it),
 /// and the test forwards a host port to it.
 fn vmd_toml() -> String {
@@ -57,7 +57,7 @@ fn vmd_toml() -> String {
         .expect("image/rootfs/etc/betaas/vmd.toml");
     image.replacen(
         "\n[probe]",
-        &format!("\nservice_host = \"{GATEWAY_ADDR}\"\n\n[probe]"),
+        &format!("\naddress = \"{GATEWAY_ADDR}\"\n\n[probe]"),
         1,
     )
 }
