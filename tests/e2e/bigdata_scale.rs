@@ -11,113 +11,18 @@
 //!
 //!   cargo build --workspace --bins && cargo test -p betaas-e2e --test bigdata_scale -- --ignored --nocapture
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use betaas_e2e::bigdata::{self, LxcCleanup};
+use betaas_e2e::gateway::HostGw;
 use betaas_e2e::libvirtd::Libvirtd;
-use betaas_e2e::{bin, wait_until, KillOnDrop, Mosquitto, VmClient};
+use betaas_e2e::{bin, Mosquitto, VmClient};
 use serde_json::Value;
 
 const TEMPLATES: &str = "[[instance.templates]]\nname = \"bigdata-master\"\nvcpus = 1\nmem_mb = 768\ndisk_gb = 2\nrole = \"compute\"\n\
 [[instance.templates]]\nname = \"bigdata-storage\"\nvcpus = 1\nmem_mb = 256\ndisk_gb = 2\nrole = \"storage\"\n\
 [[instance.templates]]\nname = \"bigdata-compute\"\nvcpus = 1\nmem_mb = 1024\ndisk_gb = 2\nrole = \"compute\"\n";
-
-struct Gw {
-    dir: PathBuf,
-    socket: PathBuf,
-    vmd: Option<KillOnDrop>,
-    agent: Option<KillOnDrop>,
-}
-
-impl Gw {
-    fn start(
-        r: &Path,
-        name: &str,
-        tag: &str,
-        templates: &Path,
-        broker: &Mosquitto,
-        keys: &Path,
-    ) -> Gw {
-        let dir = r.join(name);
-        std::fs::create_dir_all(&dir).expect("gw dir");
-        let socket = dir.join("vmd.sock");
-        // Each gateway's vmd owns its own domains (owner, name prefix) on the shared libvirtd.
-        std::fs::write(
-            dir.join("vmd.toml"),
-            format!(
-                "socket = \"{}\"\nowner = \"{tag}{name}\"\nname_prefix = \"{tag}{name}\"\n\
-                 state_dir = \"{}\"\ntemplates = [\"{}\"]\narch = \"x86_64\"\naddress = \"127.0.0.1\"\n\
-                 shutdown_timeout_s = 10\nidle_destroy_s = 3600\nlibvirt_retry_s = 90\n[probe]\nkinds = [\"lxc\"]\ntimeout_s = 60\n",
-                socket.display(),
-                dir.join("vms").display(),
-                templates.display()
-            ),
-        )
-        .expect("vmd.toml");
-        let log = std::fs::File::create(dir.join("vmd.log")).expect("vmd.log");
-        let vmd = KillOnDrop(
-            Command::new(bin("betaas-vmd"))
-                .arg("--config")
-                .arg(dir.join("vmd.toml"))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("vmd"),
-        );
-        let st = Command::new(bin("betaas-agent"))
-            .args(["instance", "admit", "--instance-key"])
-            .arg(keys.join("instance.key"))
-            .args(["--gateway", name, "--out"])
-            .arg(dir.join("keys"))
-            .status()
-            .expect("admit");
-        assert!(st.success());
-        let toml = format!(
-            "gateway_id = \"{name}\"\ndata_dir = \"{d}/data\"\nlog_level = \"info\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
-             [health]\ninterval_secs = 1\n[instance]\nname = \"bd\"\nkeys = \"{d}/keys\"\nheartbeat_ms = 500\ntimeout_ms = 10000\n\
-             deploy_timeout_ms = 300000\nvirt = \"lxc\"\nvmd_socket = \"{s}\"\ncapacity = {{ cpus = 5, mem_mb = 5120, disk_gb = 16 }}\n{TEMPLATES}",
-            d = dir.display(),
-            port = broker.port,
-            s = socket.display(),
-        );
-        std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-        let mut gw = Gw {
-            dir,
-            socket,
-            vmd: Some(vmd),
-            agent: None,
-        };
-        wait_until(
-            &format!("{name}'s vmd socket"),
-            Duration::from_secs(120),
-            || UnixStream::connect(&gw.socket).ok(),
-        );
-        gw.spawn_agent();
-        gw
-    }
-
-    fn spawn_agent(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .expect("agent.log");
-        self.agent = Some(KillOnDrop(
-            Command::new(bin("betaas-agent"))
-                .arg("--config")
-                .arg(self.dir.join("agent.toml"))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("agent"),
-        ));
-    }
-
-    fn console(&self, vm: &str) -> PathBuf {
-        self.dir.join("vms").join(vm).join("serial.log")
-    }
-}
 
 fn workers(v: &Value) -> Vec<(String, String, String)> {
     v["workers"]
@@ -154,9 +59,13 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
         .expect("keygen");
     assert!(st.success());
     let broker = Mosquitto::start();
+    let instance = format!(
+        "name = \"bd\"\nheartbeat_ms = 500\ntimeout_ms = 10000\ndeploy_timeout_ms = 300000\n\
+         capacity = {{ cpus = 5, mem_mb = 5120, disk_gb = 16 }}\n{TEMPLATES}"
+    );
     let mut gws = [
-        Gw::start(r, "gw1", &tag, &templates, &broker, &keys),
-        Gw::start(r, "gw2", &tag, &templates, &broker, &keys),
+        HostGw::start(r, "gw1", &tag, &templates, &broker, &keys, &instance),
+        HostGw::start(r, "gw2", &tag, &templates, &broker, &keys, &instance),
     ];
     let ops = VmClient::admit(
         &keys.join("instance.key"),

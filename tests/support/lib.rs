@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod app;
 pub mod bigdata;
+pub mod gateway;
 pub mod libvirtd;
 
 /// Seeds this thread's `fastrand` for a test whose inputs are random, from `TEST_SEED` if set,

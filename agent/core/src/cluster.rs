@@ -257,6 +257,28 @@ pub struct Record {
     pub urls: BTreeMap<String, String>,
     /// The single nodes: (template, vm, host).
     pub nodes: Vec<(String, String, String)>,
+    /// Single nodes placed again because their gateway was down: `(vm, host)`, released there
+    /// once it is up again (it may only have been cut off, and would serve as a second master).
+    /// At most [`MAX_ORPHANS`].
+    #[serde(default)]
+    pub lost_nodes: Vec<(String, String)>,
+}
+
+impl Record {
+    /// A single node replaced elsewhere: kept to be released on `host` when it is back.
+    pub fn node_lost(&mut self, vm: &str, host: &str) {
+        if self.lost_nodes.len() >= MAX_ORPHANS {
+            self.lost_nodes.remove(0);
+        }
+        self.lost_nodes.push((vm.to_owned(), host.to_owned()));
+    }
+
+    /// The lost single nodes whose gateway is up again (to release), by index.
+    pub fn nodes_back(&self, is_up: impl Fn(&str) -> bool) -> Vec<usize> {
+        (0..self.lost_nodes.len())
+            .filter(|&i| is_up(&self.lost_nodes[i].1))
+            .collect()
+    }
 }
 
 /// At most this many clusters per manager (a request for one more is refused).
@@ -336,7 +358,10 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Record>, String> {
                 ));
             }
         }
-        if r.nodes.len() > MAX_REPLICAS as usize || r.urls.len() > MAX_REPLICAS as usize {
+        if r.nodes.len() > MAX_REPLICAS as usize
+            || r.urls.len() > MAX_REPLICAS as usize
+            || r.lost_nodes.len() > MAX_ORPHANS
+        {
             return Err(format!("cluster {name:?}: {} nodes", r.nodes.len()));
         }
     }
@@ -627,6 +652,22 @@ mod tests {
         c.forget("v7", "gw9");
         assert!(!c.is_orphan("v7", "gw9"));
         assert_eq!(c.orphans.len(), MAX_ORPHANS - 1);
+    }
+
+    #[test]
+    fn a_replaced_single_node_is_released_when_its_gateway_is_back() {
+        let mut r = Record::default();
+        r.node_lost("m1", "gw2");
+        r.node_lost("s1", "gw3");
+        assert!(r.nodes_back(|g| g == "gw1").is_empty());
+        assert_eq!(r.nodes_back(|g| g != "gw3"), vec![0]);
+        for i in 0..MAX_ORPHANS + 3 {
+            r.node_lost(&format!("x{i}"), "gw9");
+        }
+        assert_eq!(r.lost_nodes.len(), MAX_ORPHANS);
+        let all = BTreeMap::from([("wc".to_string(), r.clone())]);
+        let back = decode(&encode(&all)).expect("decodes");
+        assert_eq!(back["wc"], r, "kept across a restart");
     }
 
     /// Any cluster, any replicas, any set of gateways down: after one round of the plan (every

@@ -203,16 +203,34 @@ impl Runtime {
     /// are made again). One that cannot be placed is tried again at the next round.
     async fn replace_nodes(self: &Arc<Self>, name: &str, rec: &mut ClusterRec) -> Vec<String> {
         let mut done = Vec::new();
-        let lost = {
+        let (lost, back) = {
             let st = self.state();
             let members = st.inst.members();
-            cluster::lost_nodes(&rec.nodes, |g| {
+            let is_up = |g: &str| {
                 g == self.gateway
                     || members
                         .get(g)
                         .is_some_and(|m| m.state == membership::State::Up)
-            })
+            };
+            (
+                cluster::lost_nodes(&rec.nodes, is_up),
+                rec.nodes_back(is_up),
+            )
         };
+        // Nodes replaced while their gateway was cut off: released there now that it is back,
+        // or given up (its gateway no longer has them). Highest index first: removed as we go.
+        for i in back.into_iter().rev() {
+            let (vm, host) = rec.lost_nodes.remove(i);
+            match self.release_on(&host, &vm, None).await {
+                Ok(()) => done.push(format!("{vm} on {host} (replaced earlier) released")),
+                Err(why) => {
+                    warn!(cluster = %name, vm, host, "a replaced node not released: {why}; forgotten");
+                    done.push(format!(
+                        "{vm} on {host} (replaced earlier) not released: {why}"
+                    ));
+                }
+            }
+        }
         for i in lost {
             let (tname, vm, host) = rec.nodes[i].clone();
             let Some(template) = self.templates.iter().find(|t| t.name == tname).cloned() else {
@@ -239,6 +257,7 @@ impl Runtime {
                             .map(|u| format!(" at {u}"))
                             .unwrap_or_default()
                     ));
+                    rec.node_lost(&vm, &host);
                     rec.nodes[i] = (tname, p.vm, gw);
                 }
                 Err(why) => {
