@@ -106,7 +106,7 @@ test-unit: $(STAMP)
 	@echo "==> host unit tests"
 	cargo test --locked --workspace --no-run
 	bash tests/beside.sh session "cargo test --locked -p betaas-agent --test session -- outages::" \
-	  cargo test --locked --workspace -- --skip outages::
+	  cargo test --locked --no-fail-fast --workspace -- --skip outages::
 
 test-e2e: $(STAMP)
 	$(MAKE) vmd-arm

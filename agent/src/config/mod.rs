@@ -528,7 +528,7 @@ role = "storage"
         let i = c.instance.unwrap();
         assert_eq!(
             (i.heartbeat_ms, i.timeout_ms, i.deploy_timeout_ms),
-            (1000, 4000, 3000)
+            (1000, 4000, 60000)
         );
         assert_eq!(i.templates.len(), 2);
         // A gateway that offers no room for VMs at all is a member like any other.
