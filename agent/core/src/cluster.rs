@@ -133,12 +133,30 @@ impl Cluster {
             return;
         };
         let w = self.workers.remove(i);
-        if self.orphan_index(vm, host).is_none() {
+        self.add_orphan(w);
+    }
+
+    /// `w` runs where this manager cannot stop it now: released once its host is up (rule 0).
+    pub fn add_orphan(&mut self, w: Worker) {
+        if self.orphan_index(&w.vm, &w.host).is_none() {
             if self.orphans.len() >= MAX_ORPHANS {
                 self.orphans.remove(0);
             }
             self.orphans.push(w);
         }
+    }
+
+    /// A master or storage node was placed again at another URL: every worker on a gateway was
+    /// made with the old one in its environment (fixed at its start; a stopped one keeps it too,
+    /// so it is not resumed). They are taken out of the cluster, for the caller to release the
+    /// running ones, and the plan makes new ones with the new environment. Remote workers get
+    /// no environment: kept.
+    pub fn take_stale(&mut self) -> Vec<Worker> {
+        let (stale, keep) = std::mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| w.cloud.is_none());
+        self.workers = keep;
+        stale
     }
 
     /// A resume that failed, or an orphan whose release failed (its gateway no longer has it, or
@@ -668,6 +686,22 @@ mod tests {
         let all = BTreeMap::from([("wc".to_string(), r.clone())]);
         let back = decode(&encode(&all)).expect("decodes");
         assert_eq!(back["wc"], r, "kept across a restart");
+    }
+
+    #[test]
+    fn workers_made_for_an_old_master_are_replaced_by_new_ones() {
+        let mut remote = w("r", "gw1", R);
+        remote.cloud = Some("os".into());
+        let mut c = cluster(3, vec![w("a", "gw1", R), w("b", "gw2", S), remote.clone()]);
+        let stale = c.take_stale();
+        assert_eq!(
+            stale.len(),
+            2,
+            "both local ones, running or stopped: {stale:?}"
+        );
+        assert_eq!(c.workers, vec![remote]);
+        // None is resumed: two new ones are made.
+        assert_eq!(plan(&c, all_up), vec![Action::Place; 2]);
     }
 
     /// Any cluster, any replicas, any set of gateways down: after one round of the plan (every

@@ -172,7 +172,11 @@ impl Runtime {
             let before = rec.workers.as_ref().map(|c| c.running());
             let was = rec.clone();
             // A master or storage node first: workers placed after it get its new URL.
+            let urls = rec.urls.clone();
             let mut done = self.replace_nodes(name, rec).await;
+            if rec.urls != urls {
+                done.extend(self.restart_workers(name, rec).await);
+            }
             done.extend(self.reconcile(rec).await);
             // Written only when the record changed (a failing round every few heartbeats must
             // not wear the card).
@@ -262,6 +266,33 @@ impl Runtime {
                 }
                 Err(why) => {
                     warn!(cluster = %name, template = %tname, lost = %vm, host = %host, "cluster node lost (gateway down), not placed again yet: {why}");
+                }
+            }
+        }
+        done
+    }
+
+    /// A node was placed again at a new URL: the workers made with the old one are released
+    /// (one that cannot be reached now is released when its gateway is back) and the plan makes
+    /// new ones, which get the new URL.
+    async fn restart_workers(self: &Arc<Self>, name: &str, rec: &mut ClusterRec) -> Vec<String> {
+        let mut done = Vec::new();
+        let Some(c) = rec.workers.as_mut() else {
+            return done;
+        };
+        for w in c.take_stale() {
+            if w.state != cluster::WorkerState::Running {
+                continue;
+            }
+            match self.release_on(&w.host, &w.vm, None).await {
+                Ok(()) => done.push(format!(
+                    "{} on {} released (made for the old URL)",
+                    w.vm, w.host
+                )),
+                Err(why) => {
+                    warn!(cluster = %name, vm = %w.vm, host = %w.host, "a worker made for the old URL not released: {why}; released when its gateway is back");
+                    done.push(format!("{} on {} not released: {why}", w.vm, w.host));
+                    c.add_orphan(w);
                 }
             }
         }
