@@ -1191,7 +1191,7 @@ impl Runtime {
     }
 
     /// Sends `body` (a deploy or release request numbered `request`) to gateway `gw` and waits
-    /// for its answer: `Err(None)` when none came in time.
+    /// for its answer: `Err(None)` when none came in time, a refusal when `gw` went down first.
     async fn ask_body(
         &self,
         gw: &str,
@@ -1199,14 +1199,36 @@ impl Runtime {
         body: Body,
         wait_ms: u64,
     ) -> Result<Placed, Option<String>> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.state().waiting.insert(request, (gw.to_owned(), tx));
         self.send(&self.msg_topic(), false, Some(gw), body);
-        let answer = tokio::time::timeout(Duration::from_millis(wait_ms), rx).await;
+        // The wait is long (a VM start on a busy card; minutes for a remote cloud), so a gateway
+        // that goes down meanwhile is given up when the instance marks it down, not at the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let mut check = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
+        let answer = loop {
+            tokio::select! {
+                r = &mut rx => break r.ok(),
+                _ = tokio::time::sleep_until(deadline) => break None,
+                _ = check.tick() => {
+                    let up = gw == self.gateway
+                        || self
+                            .state()
+                            .inst
+                            .members()
+                            .get(gw)
+                            .is_some_and(|m| m.state == membership::State::Up);
+                    if !up {
+                        warn!(gateway = %gw, request, "went down while asked: not waiting for its answer");
+                        break Some(Err(format!("{gw} went down while asked (no answer)")));
+                    }
+                }
+            }
+        };
         self.state().waiting.remove(&request);
         match answer {
-            Ok(Ok(r)) => r.map_err(Some),
-            _ => Err(None),
+            Some(r) => r.map_err(Some),
+            None => Err(None),
         }
     }
 

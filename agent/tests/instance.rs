@@ -159,6 +159,77 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     );
 }
 
+/// The asked gateway stops answering (SIGSTOP) just as a request comes: the asker does not wait
+/// out its long deploy timeout (120 s here) but gives that gateway up when the instance marks it
+/// down, and the request lands on the other one.
+#[test]
+fn a_gateway_that_goes_down_while_asked_is_given_up_without_waiting_out_the_deploy_timeout() {
+    let _serial = serial();
+    let (root, keys) = new_instance();
+    let ops = client(&keys, root.path());
+    let broker = Mosquitto::start();
+    let mut sub = broker.subscribe("betaas/#");
+    let gws: Vec<Gw> = [
+        ("gw0", Res::new(0, 0, 0)),
+        ("gw1", Res::new(2, 1024, 2)),
+        ("gw2", Res::new(2, 1024, 2)),
+    ]
+    .into_iter()
+    .map(|(id, cap)| member(&keys, root.path(), id, cap))
+    .collect();
+    let procs: Vec<KillOnDrop> = gws
+        .iter()
+        .map(|g| {
+            start_edited(g, broker.port, |t| {
+                t.replace("deploy_timeout_ms = 15000", "deploy_timeout_ms = 120000")
+            })
+        })
+        .collect();
+    let ids: Vec<&str> = gws.iter().map(|g| g.id.as_str()).collect();
+    health_until(
+        &mut sub,
+        &ids,
+        "every gateway to see the two others up",
+        Duration::from_secs(30),
+        |me, h| {
+            let s = member_states(h);
+            s.len() == 2 && s.values().all(|v| v == "up") && !s.contains_key(me)
+        },
+    );
+    let all: Vec<&Gw> = gws.iter().collect();
+    let expect = decide(
+        &Request {
+            id: 1,
+            template: templates()[0].clone(),
+        },
+        &view(&all, &BTreeMap::new()),
+        &Policy::default(),
+    );
+    let Outcome::Local(chosen) = expect.outcome else {
+        panic!("the test's own view should place locally: {expect:?}")
+    };
+    let k = gws.iter().position(|g| g.id == chosen).expect("known");
+    let t = Instant::now();
+    signal(&procs[k], "STOP");
+    let r = request(&broker, &mut sub, &ops, "gw0", "r1", "app");
+    signal(&procs[k], "CONT");
+    let other = if chosen == "gw1" { "gw2" } else { "gw1" };
+    assert_eq!(
+        (r["decision"].as_str(), r["target"].as_str()),
+        (Some("local"), Some(other)),
+        "{r}"
+    );
+    let log = std::fs::read_to_string(gws[0].dir.join("agent.log")).expect("gw0's log");
+    assert!(
+        log.contains("went down while asked"),
+        "gw0 gave {chosen} up as down, not after its deploy timeout: {r}"
+    );
+    println!(
+        "{chosen} stopped as it was asked: the request placed on {other} after {:.1} s (deploy timeout 120 s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn strangers_forgeries_and_replays_are_rejected() {
     let _serial = serial();
