@@ -7,12 +7,24 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use betaas_core::allocator::{decide, Outcome, Policy, Request, Res};
+use betaas_core::allocator::{decide, Decision, Outcome, Policy, Request, Res};
 use betaas_e2e::{KillOnDrop, Mosquitto};
 use serde_json::{json, Value};
 
 mod instance_support;
 use instance_support::*;
+
+/// The allocator's decision for an `app` request over the test's own view of `gws` (nothing used).
+fn own_decision(gws: &[&Gw], id: u64) -> Decision {
+    decide(
+        &Request {
+            id,
+            template: templates()[0].clone(),
+        },
+        &view(gws, &BTreeMap::new()),
+        &Policy::default(),
+    )
+}
 
 #[test]
 fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
@@ -73,14 +85,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
 
     // A request on gw0 lands where the allocator says, given the shared view.
     let all: Vec<&Gw> = gws.iter().collect();
-    let expect = decide(
-        &Request {
-            id: 1,
-            template: templates()[0].clone(),
-        },
-        &view(&all, &BTreeMap::new()),
-        &Policy::default(),
-    );
+    let expect = own_decision(&all, 1);
     let Outcome::Local(expected) = expect.outcome else {
         panic!("the test's own view should place locally: {expect:?}")
     };
@@ -129,14 +134,7 @@ fn four_gateways_form_an_instance_place_vms_and_survive_a_crash() {
     );
     if r2["decision"] == "local" {
         let rest: Vec<&Gw> = gws.iter().filter(|g| g.id != expected).collect();
-        let e2 = decide(
-            &Request {
-                id: 2,
-                template: templates()[0].clone(),
-            },
-            &view(&rest, &BTreeMap::new()),
-            &Policy::default(),
-        );
+        let e2 = own_decision(&rest, 2);
         assert_eq!(
             e2.outcome,
             Outcome::Local(r2["target"].as_str().unwrap_or("").to_owned()),
@@ -197,14 +195,7 @@ fn a_gateway_that_goes_down_while_asked_is_given_up_without_waiting_out_the_depl
         },
     );
     let all: Vec<&Gw> = gws.iter().collect();
-    let expect = decide(
-        &Request {
-            id: 1,
-            template: templates()[0].clone(),
-        },
-        &view(&all, &BTreeMap::new()),
-        &Policy::default(),
-    );
+    let expect = own_decision(&all, 1);
     let Outcome::Local(chosen) = expect.outcome else {
         panic!("the test's own view should place locally: {expect:?}")
     };

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use betaas_e2e::bigdata::{self, LxcCleanup};
 use betaas_e2e::gateway::HostGw;
 use betaas_e2e::libvirtd::Libvirtd;
-use betaas_e2e::{bin, Mosquitto, VmClient};
+use betaas_e2e::{Mosquitto, VmClient};
 use serde_json::Value;
 
 const TEMPLATES: &str = "[[instance.templates]]\nname = \"bigdata-master\"\nvcpus = 1\nmem_mb = 768\ndisk_gb = 2\nrole = \"compute\"\n\
@@ -51,13 +51,7 @@ fn a_cluster_placed_by_the_allocator_counts_words_scales_and_survives_a_gateway(
     let _sweep = LxcCleanup(tag.clone());
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
-    let keys = r.join("instance");
-    let st = Command::new(bin("betaas-agent"))
-        .args(["instance", "keygen", "--out"])
-        .arg(&keys)
-        .status()
-        .expect("keygen");
-    assert!(st.success());
+    let keys = betaas_e2e::gateway::instance_keys(r);
     let broker = Mosquitto::start();
     let instance = format!(
         "name = \"bd\"\nheartbeat_ms = 500\ntimeout_ms = 10000\ndeploy_timeout_ms = 300000\n\

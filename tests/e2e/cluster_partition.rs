@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use betaas_e2e::bigdata::LxcCleanup;
 use betaas_e2e::gateway::HostGw;
 use betaas_e2e::libvirtd::Libvirtd;
-use betaas_e2e::{bin, repo, Mosquitto, Subscriber, VmClient};
+use betaas_e2e::{repo, Mosquitto, Subscriber, VmClient};
 use betaas_proto::VmState;
 use serde_json::Value;
 
@@ -79,13 +79,7 @@ fn an_outage_replaces_nothing_and_a_cut_off_gateways_worker_is_released_when_it_
     let _sweep = LxcCleanup(tag.clone());
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
-    let keys = r.join("instance");
-    let st = Command::new(bin("betaas-agent"))
-        .args(["instance", "keygen", "--out"])
-        .arg(&keys)
-        .status()
-        .expect("keygen");
-    assert!(st.success());
+    let keys = betaas_e2e::gateway::instance_keys(r);
     let mut broker = Mosquitto::start();
     let port = broker.port;
     let instance = format!(

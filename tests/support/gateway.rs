@@ -9,6 +9,18 @@ use std::time::Duration;
 
 use crate::{bin, wait_until, KillOnDrop, Mosquitto};
 
+/// A new instance's key pair in `root/instance` (for [`HostGw::start`] and `VmClient::admit`).
+pub fn instance_keys(root: &Path) -> PathBuf {
+    let keys = root.join("instance");
+    let st = Command::new(bin("betaas-agent"))
+        .args(["instance", "keygen", "--out"])
+        .arg(&keys)
+        .status()
+        .expect("keygen");
+    assert!(st.success(), "betaas-agent instance keygen");
+    keys
+}
+
 pub struct HostGw {
     pub name: String,
     pub dir: PathBuf,
